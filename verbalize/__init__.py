@@ -1,0 +1,40 @@
+"""verbalize: prompt-based text classification with causal language models.
+
+>>> from verbalize import Verbalizer
+>>> clf = Verbalizer(template="templates/sst2.toml")          # doctest: +SKIP
+>>> clf.predict(["a charming film", "two hours I will never get back"])  # doctest: +SKIP
+array(['positive', 'negative'], dtype=object)
+"""
+
+from .calibration import (
+    BatchCalibrator,
+    ContextualCalibrator,
+    DomainCalibrator,
+    TemperatureCalibrator,
+    get_calibrator,
+)
+from .errors import InputError, ModelLoadError, TemplateError, VerbalizeError
+from .estimator import Verbalizer
+from .labels import LabelWords
+from .scoring import Scorer
+from .template import Template, load_template
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchCalibrator",
+    "ContextualCalibrator",
+    "DomainCalibrator",
+    "InputError",
+    "LabelWords",
+    "ModelLoadError",
+    "Scorer",
+    "TemperatureCalibrator",
+    "Template",
+    "TemplateError",
+    "VerbalizeError",
+    "Verbalizer",
+    "get_calibrator",
+    "load_template",
+    "__version__",
+]

@@ -1,0 +1,115 @@
+"""Prompts -> length-sorted, right-padded token batches. Only the ``{text}`` part is ever truncated."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids of a few prompts, right-padded; ``rows`` are their positions in the caller's list."""
+
+    input_ids: torch.Tensor  # (b, L)
+    last_index: torch.Tensor  # (b,) position of each prompt's last real token
+    rows: np.ndarray  # (b,)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        positions = torch.arange(self.input_ids.shape[1])  # (L,)
+        return (positions[None, :] <= self.last_index[:, None]).long()  # (b, L)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Every prompt's token ids (unpadded) and how many were truncated."""
+
+    ids: list[list[int]]
+    n_truncated: int
+
+    def batches(self, batch_size: int, pad_id: int, max_tokens: int | None = None) -> list[Batch]:
+        """Length-sorted (longest first) batches of at most ``batch_size`` prompts and ``max_tokens`` padded tokens.
+
+        Sorting keeps padding small; the token budget lets batches of short prompts hold more rows,
+        so that every matrix product is about the same (efficient) size.
+        """
+        lengths = np.array([len(x) for x in self.ids])
+        order = np.argsort(-lengths, kind="stable")
+        out, start = [], 0
+        while start < len(order):
+            width = int(lengths[order[start]])
+            rows_fit = max(1, (max_tokens or 1 << 62) // max(width, 1))
+            rows = order[start : start + min(batch_size, rows_fit)]
+            start += len(rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (b, L)
+            for i, r in enumerate(rows):
+                input_ids[i, : lengths[r]] = torch.tensor(self.ids[r])
+            out.append(Batch(input_ids, torch.as_tensor(lengths[rows] - 1), rows))
+        return out
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """A token id for padding. Right padding never reaches a real token, so any id works (GPT-2 has none)."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def encode_prompts(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    spans: Sequence[tuple[int, int]] | None = None,
+    max_length: int | None = None,
+    add_special_tokens: bool = True,
+) -> Encoded:
+    """Tokenize prompts; cut prompts longer than ``max_length`` inside their text span only.
+
+    The tokens of the text (``prompt[start:end]``) are dropped from its end, so the template's
+    words before and after the text are always kept whole.
+
+    Raises
+    ------
+    InputError
+        When a prompt is too long even with its text removed entirely.
+    """
+    enc = tokenizer(list(prompts), add_special_tokens=add_special_tokens)
+    ids = [list(x) for x in enc["input_ids"]]
+    n_truncated = 0
+    if max_length is None:
+        return Encoded(ids, 0)
+    long = [i for i, x in enumerate(ids) if len(x) > max_length]
+    if long and spans is None:
+        raise InputError(f"{len(long)} prompts are longer than {max_length} tokens and no text span was given")
+    for i in long:
+        ids[i] = _truncate(tokenizer, prompts[i], spans[i], max_length, add_special_tokens, i)  # type: ignore[index]
+        n_truncated += 1
+    return Encoded(ids, n_truncated)
+
+
+def _truncate(
+    tokenizer: Any, prompt: str, span: tuple[int, int], max_length: int, add_special: bool, row: int
+) -> list[int]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError(
+            f"text {row} needs truncation, which needs a fast tokenizer (with offsets); "
+            "load the model's fast tokenizer or shorten the text"
+        )
+    enc = tokenizer(prompt, add_special_tokens=add_special, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    start, end = span
+    in_text = [k for k, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
+    excess = len(ids) - max_length
+    if excess > len(in_text):
+        raise InputError(
+            f"text {row}: the template alone takes {len(ids) - len(in_text)} tokens, more than max_length="
+            f"{max_length}; shorten the instruction or use fewer demonstrations"
+        )
+    drop = set(in_text[len(in_text) - excess :])
+    return [t for k, t in enumerate(ids) if k not in drop]

@@ -1,0 +1,50 @@
+"""Which training rows become demonstrations in the prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SELECTIONS = ("balanced", "random", "first", "similar")
+
+
+def select_demos(
+    y: Sequence[str], n_demos: int, labels: Sequence[str], strategy: str = "balanced", random_state: int | None = None
+) -> list[int]:
+    """Indices of ``n_demos`` training rows to show as demonstrations, in prompt order.
+
+    ``balanced`` takes the same number per label (round-robin over ``labels`` when ``n_demos`` is
+    not a multiple), then shuffles their order; ``random`` samples uniformly; ``first`` takes the
+    first rows. All randomness comes from ``random_state``.
+    """
+    if strategy not in SELECTIONS or strategy == "similar":
+        raise ValueError(f"select_demos strategy must be one of {SELECTIONS[:3]}, got {strategy!r}")
+    y = np.asarray(y)
+    n = min(int(n_demos), len(y))
+    rng = np.random.default_rng(random_state)
+    if strategy == "first":
+        return list(range(n))
+    if strategy == "random":
+        return [int(i) for i in rng.choice(len(y), size=n, replace=False)]
+    pools = {lab: list(rng.permutation(np.flatnonzero(y == lab))) for lab in labels}
+    chosen: list[int] = []
+    while len(chosen) < n and any(pools.values()):
+        for lab in labels:
+            if pools[lab] and len(chosen) < n:
+                chosen.append(int(pools[lab].pop()))
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def similar_demos(train: Sequence[str], texts: Sequence[str], n_demos: int) -> list[list[int]]:
+    """For each text, the ``n_demos`` most similar training rows (TF-IDF cosine), most similar last.
+
+    The nearest demonstration goes last, next to the text, where it has most influence (Liu et al. 2022).
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(sublinear_tf=True).fit(list(train) + list(texts))
+    sims = (vec.transform(texts) @ vec.transform(train).T).toarray()  # (n_texts, n_train)
+    k = min(int(n_demos), len(train))
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # (n_texts, k) most similar first
+    return [[int(i) for i in row[::-1]] for row in top]

