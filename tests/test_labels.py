@@ -154,7 +154,9 @@ def test_two_labels_with_identically_tokenized_words_is_an_error(llama_tokenizer
     tok = llama_tokenizer
     assert plain_ids(tok, " ｇｏｏｄ") == plain_ids(tok, " good")
     words = LabelWords({"neg": ["bad", "ｇｏｏｄ"], "pos": ["good"]}, source="f.toml")
-    message = f"f.toml: labels.pos: word 'good' has the same tokens {plain_ids(tok, ' good')} as 'ｇｏｏｄ' under labels.neg"
+    ids = plain_ids(tok, " good")
+    # Like every template error, it names the file and the key (DESIGN, house rule 5).
+    message = f"f.toml: labels.pos: word 'good' has the same tokens {ids} as 'ｇｏｏｄ' under labels.neg"
     with pytest.raises(TemplateError, match=re.escape(message) + ".*change one of them"):
         words.encode(tok)
 

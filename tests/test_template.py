@@ -392,10 +392,11 @@ def test_render_demo_unknown_label():
         t.render_demo("x", "c")
 
 
-def test_render_demo_without_demo_format():
-    t = Template(prompt="{text} =>", labels={"a": ["alpha"], "b": ["beta"]})
-    with pytest.raises(TemplateError, match=r"demos\.format: missing; add a \[demos\] table"):
-        t.prefix([("x", "a")])
+@pytest.mark.parametrize(("label_prefix", "expected"), [(" ", "{x} Q: hi A: beta"), ("\n{", "{x} Q: hi A:\n{beta")])
+def test_render_demo_without_demo_format_is_prompt_then_label_word(label_prefix, expected):
+    t = Template(prompt="{{x}} Q: {text} A:", labels={"a": ["alpha"], "b": ["beta"]}, label_prefix=label_prefix)
+    assert t.render_demo(" hi ", "b") == expected
+    assert t.prefix([(" hi ", "b")]) == expected + "\n\n"
 
 
 def test_loaded_file_renders(tmp_template):

@@ -15,7 +15,7 @@ from sklearn.exceptions import NotFittedError
 
 from .calibration import CALIBRATORS, BatchCalibrator, DomainCalibrator, get_calibrator, log_softmax
 from .demos import SELECTIONS, select_demos, similar_demos
-from .errors import TemplateError, did_you_mean
+from .errors import did_you_mean
 from .inputs import check_labels, check_texts
 from .labels import LabelTokens
 from .scoring import AGGREGATIONS, Scorer, aggregate
@@ -175,13 +175,6 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         if self.n_demos:
             if ys is None:
                 raise ValueError(f"n_demos={self.n_demos} needs labeled examples: call fit(X, y)")
-            if self.template_.demo_format is None:
-                raise TemplateError(
-                    [
-                        f"{self.template_.source}: demos.format: missing; n_demos > 0 needs a "
-                        '[demos] table with format = "...{text}...{label}"'
-                    ]
-                )
             if self.demo_selection == "similar":
                 self.demo_pool_ = list(zip(texts, ys, strict=True))
             else:

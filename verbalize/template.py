@@ -67,6 +67,7 @@ class Template:
         Put before every label word (the space between prompt and word).
     demo_format : str, optional
         Format of one demonstration, with ``{text}`` and ``{label}`` (the label's first word).
+        Default: the prompt, then ``label_prefix`` and ``{label}``.
     demo_separator : str, default "\\n\\n"
         Put between the instruction, each demonstration and the prompt.
 
@@ -113,13 +114,17 @@ class Template:
         return "".join(b + self.demo_separator for b in blocks)
 
     def render_demo(self, text: str, label: str) -> str:
-        """One demonstration block; ``{label}`` becomes the label's first word."""
-        if self.demo_format is None:
-            raise TemplateError([f"{self.source}: demos.format: missing; add a [demos] table to use demonstrations"])
+        """One demonstration block; ``{label}`` becomes the label's first word.
+
+        Without a ``demos.format``, a demonstration is the prompt followed by ``label_prefix`` and the word.
+        """
         if label not in self.labels:
             raise TemplateError([f"{self.source}: demo label {label!r} is not one of {list(self.labels)}"])
-        pieces, _ = _fields(self.demo_format, ("text", "label"), "demos.format")
-        names = [n for _, n, _, _ in string.Formatter().parse(self.demo_format) if n]
+        fmt = self.demo_format
+        if fmt is None:
+            fmt = self.prompt + self.label_prefix.replace("{", "{{").replace("}", "}}") + "{label}"
+        pieces, _ = _fields(fmt, ("text", "label"), "demos.format")
+        names = [n for _, n, _, _ in string.Formatter().parse(fmt) if n]
         values = {"text": text.strip(), "label": self.labels[label][0]}
         return pieces[0] + "".join(values[n] + p for n, p in zip(names, pieces[1:], strict=True))
 

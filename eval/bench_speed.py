@@ -1,0 +1,147 @@
+"""Throughput of label-word scoring on SST-2 texts, against naive baselines and the CPU's FLOP bound.
+
+    python eval/bench_speed.py --data ../shared/data            # 512 texts, embedded model
+
+Rows of the table (all in one run, same texts, same two labels "negative"/"positive"):
+- naive: one forward per (text, label) at batch 1, full-vocabulary logits at every position;
+- batched pairs: (text, label) sequences padded into batches (lm-evaluation-harness style);
+- verbalize: one forward per length-sorted batch, label-word rows only at the last position;
+- FLOP bound: the best fp32 (or --dtype) matmul rate of this CPU, measured here, divided by the
+  matmul FLOPs that the same tokens need (linear layers, causal attention, output row).
+The naive rows run on the first --naive-n texts (they are slow); rates are texts per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from data import data_dir, load, template_path
+
+from verbalize import LabelWords, Scorer, load_template
+
+LABELS = {"negative": ["negative"], "positive": ["positive"]}
+
+
+def matmul_peak(dtype: torch.dtype, hidden: int, inner: int) -> float:
+    """Best measured GFLOP/s over a large square product and a transformer-shaped one."""
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (1024, hidden, inner), (1024, inner, hidden)):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(10):
+                a @ b
+            best = max(best, 2 * m * k * n * 10 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def flops_per_text(model: torch.nn.Module, lengths: list[int]) -> float:
+    """Matmul FLOPs to score texts of these token lengths: body linears per token, causal attention, output row."""
+    cfg = model.config
+    body = model.base_model
+    linear_macs = sum(m.in_features * m.out_features for m in body.modules() if isinstance(m, torch.nn.Linear))
+    if linear_macs == 0:  # GPT-2 uses Conv1D modules for its projections
+        linear_macs = sum(m.weight.numel() for m in body.modules() if type(m).__name__ == "Conv1D")
+    n_layers = cfg.num_hidden_layers
+    d_attn = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    vocab_row = model.get_output_embeddings().weight.numel()  # full-vocab normalisation at the last position
+    total = 0.0
+    for n in lengths:
+        attn = n_layers * 2 * d_attn * n * (n + 1) / 2  # QK^T and AV over the causal triangle
+        total += 2 * (linear_macs * n + attn + vocab_row)
+    return total / len(lengths)
+
+
+def naive(scorer: Scorer, prompts: list[str], words: list[list[int]]) -> np.ndarray:
+    model, tok = scorer.model, scorer.tokenizer
+    out = np.zeros((len(prompts), len(words)))
+    with torch.inference_mode():
+        for i, p in enumerate(prompts):
+            ctx = tok(p)["input_ids"]
+            for j, w in enumerate(words):
+                logp = torch.log_softmax(model(torch.tensor([ctx + w])).logits[0].float(), -1)  # (L, V)
+                out[i, j] = sum(logp[len(ctx) - 1 + k, t].item() for k, t in enumerate(w))
+    return out
+
+
+def batched_pairs(scorer: Scorer, prompts: list[str], words: list[list[int]], batch: int = 32) -> np.ndarray:
+    model, tok = scorer.model, scorer.tokenizer
+    pairs = [(i, j, tok(p)["input_ids"], w) for i, p in enumerate(prompts) for j, w in enumerate(words)]
+    out = np.zeros((len(prompts), len(words)))
+    with torch.inference_mode():
+        for s in range(0, len(pairs), batch):
+            chunk = pairs[s : s + batch]
+            seqs = [c + w for _, _, c, w in chunk]
+            width = max(map(len, seqs))
+            ids = torch.full((len(seqs), width), scorer.pad_id)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, seq in enumerate(seqs):
+                ids[r, : len(seq)], mask[r, : len(seq)] = torch.tensor(seq), 1
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (b, L, V)
+            for r, (i, j, c, w) in enumerate(chunk):
+                out[i, j] = sum(logp[r, len(c) - 1 + k, t].item() for k, t in enumerate(w))
+    return out
+
+
+def rate(fn, n: int, repeats: int) -> tuple[float, object]:
+    best, result = 0.0, None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        best = max(best, n / (time.perf_counter() - t))
+    return best, result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="data folder (or $VERBALIZE_DATA)")
+    ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M")
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--naive-n", type=int, default=64, help="texts for the two naive baselines")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args()
+
+    texts, _ = load("sst2", "test", data_dir(args.data), args.n)
+    scorer = Scorer.from_pretrained(args.model, "cpu", args.dtype)
+    template = load_template(template_path("sst2"))
+    prompts, spans = template.spans(texts)
+    tokens = LabelWords(LABELS).encode(scorer.tokenizer, template.label_prefix, template.render(texts[0]))
+    words = [list(w) for w in tokens.word_ids]
+    lengths = [len(x) for x in scorer.tokenizer(prompts)["input_ids"]]
+
+    scorer.score_words(prompts[:64], tokens, spans[:64])  # warm-up
+    fast, ours = rate(lambda: scorer.score_words(prompts, tokens, spans), len(prompts), args.repeats)
+    k = min(args.naive_n, len(prompts))
+    slow, ref = rate(lambda: naive(scorer, prompts[:k], words), k, 1)
+    pairs, ref2 = rate(lambda: batched_pairs(scorer, prompts[:k], words), k, 1)
+
+    cfg = scorer.model.config
+    dtype = getattr(torch, args.dtype)
+    peak = matmul_peak(dtype, cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size))
+    bound = peak * 1e9 / flops_per_text(scorer.model, lengths)
+    diff = float(np.abs(np.asarray(ours)[:k] - np.asarray(ref)).max())
+    diff2 = float(np.abs(np.asarray(ours)[:k] - np.asarray(ref2)).max())
+
+    print(f"model: {cfg.model_type}, {args.dtype}, torch threads: {torch.get_num_threads()}")
+    print(f"texts: {len(prompts)} SST-2, mean {np.mean(lengths):.1f} prompt tokens; labels {list(LABELS)}")
+    print(f"matmul peak measured: {peak:.1f} GFLOP/s; FLOP bound for these tokens: {bound:.1f} texts/s\n")
+    print("| method | texts/s | x naive | % of FLOP bound |")
+    print("|---|---:|---:|---:|")
+    for name, r in (
+        (f"naive: forward per (text, label), batch 1 (first {k})", slow),
+        (f"batched (text, label) pairs, lm-eval style (first {k})", pairs),
+        ("verbalize: one pass per batch, label rows only", fast),
+        ("FLOP bound (matmul peak / FLOPs of these tokens)", bound),
+    ):
+        print(f"| {name} | {r:.2f} | {r / slow:.1f} | {100 * r / bound:.0f}% |")
+    print(f"\nmax |verbalize - naive| log-prob: {diff:.2e}; vs batched pairs: {diff2:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Token batches: right padding, length sorting, token budget, and truncation of the {text} slot only."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from verbalize.batching import Batch, Encoded, encode_prompts, pad_id_of
+from verbalize.errors import InputError
+from verbalize.template import Template
+
+TEMPLATE = Template(
+    prompt="Review: {text}\nSentiment:", labels={"negative": ["negative"], "positive": ["positive"]}
+)
+# Ends in a letter: no token spans the end of the text and the template's "\n" (see the straddling test).
+LONG = ("the story is bad and the acting was terrible in every single scene of the movie " * 3).strip()
+TEXTS = ["good.", LONG, "A great film with a terrible ending.", "bad", LONG[:120], "It was fine, I guess?"]
+
+
+def ragged(lengths: list[int]) -> Encoded:
+    """Prompts whose tokens say where they come from: prompt i is [100*i + 1, ..., 100*i + n_i]."""
+    return Encoded([[100 * i + k + 1 for k in range(n)] for i, n in enumerate(lengths)], 0)
+
+
+def all_rows(batches: list[Batch]) -> np.ndarray:
+    return np.concatenate([b.rows for b in batches]) if batches else np.array([], dtype=int)
+
+
+# -- encode_prompts without truncation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("add_special_tokens", [True, False])
+def test_encode_prompts_tokenizes_each_prompt(family, add_special_tokens):
+    tok = family.tokenizer
+    prompts = [TEMPLATE.render(t) for t in TEXTS]
+    enc = encode_prompts(tok, prompts, add_special_tokens=add_special_tokens)
+    assert enc.n_truncated == 0
+    lead = list(family.lead) if add_special_tokens else []
+    assert enc.ids == [lead + list(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+
+
+def test_no_truncation_when_everything_fits(family):
+    prompts, spans = TEMPLATE.spans(TEXTS)
+    tok = family.tokenizer
+    longest = max(len(tok(p)["input_ids"]) for p in prompts)
+    enc = encode_prompts(tok, prompts, spans, max_length=longest)
+    assert enc.n_truncated == 0
+    assert enc.ids == [list(tok(p)["input_ids"]) for p in prompts]
+
+
+# -- batches -------------------------------------------------------------------------------------------
+
+
+LENGTHS = [3, 9, 1, 9, 5, 2, 7, 4, 4, 8, 6]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 64])
+def test_batches_right_pad_and_point_at_the_last_real_token(batch_size):
+    enc = ragged(LENGTHS)
+    pad = -7
+    batches = enc.batches(batch_size, pad_id=pad)
+    for batch in batches:
+        assert batch.input_ids.dtype == torch.long
+        assert len(batch.rows) <= batch_size
+        width = batch.input_ids.shape[1]
+        assert width == max(LENGTHS[r] for r in batch.rows)
+        for i, r in enumerate(batch.rows):
+            n = LENGTHS[r]
+            assert batch.input_ids[i, :n].tolist() == enc.ids[r]
+            assert batch.input_ids[i, n:].tolist() == [pad] * (width - n)
+            assert int(batch.last_index[i]) == n - 1
+            assert batch.input_ids[i, batch.last_index[i]].item() == enc.ids[r][-1]
+            mask = batch.attention_mask[i].tolist()
+            assert mask == [1] * n + [0] * (width - n)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 64])
+def test_batches_cover_every_prompt_once_longest_first(batch_size):
+    enc = ragged(LENGTHS)
+    batches = enc.batches(batch_size, pad_id=0)
+    rows = all_rows(batches)
+    assert sorted(rows.tolist()) == list(range(len(LENGTHS)))
+    lengths = [LENGTHS[r] for r in rows]
+    assert lengths == sorted(LENGTHS, reverse=True)
+    # Ties keep their input order (stable sort), so batches are deterministic.
+    for n in set(LENGTHS):
+        tied = [r for r in rows.tolist() if LENGTHS[r] == n]
+        assert tied == sorted(tied)
+    assert len(batches) == -(-len(LENGTHS) // batch_size)
+
+
+@pytest.mark.parametrize("max_tokens", [1, 8, 9, 10, 17, 20, 40, 1000])
+def test_token_budget_is_respected(max_tokens):
+    enc = ragged(LENGTHS)
+    batches = enc.batches(batch_size=4, pad_id=0, max_tokens=max_tokens)
+    assert sorted(all_rows(batches).tolist()) == list(range(len(LENGTHS)))
+    for batch in batches:
+        b, width = batch.input_ids.shape
+        assert b <= 4
+        assert b * width <= max_tokens or b == 1  # a prompt longer than the budget goes alone
+    # The budget is used: a batch stops short of batch_size only when one more row would not fit.
+    for batch, following in zip(batches, batches[1:], strict=False):
+        b, width = batch.input_ids.shape
+        if b < 4:
+            assert (b + 1) * width > max_tokens, (b, width, following.rows)
+
+
+def test_token_budget_gives_short_prompts_bigger_batches():
+    enc = ragged([10, 10, 2, 2, 2, 2, 2])
+    sizes = [len(b.rows) for b in enc.batches(batch_size=8, pad_id=0, max_tokens=20)]
+    assert sizes == [2, 5]
+
+
+def test_no_prompts_no_batches():
+    assert Encoded([], 0).batches(4, pad_id=0) == []
+
+
+def test_batches_of_real_prompts(family):
+    tok = family.tokenizer
+    prompts = [TEMPLATE.render(t) for t in TEXTS]
+    enc = encode_prompts(tok, prompts)
+    pad = pad_id_of(tok)
+    for batch in enc.batches(batch_size=4, pad_id=pad):
+        for i, r in enumerate(batch.rows):
+            n = int(batch.last_index[i]) + 1
+            assert batch.input_ids[i, :n].tolist() == list(tok(prompts[r])["input_ids"])
+            assert (batch.input_ids[i, n:] == pad).all()
+
+
+# -- pad id --------------------------------------------------------------------------------------------
+
+
+def test_pad_id_for_gpt2_without_pad_token_is_eos(gpt2_tokenizer):
+    assert gpt2_tokenizer.pad_token_id is None
+    assert pad_id_of(gpt2_tokenizer) == gpt2_tokenizer.eos_token_id == gpt2_tokenizer.convert_tokens_to_ids(
+        "<|endoftext|>"
+    )
+
+
+def test_pad_id_uses_the_pad_token(llama_tokenizer):
+    assert pad_id_of(llama_tokenizer) == llama_tokenizer.convert_tokens_to_ids("<pad>")
+
+
+def test_pad_id_without_any_special_token_is_zero():
+    assert pad_id_of(SimpleNamespace(pad_token_id=None, eos_token_id=None)) == 0
+
+
+# -- truncation ----------------------------------------------------------------------------------------
+
+
+def n_template_tokens(tokenizer, prompt: str, span: tuple[int, int], add_special_tokens: bool = True) -> int:
+    """Tokens of ``prompt`` that overlap no character of its text (template words and special tokens)."""
+    enc = tokenizer(prompt, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    start, end = span
+    return sum(1 for a, b in enc["offset_mapping"] if not (b > a and a < end and b > start))
+
+
+def check_cut_inside_text(tokenizer, prompt, span, max_length, add_special_tokens, lead, result):
+    """``result`` has max_length tokens and reads: template head, the start of the text, template tail."""
+    start, end = span
+    head, text, tail = prompt[:start], prompt[start:end], prompt[end:]
+    assert len(result) == max_length
+    if add_special_tokens:
+        assert result[: len(lead)] == list(lead)
+    decoded = tokenizer.decode(result, skip_special_tokens=True)
+    # The template's words are all there, whole, in place...
+    assert decoded.lstrip().startswith(head.strip()), decoded
+    assert decoded.endswith(tail), decoded
+    # ...and what is left of the text is its beginning: the end of the text was cut.
+    middle = decoded.lstrip()[len(head.strip()) : len(decoded.lstrip()) - len(tail)].strip()
+    assert len(middle) < len(text)
+    assert text.startswith(middle), (middle, text)
+
+
+@pytest.mark.parametrize("add_special_tokens", [True, False])
+@pytest.mark.parametrize("room", [0, 6, 20])
+def test_truncation_cuts_only_the_text(family, add_special_tokens, room):
+    tok = family.tokenizer
+    template = Template(
+        prompt="Question: {text}\nThe topic is sports, world or business. Answer:",
+        labels={"sports": ["sports"], "world": ["world"]},
+    )
+    texts = [LONG, "short one", LONG[:150] + " {braces} => ok"]
+    prompts, spans = template.spans(texts)
+    natural = [list(tok(p, add_special_tokens=add_special_tokens)["input_ids"]) for p in prompts]
+    max_length = len(natural[1]) + room
+    enc = encode_prompts(tok, prompts, spans, max_length=max_length, add_special_tokens=add_special_tokens)
+    too_long = [i for i, ids in enumerate(natural) if len(ids) > max_length]
+    assert too_long[0] == 0 and 1 not in too_long, "the test needs prompts that do not fit"
+    assert enc.n_truncated == len(too_long)
+    for i, ids in enumerate(enc.ids):
+        if i in too_long:
+            check_cut_inside_text(tok, prompts[i], spans[i], max_length, add_special_tokens, family.lead, ids)
+        else:
+            assert ids == natural[i]
+
+
+def test_truncated_ids_are_the_prompt_ids_less_the_last_text_tokens(gpt2_tokenizer):
+    # Byte-level BPE never merges across the text/template boundary here (letters, then "\n"),
+    # so the cut is exactly a run of the text's own tokens, ending with its last one.
+    tok = gpt2_tokenizer
+    prompts, spans = TEMPLATE.spans([LONG])
+    full = tok(prompts[0], return_offsets_mapping=True)
+    ids, offsets = list(full["input_ids"]), full["offset_mapping"]
+    start, end = spans[0]
+    in_text = [k for k, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+    assert all(start - 1 <= offsets[k][0] and offsets[k][1] <= end for k in in_text)
+    for max_length in (len(ids) - 1, len(ids) - 10, len(ids) - len(in_text)):
+        excess = len(ids) - max_length
+        enc = encode_prompts(tok, prompts, spans, max_length=max_length)
+        cut = in_text[-1] + 1 - excess
+        assert enc.ids[0] == ids[:cut] + ids[in_text[-1] + 1 :]
+
+
+def test_truncation_may_remove_the_whole_text_but_no_more(family):
+    tok = family.tokenizer
+    prompts, spans = TEMPLATE.spans([LONG])
+    template_only = n_template_tokens(tok, prompts[0], spans[0])
+    enc = encode_prompts(tok, prompts, spans, max_length=template_only)
+    assert len(enc.ids[0]) == template_only
+    assert tok.decode(enc.ids[0], skip_special_tokens=True).endswith("\nSentiment:")
+    message = f"text 0: the template alone takes {template_only} tokens, more than max_length={template_only - 1}"
+    with pytest.raises(InputError, match=re.escape(message)):
+        encode_prompts(tok, prompts, spans, max_length=template_only - 1)
+
+
+def test_template_alone_too_long_names_the_row(family):
+    tok = family.tokenizer
+    template = Template(
+        prompt="Read the review and answer with one word. The sentiment is positive or negative. {text} =>",
+        labels={"negative": ["negative"], "positive": ["positive"]},
+    )
+    prompts, spans = template.spans(["fine", "ok"])
+    with pytest.raises(InputError, match=r"text 0: the template alone takes \d+ tokens, more than max_length=5;"):
+        encode_prompts(tok, prompts, spans, max_length=5)
+
+
+def test_long_prompt_without_spans_is_an_error(family):
+    prompts = [TEMPLATE.render(LONG), TEMPLATE.render("ok")]
+    with pytest.raises(InputError, match=re.escape("1 prompts are longer than 16 tokens and no text span was given")):
+        encode_prompts(family.tokenizer, prompts, max_length=16)
+
+
+@pytest.mark.parametrize(
+    ("name", "prompt"),
+    [("gpt2", 'Review: "{text}"\nSentiment:'), ("llama", 'Review: "{text}"\nSentiment:'),
+     ("llama", "Review: {text}\nSentiment:")],
+    ids=["gpt2-quote", "llama-quote", "llama-newline"],
+)
+def test_a_token_straddling_text_and_template_is_not_cut(request, name, prompt):
+    """A token holding the text's last characters *and* template characters must not be dropped.
+
+    Byte-level BPE merges punctuation runs ('."' when the text ends in '.' and the template closes a
+    quote); SentencePiece-style BPE can merge across a newline ('.\nSentiment:'). Dropping that token
+    deletes part of the template, which the model then never sees.
+    """
+    family = request.getfixturevalue(name)
+    tok = family.tokenizer
+    template = Template(prompt=prompt, labels={"negative": ["negative"], "positive": ["positive"]})
+    prompts, spans = template.spans([LONG + "."])
+    offsets = tok(prompts[0], return_offsets_mapping=True)["offset_mapping"]
+    end = spans[0][1]
+    assert [(a, b) for a, b in offsets if a < end < b], "the fixture tokenizer should merge across the boundary"
+    max_length = len(offsets) - 5
+    enc = encode_prompts(tok, prompts, spans, max_length=max_length)
+    check_cut_inside_text(tok, prompts[0], spans[0], max_length, True, family.lead, enc.ids[0])

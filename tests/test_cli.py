@@ -1,0 +1,96 @@
+"""`verbalize check | predict | eval` on temporary files and a tiny GPT-2 saved to a local directory."""
+
+import csv
+import json
+
+import pytest
+
+from verbalize.cli import main
+
+TEMPLATE = """
+name = "t"
+prompt = "Review: {text}\\nSentiment:"
+[labels]
+negative = ["bad", "negative"]
+positive = ["good", "positive"]
+"""
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, gpt2_model, gpt2_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    gpt2_model.save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_check_prints_prompt_and_tokens(tmp_template, model_dir, capsys):
+    code = main(["check", str(tmp_template(TEMPLATE)), "--model", model_dir])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert '"Review: A charming and funny film.\\nSentiment:"' in out
+    assert "'good'" in out and "->" in out and "ok: no problems found" in out
+
+
+def test_check_reports_every_problem_with_file_and_key(tmp_template, model_dir, capsys):
+    bad = tmp_template('prompt = "Review: {txt} "\nlabel_prefx = " "\n[labels]\na = ["x"]\nb = ["x"]\n')
+    code = main(["check", str(bad), "--model", model_dir])
+    err = capsys.readouterr().err
+    assert code == 2
+    for key in (
+        "label_prefx: unknown key",
+        "prompt: unknown placeholder {txt}",
+        "prompt: ends with whitespace",
+        "labels.b: word 'x' also appears under labels.a",
+    ):
+        assert f"{bad}: {key}" in err, key
+
+
+def test_predict_jsonl_keeps_good_rows_when_some_are_bad(tmp_path, tmp_template, model_dir, capsys):
+    src = tmp_path / "in.jsonl"
+    rows = [
+        {"id": 1, "text": "good film"},
+        {"id": 2, "text": "  "},
+        {"id": 3, "text": None},
+        {"id": 4, "text": "bad {text} film"},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    out = tmp_path / "out.jsonl"
+    code = main(["predict", str(tmp_template(TEMPLATE)), str(src), "--output", str(out), "--model", model_dir])
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 1 and len(got) == 5
+    assert [r.get("id") for r in got[:4]] == [1, 2, 3, 4]
+    assert got[0]["prediction"] in ("negative", "positive") and 0.5 <= got[0]["probability"] <= 1
+    assert got[3]["prediction"] in ("negative", "positive")
+    assert "empty" in got[1]["error"] and "missing" in got[2]["error"] and "not valid JSON" in got[4]["error"]
+    assert "3 of 5 rows could not be classified" in capsys.readouterr().err
+
+
+def test_predict_csv_and_plain_text(tmp_path, tmp_template, model_dir, capsys):
+    src = tmp_path / "in.csv"
+    src.write_text("review,stars\ngood film,5\nbad film,1\n")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_template(TEMPLATE)), str(src), "-o", str(out), "--model", model_dir]) == 0
+    got = list(csv.DictReader(out.open()))
+    assert [r["stars"] for r in got] == ["5", "1"] and all(r["prediction"] for r in got)
+    txt = tmp_path / "in.txt"
+    txt.write_text("good film\nbad film\n")
+    assert main(["predict", str(tmp_template(TEMPLATE)), str(txt), "--model", model_dir]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(x)["text"] for x in lines] == ["good film", "bad film"]
+
+
+def test_predict_errors_are_explained(tmp_path, tmp_template, model_dir, capsys):
+    assert main(["predict", str(tmp_path / "missing.toml"), "x.txt", "--model", model_dir]) == 2
+    assert "not found" in capsys.readouterr().err
+    src = tmp_path / "in.csv"
+    src.write_text("body\nhello\n")
+    assert main(["predict", str(tmp_template(TEMPLATE)), str(src), "--model", model_dir]) == 2
+    assert "no text column" in capsys.readouterr().err
+
+
+def test_eval_prints_accuracy(tmp_path, tmp_template, model_dir, capsys):
+    src = tmp_path / "data.jsonl"
+    src.write_text('{"text": "good", "label": "positive"}\n{"text": "bad", "label": "negative"}\n')
+    assert main(["eval", str(tmp_template(TEMPLATE)), str(src), "--model", model_dir]) == 0
+    assert "accuracy=" in capsys.readouterr().out

@@ -1,0 +1,170 @@
+"""The scikit-learn contract and the user-facing errors of Verbalizer, on a tiny random GPT-2."""
+
+import logging
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+
+from verbalize import InputError, ModelLoadError, Scorer, Verbalizer
+
+LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
+X = ["good film", "bad film", "a great review", "terrible and bad", "good good", "bad bad", "fine", "awful"]
+Y = ["positive", "negative", "positive", "negative", "positive", "negative", "positive", "negative"]
+
+
+@pytest.fixture
+def scorer(gpt2_model, gpt2_tokenizer):
+    return Scorer(gpt2_model, gpt2_tokenizer, batch_size=4)
+
+
+def make(scorer, **kw):
+    params = dict(template="Review: {text}\nSentiment:", labels=LABELS, model=scorer) | kw
+    return Verbalizer(**params)
+
+
+def test_predict_without_fit_returns_label_names_in_an_ndarray(scorer):
+    clf = make(scorer)
+    for X_in in (X, tuple(X), np.array(X, dtype=object)):
+        pred = clf.predict(X_in)
+        assert isinstance(pred, np.ndarray) and pred.shape == (len(X),)
+        assert set(pred) <= {"negative", "positive"}
+    assert clf.classes_.tolist() == ["negative", "positive"]
+
+
+def test_proba_columns_follow_classes_and_agree_with_predict(scorer):
+    clf = make(scorer)
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-9)
+    assert (clf.classes_[proba.argmax(1)] == clf.predict(X)).all()
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X)), proba)
+
+
+def test_label_order_is_template_order_not_alphabetical(scorer):
+    clf = make(scorer, labels={"zeta": ["good"], "alpha": ["bad"]})
+    proba = clf.predict_proba(["good"])
+    raw = clf.decision_function(["good"])
+    assert clf.classes_.tolist() == ["zeta", "alpha"]
+    assert (proba.argmax(1) == raw.argmax(1)).all()
+
+
+def test_score_is_accuracy(scorer):
+    clf = make(scorer)
+    assert clf.score(X, Y) == pytest.approx(np.mean(clf.predict(X) == np.array(Y)))
+
+
+def test_clone_get_set_params(scorer):
+    clf = make(scorer, calibration="contextual", n_demos=2, random_state=3)
+    twin = clone(clf)
+    assert twin.get_params() == clf.get_params()
+    assert twin.get_params()["model"] is scorer  # weights are shared, not copied
+    twin.set_params(aggregation="max")
+    assert twin.aggregation == "max" and clf.aggregation == "logsumexp"
+
+
+def test_fit_returns_self_and_fitting_twice_equals_once(scorer):
+    clf = make(scorer, n_demos=4, calibration="contextual", random_state=0)
+    assert clf.fit(X, Y) is clf
+    demos, p1 = list(clf.demos_), clf.predict_proba(X)
+    clf.fit(X, Y)
+    assert clf.demos_ == demos
+    np.testing.assert_allclose(clf.predict_proba(X), p1)
+    labels = [lab for _, lab in demos]
+    assert labels.count("positive") == labels.count("negative") == 2
+
+
+def test_demos_change_the_prompt_and_the_scores(scorer):
+    zero = make(scorer).decision_function(X)
+    few = make(scorer, n_demos=2, random_state=0).fit(X, Y).decision_function(X)
+    assert not np.allclose(zero, few)
+
+
+def test_similar_demos_are_picked_per_text(scorer):
+    clf = make(scorer, n_demos=1, demo_selection="similar").fit(X, Y)
+    assert clf.predict(["bad film"]).shape == (1,)
+
+
+def test_demos_are_dropped_before_the_text_is_cut(scorer, caplog):
+    long_x = [" ".join(["word"] * 12) + f" {i}" for i in range(8)]
+    clf = make(scorer, n_demos=8, random_state=0).fit(long_x, Y)
+    with caplog.at_level(logging.WARNING):
+        clf.predict(["good film"])
+    assert "kept" in caplog.text and "demonstrations" in caplog.text
+    assert clf.scorer_.last_n_truncated == 0
+
+
+def test_grid_search_clones_and_refits(scorer):
+    grid = GridSearchCV(make(scorer), {"aggregation": ["logsumexp", "max"]}, cv=2).fit(X, Y)
+    assert grid.best_params_["aggregation"] in ("logsumexp", "max")
+
+
+def test_temperature_needs_fit(scorer):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="needs fit"):
+        make(scorer, calibration="temperature").predict(X)
+    clf = make(scorer, calibration="temperature").fit(X, Y)
+    assert clf.calibrator_.temperature_ > 0
+
+
+def test_save_and_load_give_identical_probabilities(scorer, tmp_path):
+    clf = make(scorer, n_demos=2, calibration="contextual", random_state=1).fit(X, Y)
+    clf.save(tmp_path / "run")
+    back = Verbalizer.load(tmp_path / "run")
+    np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
+    assert back.demos_ == clf.demos_
+    assert not list((tmp_path / "run").rglob("*.pkl")) and not list((tmp_path / "run").rglob("*.bin"))
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_bare_string_says_wrap_it_in_a_list(scorer):
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        make(scorer).predict("a single text")
+
+
+def test_missing_and_non_string_items_are_listed_by_position(scorer):
+    with pytest.raises(TypeError, match=r"X\[1\] is missing.*X\[2\] is a int"):
+        make(scorer).predict(["ok", None, 3])
+    with pytest.raises(TypeError, match=r"X\[0\] is missing \(None/NaN\)"):
+        make(scorer).predict([float("nan")])
+
+
+def test_empty_text_is_rejected_with_its_position(scorer):
+    with pytest.raises(InputError, match=r"X\[1\] is empty or whitespace-only"):
+        make(scorer).predict(["ok", "   "])
+
+
+def test_two_dimensional_input_is_rejected(scorer):
+    with pytest.raises(TypeError, match="1-D"):
+        make(scorer).predict(np.array([["a", "b"]]))
+
+
+def test_unknown_label_in_y_lists_the_template_labels(scorer):
+    with pytest.raises(InputError, match=r"'neutral'.*\['negative', 'positive'\]"):
+        make(scorer).fit(["a", "b"], ["neutral", "positive"])
+
+
+def test_text_with_braces_is_data(scorer):
+    clf = make(scorer)
+    weird = ["{text} {label} }{ => {0} {{x}}"]
+    assert clf.predict(weird).shape == (1,)
+    assert "{text} {label} }{ => {0} {{x}}" in clf.template_.render(weird[0])
+
+
+def test_bad_parameters_are_explained(scorer):
+    with pytest.raises(ValueError, match="Did you mean 'contextual'"):
+        make(scorer, calibration="contextal").predict(X)
+    with pytest.raises(ValueError, match="inline prompt needs labels="):
+        Verbalizer(template="classify: {text} =>", model=scorer).predict(X)
+    with pytest.raises(ValueError, match="needs template="):
+        Verbalizer(model=scorer).predict(X)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        Verbalizer(template="no/such/template.toml", model=scorer).predict(X)
+
+
+def test_unknown_model_name_is_explained():
+    with pytest.raises(ModelLoadError, match="could not load model"):
+        Verbalizer(template="templates/sst2.toml", model="/no/such/model/dir").predict(["x"])

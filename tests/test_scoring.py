@@ -1,0 +1,315 @@
+"""Scorer against a naive reference: one full forward per (prompt, label word), batch size 1, no cache.
+
+The reference builds the sequence the scorer documents (special ids the tokenizer puts first, then the
+tokens of ``prefix``, of the prompt, and of the word), runs ``model(input_ids).logits`` on it alone and
+sums the log-softmax over the word's tokens. It shares no code with the scorer: no padding, no key/value
+cache, no position ids, no batching. Everything runs on both tiny model families (conftest.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from verbalize.batching import encode_prompts
+from verbalize.errors import InputError
+from verbalize.labels import LabelWords
+from verbalize.scoring import AGGREGATIONS, aggregate
+from verbalize.template import Template
+
+TEMPLATE = Template(prompt="Review: {text}\nSentiment:", labels={"negative": ["negative"], "positive": ["positive"]})
+TEXTS = [
+    "good.",
+    "A great film with a terrible ending.",
+    "bad",
+    "The story is bad and the acting was terrible in every scene of the movie, I hated it.",
+    "ok",
+    "New technology makes phones faster, and this movie is good for business",
+    "{text} => }{",
+]
+PREFIX = "Classify the sentiment of the review.\n\nReview: the acting is good.\nSentiment: positive\n\n"
+WORDS = {
+    "single": {"negative": ["negative", "bad"], "positive": ["positive", "good"]},
+    "multi": {"negative": ["awful", "xylophone"], "positive": ["superb"]},
+    "mixed": {"negative": ["negative", "awful", "terrible"], "positive": ["superb", "good", "xylophone"]},
+}
+
+
+def plain_ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def context_ids(family, prompt: str, prefix: str = "") -> list[int]:
+    tok = family.tokenizer
+    return list(family.lead) + plain_ids(tok, prefix) + plain_ids(tok, prompt)
+
+
+@torch.no_grad()
+def naive_scores(model, contexts: list[list[int]], word_ids) -> np.ndarray:
+    """log p(word | context) by brute force, shape (n_contexts, n_words).
+
+    The input is context + word minus its last token (nothing reads the logits after it), so that a
+    context cut to fit the window with the longest word still fits.
+    """
+    out = np.zeros((len(contexts), len(word_ids)))
+    for i, ctx in enumerate(contexts):
+        for j, word in enumerate(word_ids):
+            ids = torch.tensor([list(ctx) + list(word[:-1])])  # (1, T)
+            logp = torch.log_softmax(model(ids).logits[0].double(), dim=-1)  # (T, V)
+            out[i, j] = sum(float(logp[len(ctx) + k - 1, t]) for k, t in enumerate(word))
+    return out
+
+
+def prompts_of(texts):
+    return [TEMPLATE.render(t) for t in texts]
+
+
+# -- scores == naive reference -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX], ids=["no-prefix", "prefix"])
+@pytest.mark.parametrize("kind", list(WORDS))
+def test_scores_match_the_naive_reference(family, kind, prefix):
+    lt = LabelWords(WORDS[kind]).encode(family.tokenizer)
+    n_multi = int(lt.multi_token.sum())
+    assert (n_multi == 0) if kind == "single" else (n_multi >= 2)
+    prompts = prompts_of(TEXTS)
+    lengths = [len(context_ids(family, p)) for p in prompts]
+    assert max(lengths) > 4 * min(lengths)  # very different lengths share batches
+    scores = family.scorer(batch_size=4).score_words(prompts, lt, prefix=prefix)
+    assert isinstance(scores, np.ndarray)
+    assert scores.shape == (len(prompts), len(lt.words))
+    expected = naive_scores(family.model, [context_ids(family, p, prefix) for p in prompts], lt.word_ids)
+    np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
+
+
+def test_prefix_changes_the_scores(family):
+    # Guards the test above against a prefix that is silently ignored.
+    lt = LabelWords(WORDS["mixed"]).encode(family.tokenizer)
+    scorer = family.scorer(batch_size=4)
+    with_prefix = scorer.score_words(prompts_of(TEXTS), lt, prefix=PREFIX)
+    without = scorer.score_words(prompts_of(TEXTS), lt)
+    assert np.abs(with_prefix - without).min() > 1e-3
+
+
+def test_scores_with_spans_and_no_truncation_are_unchanged(family):
+    lt = LabelWords(WORDS["mixed"]).encode(family.tokenizer)
+    prompts, spans = TEMPLATE.spans(TEXTS)
+    scorer = family.scorer(batch_size=3)
+    np.testing.assert_array_equal(scorer.score_words(prompts, lt, spans=spans), scorer.score_words(prompts, lt))
+    assert scorer.last_n_truncated == 0
+
+
+def test_prefix_and_prompt_score_as_the_rendered_prompt(family):
+    """Scoring ``prompt`` after ``prefix=`` equals scoring the rendered string ``prefix + prompt``.
+
+    This is what ``Template.render(text, demos)`` produces and what the model would read. The
+    tokenization must not change at the seam: GPT-2-style BPE tokenizes "\\n\\n" at the end of a string
+    as one token but as two before a word; SentencePiece puts "▁" in front of a string it starts.
+    """
+    template = Template(
+        prompt="Review: {text}\nSentiment:",
+        labels={"negative": ["negative", "awful"], "positive": ["positive"]},
+        instruction="Classify the sentiment of the review.",
+        demo_format="Review: {text}\nSentiment: {label}",
+    )
+    demos = [("the acting is good.", "positive"), ("the story is bad.", "negative")]
+    lt = template.labels.encode(family.tokenizer)
+    prompts, _ = template.spans(TEXTS[:3])
+    scores = family.scorer(batch_size=4).score_words(prompts, lt, prefix=template.prefix(demos))
+    rendered = [template.render(t, demos) for t in TEXTS[:3]]
+    contexts = [list(family.lead) + plain_ids(family.tokenizer, r) for r in rendered]
+    np.testing.assert_allclose(scores, naive_scores(family.model, contexts, lt.word_ids), atol=1e-4, rtol=0)
+
+
+def test_empty_prompt_after_a_prefix_scores_the_prefix_continuation(llama):
+    # The BOS the tokenizer adds gives every prompt a context, even an empty one: a prompt of
+    # "{text}" with the empty content-free text of contextual calibration renders to "".
+    lt = LabelWords(WORDS["mixed"]).encode(llama.tokenizer)
+    prompts = ["", prompts_of(TEXTS)[3]]
+    scores = llama.scorer(batch_size=4).score_words(prompts, lt, prefix="Classify:")
+    expected = naive_scores(llama.model, [context_ids(llama, p, "Classify:") for p in prompts], lt.word_ids)
+    np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
+
+
+def test_no_prompts_give_an_empty_array(family):
+    lt = LabelWords(WORDS["mixed"]).encode(family.tokenizer)
+    scores = family.scorer().score_words([], lt)
+    assert isinstance(scores, np.ndarray)
+    assert scores.shape == (0, len(lt.words))
+
+
+# -- batch invariance ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX], ids=["no-prefix", "prefix"])
+def test_a_text_scores_the_same_in_any_batch(family, make_scorer, prefix):
+    lt = LabelWords(WORDS["mixed"]).encode(family.tokenizer)
+    prompts = prompts_of(TEXTS)
+    alone = np.stack([make_scorer(batch_size=1).score_words([p], lt, prefix=prefix)[0] for p in prompts])
+    for batch_size in (1, 2, 7, 64):
+        together = make_scorer(batch_size=batch_size).score_words(prompts, lt, prefix=prefix)
+        np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0, err_msg=f"batch_size={batch_size}")
+    # Other neighbours, another order, duplicates, and a token budget instead of a row count.
+    order = [6, 3, 3, 0, 5, 1, 2, 4]
+    shuffled = make_scorer(batch_size=3).score_words([prompts[i] for i in order], lt, prefix=prefix)
+    np.testing.assert_allclose(shuffled, alone[order], atol=1e-5, rtol=0)
+    budget = make_scorer(batch_size=64, max_tokens=40).score_words(prompts, lt, prefix=prefix)
+    np.testing.assert_allclose(budget, alone, atol=1e-5, rtol=0)
+
+
+def test_neighbours_do_not_leak(family, make_scorer):
+    lt = LabelWords(WORDS["mixed"]).encode(family.tokenizer)
+    target = prompts_of(["A great film with a terrible ending."])[0]
+    scorer = make_scorer(batch_size=8)
+    a = scorer.score_words([target, *prompts_of(["ok", "bad"])], lt)[0]
+    b = scorer.score_words([*prompts_of([TEXTS[3], TEXTS[5], "x"]), target], lt)[-1]
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+# -- truncation ----------------------------------------------------------------------------------------
+
+
+LONG = ("the story is bad and the acting was terrible in every single scene of the movie " * 4).strip()
+
+
+def test_a_text_longer_than_the_gpt2_window_is_truncated_and_scored_exactly(gpt2):
+    tok, window = gpt2.tokenizer, gpt2.model.config.n_positions
+    lt = LabelWords(WORDS["mixed"]).encode(tok)
+    longest_word = max(len(ids) for ids in lt.word_ids)
+    prompts, spans = TEMPLATE.spans([TEXTS[0], LONG, TEXTS[1]])
+    assert len(plain_ids(tok, prompts[1])) > window
+    scorer = gpt2.scorer(batch_size=4)
+    scores = scorer.score_words(prompts, lt, spans=spans)
+    assert scorer.last_n_truncated == 1
+    assert np.isfinite(scores).all()
+    # The prompt is cut to leave room for the longest word: prompt + word fills the window exactly.
+    budget = window - (longest_word - 1)
+    cut = encode_prompts(tok, prompts, spans, max_length=budget, add_special_tokens=False).ids
+    assert len(cut[1]) == budget and cut[0] == plain_ids(tok, prompts[0])
+    assert tok.decode(cut[1]).endswith("\nSentiment:")
+    np.testing.assert_allclose(scores, naive_scores(gpt2.model, cut, lt.word_ids), atol=1e-4, rtol=0)
+    # The count is per call.
+    scorer.score_words(prompts[:1], lt, spans=spans[:1])
+    assert scorer.last_n_truncated == 0
+
+
+def test_truncation_with_a_prefix_and_max_length(family):
+    tok = family.tokenizer
+    lt = LabelWords(WORDS["mixed"]).encode(tok)
+    max_length = 60
+    prefix = "Classify the sentiment.\n\n"
+    prompts, spans = TEMPLATE.spans([LONG, TEXTS[2], LONG[:100]])
+    scorer = family.scorer(batch_size=2, max_length=max_length)
+    assert scorer.context_length == max_length
+    scores = scorer.score_words(prompts, lt, spans=spans, prefix=prefix)
+    room = len(family.lead) + len(plain_ids(tok, prefix)) + max(len(w) for w in lt.word_ids) - 1
+    cut = encode_prompts(tok, prompts, spans, max_length=max_length - room, add_special_tokens=False).ids
+    assert scorer.last_n_truncated == sum(len(plain_ids(tok, p)) > max_length - room for p in prompts) >= 1
+    contexts = [list(family.lead) + plain_ids(tok, prefix) + ids for ids in cut]
+    assert max(len(c) for c in contexts) + max(len(w) for w in lt.word_ids) - 1 == max_length
+    np.testing.assert_allclose(scores, naive_scores(family.model, contexts, lt.word_ids), atol=1e-4, rtol=0)
+
+
+def test_too_long_without_spans_is_an_input_error(gpt2):
+    lt = LabelWords(WORDS["single"]).encode(gpt2.tokenizer)
+    with pytest.raises(InputError, match="no text span was given"):
+        gpt2.scorer().score_words(prompts_of([LONG]), lt)
+
+
+def test_context_length_comes_from_the_model(family):
+    config = family.model.config
+    assert family.scorer().context_length == config.max_position_embeddings
+    assert family.scorer(max_length=10**6).context_length == config.max_position_embeddings
+    assert family.scorer(max_length=20).context_length == 20
+
+
+# -- aggregate -----------------------------------------------------------------------------------------
+
+
+WORD_SCORES = np.array(
+    [
+        [-1.0, -2.0, -0.5, -3.0, -4.0],
+        [-10.0, -0.1, -2.0, -2.0, -7.5],
+        [-1000.0, -1000.0, -0.7, -1001.0, -999.0],
+    ]
+)
+WORD_LABEL = np.array([0, 0, 1, 2, 2])
+
+
+def test_aggregate_logsumexp_is_the_log_of_the_total_probability():
+    out = aggregate(WORD_SCORES, WORD_LABEL, 3, "logsumexp")
+    expected = np.array(
+        [
+            [np.log(np.exp(-1.0) + np.exp(-2.0)), -0.5, np.log(np.exp(-3.0) + np.exp(-4.0))],
+            [np.log(np.exp(-10.0) + np.exp(-0.1)), -2.0, np.log(np.exp(-2.0) + np.exp(-7.5))],
+            # exp(-1000) underflows: written out as m + log(sum exp(s - m))
+            [-1000.0 + np.log(2.0), -0.7, -999.0 + np.log(1.0 + np.exp(-2.0))],
+        ]
+    )
+    assert out.shape == (3, 3)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+
+
+def test_aggregate_mean_and_max():
+    mean = aggregate(WORD_SCORES, WORD_LABEL, 3, "mean")
+    np.testing.assert_allclose(mean[0], [-1.5, -0.5, -3.5])
+    np.testing.assert_allclose(mean[1], [-5.05, -2.0, -4.75])
+    np.testing.assert_allclose(mean[2], [-1000.0, -0.7, -1000.0])
+    best = aggregate(WORD_SCORES, WORD_LABEL, 3, "max")
+    np.testing.assert_array_equal(best, [[-1.0, -0.5, -3.0], [-0.1, -2.0, -2.0], [-1000.0, -0.7, -999.0]])
+
+
+def test_aggregate_default_is_logsumexp_and_words_need_not_be_grouped():
+    perm = np.array([4, 2, 0, 3, 1])
+    np.testing.assert_allclose(
+        aggregate(WORD_SCORES[:, perm], WORD_LABEL[perm], 3), aggregate(WORD_SCORES, WORD_LABEL, 3, "logsumexp")
+    )
+
+
+def test_aggregate_of_single_words_is_identity():
+    scores = np.array([[-1.5, -0.25], [-3.0, -7.0]], dtype=np.float32)
+    for how in AGGREGATIONS:
+        out = aggregate(scores, np.array([0, 1]), 2, how)
+        assert out.dtype == np.float64
+        np.testing.assert_allclose(out, scores, rtol=1e-7)
+
+
+def test_aggregate_unknown_name():
+    message = "aggregation must be one of ('logsumexp', 'mean', 'max'), got 'sum'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        aggregate(WORD_SCORES, WORD_LABEL, 3, "sum")
+
+
+# -- features ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX], ids=["no-prefix", "prefix"])
+def test_features_shape_and_next_token_logits(family, prefix):
+    prompts = prompts_of(TEXTS)
+    feats = family.scorer(batch_size=3).features(prompts, prefix=prefix)
+    assert isinstance(feats, np.ndarray) and feats.dtype == np.float32
+    assert feats.shape == (len(prompts), family.model.config.hidden_size)
+    # The features are the final hidden state at the last token: the output layer turns them into
+    # exactly the next-token logits of a plain forward pass.
+    out = family.model.get_output_embeddings()
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            ids = torch.tensor([context_ids(family, p, prefix)])  # (1, T)
+            expected = family.model(ids).logits[0, -1]  # (V,)
+            got = out(torch.from_numpy(feats[i]))  # (V,)
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_features_are_batch_invariant(family):
+    prompts = prompts_of(TEXTS)
+    alone = np.stack([family.scorer(batch_size=1).features([p])[0] for p in prompts])
+    for batch_size in (2, 7, 64):
+        np.testing.assert_allclose(family.scorer(batch_size=batch_size).features(prompts), alone, atol=1e-5, rtol=0)
+    order = [5, 0, 0, 3]
+    np.testing.assert_allclose(
+        family.scorer(batch_size=3).features([prompts[i] for i in order]), alone[order], atol=1e-5, rtol=0
+    )
