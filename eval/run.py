@@ -6,10 +6,11 @@
 
 For each (dataset, k, seed) the test texts are scored once; every calibration method is then
 applied to those same raw scores (calibrators work on arrays), fitted on what each method needs:
-content-free inputs ("N/A", "", "[MASK]") and random in-domain words, both rendered with the same
-demonstrations; the unlabeled test batch itself (batch); and --n-temp labeled training examples per
-class that are not among the demonstrations (temperature). Baselines in the same file: the majority
-class of the training pool, and TF-IDF + logistic regression trained on the same k examples per class.
+content-free inputs ("N/A", "", "[MASK]") and random words of the training pool, both rendered with
+the same demonstrations by Verbalizer.fit itself; the unlabeled test batch (batch); and --n-temp
+labeled training examples per class that are not among the demonstrations (temperature).
+Baselines in the same file: the majority class of the training pool, and TF-IDF + logistic
+regression trained on the same k examples per class.
 Zero-shot rows do not depend on the seed and are computed once, then written for every seed.
 """
 
@@ -25,7 +26,7 @@ from data import DATASETS, data_dir, load, template_path
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from verbalize import ContextualCalibrator, Verbalizer, get_calibrator, load_template
+from verbalize import Verbalizer, get_calibrator, load_template
 from verbalize.calibration import log_softmax
 from verbalize.metrics import evaluate
 
@@ -45,27 +46,24 @@ def run_one(clf: Verbalizer, test: tuple, train: tuple, k: int, seed: int, n_tem
     """All calibration methods for one (k, seed): one scoring pass of the test set plus small extras."""
     (X, y), (X_tr, y_tr) = test, train
     classes = list(load_template(clf.template).labels)
+    # domain: random words of the training pool (in-domain, unlabeled); contextual: "N/A", "", "[MASK]"
     t0 = time.perf_counter()
-    clf.fit(X_tr, y_tr) if k else clf.fit()
+    fitted = {}
+    for method in ("contextual", "domain"):  # the library's own fitting, with the same demonstrations
+        clf.set_params(calibration=method).fit(X_tr, y_tr)
+        fitted[method] = clf.calibrator_
+    clf.set_params(calibration=None).fit(X_tr, y_tr)
     raw = clf.decision_function(X)
     seconds = time.perf_counter() - t0
+    fitted["batch"] = get_calibrator("batch").fit(raw)  # the unlabeled test batch itself
     demo_idx = {X_tr.index(t) for t, _ in clf.demos_}
     temp_idx = held_out(y_tr, classes, n_temp, demo_idx, seed)
-    fits = {
-        "contextual": clf.decision_function(["N/A", "", "[MASK]"]),
-        "domain": clf.decision_function(_domain(X, seed)),
-        "batch": raw,
-    }
-    temp_scores = clf.decision_function([X_tr[i] for i in temp_idx])
     temp_y = np.array([classes.index(y_tr[i]) for i in temp_idx])
+    temp_scores = clf.decision_function([X_tr[i] for i in temp_idx])
+    fitted["temperature"] = get_calibrator("temperature").fit(temp_scores, temp_y)
     rows = []
     for method in METHODS:
-        if method == "none":
-            logp = log_softmax(raw)
-        elif method == "temperature":
-            logp = get_calibrator("temperature").fit(temp_scores, temp_y).transform(raw)
-        else:
-            logp = ContextualCalibrator().fit(fits[method]).transform(raw)
+        logp = log_softmax(raw) if method == "none" else fitted[method].transform(raw)
         rows.append({"method": "verbalize", "calibration": method, **evaluate(np.exp(logp), y, classes)})
     return [r | {"k": k, "seed": seed, "seconds": round(seconds, 2), "labels": classes} for r in rows]
 
@@ -83,13 +81,6 @@ def baselines(test: tuple, train: tuple, classes: list[str], k: int, seed: int, 
         p[:, [classes.index(c) for c in lr.classes_]] = lr.predict_proba(vec.transform(X))
         rows.append({"method": "tfidf_lr", "calibration": "-", **evaluate(p, y, classes)})
     return [r | {"k": k, "seed": seed, "labels": classes} for r in rows]
-
-
-def _domain(texts: list[str], seed: int, n: int = 20) -> list[str]:
-    words = [w for t in texts for w in t.split()]
-    rng = np.random.default_rng(seed)
-    length = max(1, round(len(words) / len(texts)))
-    return [" ".join(rng.choice(words, size=length)) for _ in range(n)]
 
 
 def main() -> None:

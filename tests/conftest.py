@@ -179,7 +179,7 @@ _TINY_MODEL_FIXTURES = {"gpt2_model", "llama_model", "gpt2", "llama", "family", 
 
 @pytest.fixture(autouse=True)
 def _one_thread_for_tiny_models(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run the 64-dim models on one thread: 30x faster than two busy cores fighting over tiny matmuls."""
+    """Run the 64-dim models on one thread: two threads on two busy cores made the suite ~30x slower."""
     if not _TINY_MODEL_FIXTURES.intersection(request.fixturenames):
         yield
         return
