@@ -13,9 +13,7 @@ from verbalize.batching import Batch, Encoded, encode_prompts, pad_id_of
 from verbalize.errors import InputError
 from verbalize.template import Template
 
-TEMPLATE = Template(
-    prompt="Review: {text}\nSentiment:", labels={"negative": ["negative"], "positive": ["positive"]}
-)
+TEMPLATE = Template(prompt="Review: {text}\nSentiment:", labels={"negative": ["negative"], "positive": ["positive"]})
 # Ends in a letter: no token spans the end of the text and the template's "\n" (see the straddling test).
 LONG = ("the story is bad and the acting was terrible in every single scene of the movie " * 3).strip()
 TEXTS = ["good.", LONG, "A great film with a terrible ending.", "bad", LONG[:120], "It was fine, I guess?"]
@@ -136,8 +134,10 @@ def test_batches_of_real_prompts(family):
 
 def test_pad_id_for_gpt2_without_pad_token_is_eos(gpt2_tokenizer):
     assert gpt2_tokenizer.pad_token_id is None
-    assert pad_id_of(gpt2_tokenizer) == gpt2_tokenizer.eos_token_id == gpt2_tokenizer.convert_tokens_to_ids(
-        "<|endoftext|>"
+    assert (
+        pad_id_of(gpt2_tokenizer)
+        == gpt2_tokenizer.eos_token_id
+        == gpt2_tokenizer.convert_tokens_to_ids("<|endoftext|>")
     )
 
 
@@ -199,21 +199,21 @@ def test_truncation_cuts_only_the_text(family, add_special_tokens, room):
             assert ids == natural[i]
 
 
-def test_truncated_ids_are_the_prompt_ids_less_the_last_text_tokens(gpt2_tokenizer):
-    # Byte-level BPE never merges across the text/template boundary here (letters, then "\n"),
-    # so the cut is exactly a run of the text's own tokens, ending with its last one.
+def test_truncated_ids_tokenize_the_prompt_with_a_shortened_text(gpt2_tokenizer):
+    # The result is what the tokenizer gives for a real string: the template with the text cut at a
+    # token boundary (so that the model never sees a token sequence no string produces).
     tok = gpt2_tokenizer
     prompts, spans = TEMPLATE.spans([LONG])
-    full = tok(prompts[0], return_offsets_mapping=True)
-    ids, offsets = list(full["input_ids"]), full["offset_mapping"]
     start, end = spans[0]
-    in_text = [k for k, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
-    assert all(start - 1 <= offsets[k][0] and offsets[k][1] <= end for k in in_text)
-    for max_length in (len(ids) - 1, len(ids) - 10, len(ids) - len(in_text)):
-        excess = len(ids) - max_length
-        enc = encode_prompts(tok, prompts, spans, max_length=max_length)
-        cut = in_text[-1] + 1 - excess
-        assert enc.ids[0] == ids[:cut] + ids[in_text[-1] + 1 :]
+    n_full = len(tok(prompts[0])["input_ids"])
+    for max_length in (n_full - 1, n_full - 10, n_full - 30):
+        ids = encode_prompts(tok, prompts, spans, max_length=max_length).ids[0]
+        assert max_length - 3 <= len(ids) <= max_length
+        decoded = tok.decode(ids)
+        assert decoded.startswith(prompts[0][:start]) and decoded.endswith(prompts[0][end:])
+        kept = decoded[start : len(decoded) - len(prompts[0]) + end]
+        assert LONG.startswith(kept) and len(kept) < len(LONG)
+        assert ids == list(tok(prompts[0][:start] + kept + prompts[0][end:])["input_ids"])
 
 
 def test_truncation_may_remove_the_whole_text_but_no_more(family):
@@ -247,8 +247,11 @@ def test_long_prompt_without_spans_is_an_error(family):
 
 @pytest.mark.parametrize(
     ("name", "prompt"),
-    [("gpt2", 'Review: "{text}"\nSentiment:'), ("llama", 'Review: "{text}"\nSentiment:'),
-     ("llama", "Review: {text}\nSentiment:")],
+    [
+        ("gpt2", 'Review: "{text}"\nSentiment:'),
+        ("llama", 'Review: "{text}"\nSentiment:'),
+        ("llama", "Review: {text}\nSentiment:"),
+    ],
     ids=["gpt2-quote", "llama-quote", "llama-newline"],
 )
 def test_a_token_straddling_text_and_template_is_not_cut(request, name, prompt):

@@ -44,7 +44,7 @@ def plain_ids(tokenizer, text: str) -> list[int]:
 
 def context_ids(family, prompt: str, prefix: str = "") -> list[int]:
     tok = family.tokenizer
-    return list(family.lead) + plain_ids(tok, prefix) + plain_ids(tok, prompt)
+    return list(family.lead) + plain_ids(tok, prefix + prompt)  # the model reads the joined string
 
 
 @torch.no_grad()
@@ -206,10 +206,13 @@ def test_truncation_with_a_prefix_and_max_length(family):
     scorer = family.scorer(batch_size=2, max_length=max_length)
     assert scorer.context_length == max_length
     scores = scorer.score_words(prompts, lt, spans=spans, prefix=prefix)
-    room = len(family.lead) + len(plain_ids(tok, prefix)) + max(len(w) for w in lt.word_ids) - 1
-    cut = encode_prompts(tok, prompts, spans, max_length=max_length - room, add_special_tokens=False).ids
-    assert scorer.last_n_truncated == sum(len(plain_ids(tok, p)) > max_length - room for p in prompts) >= 1
-    contexts = [list(family.lead) + plain_ids(tok, prefix) + ids for ids in cut]
+    # the model reads prefix + prompt as one string; only the text part of it may be cut
+    room = len(family.lead) + max(len(w) for w in lt.word_ids) - 1
+    joined = [prefix + p for p in prompts]
+    shifted = [(a + len(prefix), b + len(prefix)) for a, b in spans]
+    cut = encode_prompts(tok, joined, shifted, max_length=max_length - room, add_special_tokens=False).ids
+    assert scorer.last_n_truncated == sum(len(plain_ids(tok, p)) > max_length - room for p in joined) >= 1
+    contexts = [list(family.lead) + ids for ids in cut]
     assert max(len(c) for c in contexts) + max(len(w) for w in lt.word_ids) - 1 == max_length
     np.testing.assert_allclose(scores, naive_scores(family.model, contexts, lt.word_ids), atol=1e-4, rtol=0)
 

@@ -142,9 +142,7 @@ def test_unknown_placeholder_suggests_text(tmp_template):
     assert len(info.value.issues) == 1  # not also "found {text} 0 times"
 
 
-@pytest.mark.parametrize(
-    "field", ["{text!r}", "{text:>5}", "{text!s:^9}", "{text.up}", "{text[0]}", "{}", "{0}"]
-)
+@pytest.mark.parametrize("field", ["{text!r}", "{text:>5}", "{text!s:^9}", "{text.up}", "{text[0]}", "{}", "{0}"])
 def test_conversions_specs_attributes_and_positional_fields_are_rejected(tmp_template, field):
     path = tmp_template(f'prompt = "Review: {field} =>"' + LABELS)
     with raises_at(path, f"prompt: unknown placeholder {field}; allowed here: {{text}}"):
@@ -177,7 +175,7 @@ def test_literal_backslash_n_in_single_quoted_value(tmp_template):
 
 
 def test_literal_backslash_n_in_nested_table(tmp_template):
-    path = tmp_template('prompt = "{text} =>"\n[demos]\nformat = \'{text}\\n{label}\'' + LABELS)
+    path = tmp_template("prompt = \"{text} =>\"\n[demos]\nformat = '{text}\\n{label}'" + LABELS)
     with raises_at(path, "demos.format: contains a literal backslash escape"):
         load_template(path)
 
@@ -299,9 +297,7 @@ def test_template_error_is_a_value_error():
 # -- rendering -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "text", ["win {money} now", "a } b { c", "{text}", "x => y", "{{text}}", "{0} {} %s {x!r}"]
-)
+@pytest.mark.parametrize("text", ["win {money} now", "a } b { c", "{text}", "x => y", "{{text}}", "{0} {} %s {x!r}"])
 def test_text_is_inserted_verbatim(text):
     t = Template(prompt="classify: {text} =>", labels={"spam": ["spam"], "ham": ["ham"]})
     assert t.render(text) == "classify: " + text + " =>"

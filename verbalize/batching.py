@@ -79,6 +79,8 @@ def encode_prompts(
     InputError
         When a prompt is too long even with its text removed entirely.
     """
+    if not prompts:
+        return Encoded([], 0)
     enc = tokenizer(list(prompts), add_special_tokens=add_special_tokens)
     ids = [list(x) for x in enc["input_ids"]]
     n_truncated = 0
@@ -96,20 +98,35 @@ def encode_prompts(
 def _truncate(
     tokenizer: Any, prompt: str, span: tuple[int, int], max_length: int, add_special: bool, row: int
 ) -> list[int]:
+    """Cut the end of the text by whole tokens, then tokenize the shortened prompt as one string.
+
+    Re-tokenizing keeps the result a sequence the tokenizer really produces: a token that merges the
+    end of the text with the template (`."`, `.\nSentiment:`) is re-formed, never dropped with the text.
+    """
     if not getattr(tokenizer, "is_fast", False):
         raise InputError(
             f"text {row} needs truncation, which needs a fast tokenizer (with offsets); "
             "load the model's fast tokenizer or shorten the text"
         )
     enc = tokenizer(prompt, add_special_tokens=add_special, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
     start, end = span
-    in_text = [k for k, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
-    excess = len(ids) - max_length
-    if excess > len(in_text):
-        raise InputError(
-            f"text {row}: the template alone takes {len(ids) - len(in_text)} tokens, more than max_length="
-            f"{max_length}; shorten the instruction or use fewer demonstrations"
-        )
-    drop = set(in_text[len(in_text) - excess :])
-    return [t for k, t in enumerate(ids) if k not in drop]
+    starts = [a for a, b in enc["offset_mapping"] if b > a and _inside(prompt, a, b, start, end)]
+    excess = len(enc["input_ids"]) - max_length
+
+    def tokens_cut_at(cut: int) -> list[int]:
+        # rstrip: the space before a dropped token goes with it, as in the token sequence itself
+        return list(tokenizer(prompt[:cut].rstrip() + prompt[end:], add_special_tokens=add_special)["input_ids"])
+
+    for drop in range(max(excess, 1), len(starts) + 1):
+        ids = tokens_cut_at(starts[len(starts) - drop])  # the text keeps its characters before this token
+        if len(ids) <= max_length:
+            return ids
+    raise InputError(
+        f"text {row}: the template alone takes {len(tokens_cut_at(start))} tokens, more than max_length="
+        f"{max_length}; shorten the instruction or use fewer demonstrations"
+    )
+
+
+def _inside(prompt: str, a: int, b: int, start: int, end: int) -> bool:
+    chars = [i for i in range(a, b) if not prompt[i].isspace()] or list(range(a, b))
+    return start <= chars[0] and chars[-1] < end

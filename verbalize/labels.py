@@ -31,6 +31,7 @@ class LabelWords(Mapping[str, tuple[str, ...]]):
         if issues:
             raise TemplateError(issues)
         self._data = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in mapping.items()}
+        self.source = source
 
     def __getitem__(self, label: str) -> tuple[str, ...]:
         return self._data[label]
@@ -70,7 +71,7 @@ class LabelWords(Mapping[str, tuple[str, ...]]):
             for word in label_words:
                 full = _ids(tokenizer, context + prefix + word)
                 ids = tuple(full[len(ctx) :]) if full[: len(ctx)] == ctx else tuple(_ids(tokenizer, prefix + word))
-                key = f"labels.{label}"
+                key = f"{self.source}: labels.{label}"
                 if not ids:
                     issues.append(f"{key}: word {word!r} encodes to no token; use a non-empty word")
                     continue

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import Batch, encode_prompts, pad_id_of
+from .batching import Batch, Encoded, encode_prompts, pad_id_of
+from .errors import InputError
 from .labels import LabelTokens
 from .models import load_model
 
@@ -141,9 +142,18 @@ class Scorer:
         width: int,
         progress: bool,
     ) -> np.ndarray:
-        prefix_ids = self._lead + (_ids(self.tokenizer, prefix) if prefix else [])
-        budget = self.context_length - len(prefix_ids) - room
-        encoded = encode_prompts(self.tokenizer, prompts, spans, max_length=budget, add_special_tokens=False)
+        # The model reads the tokens of the whole string prefix + prompt (tokenizing the parts apart
+        # would change the tokens at the seam); the leading tokens that every row shares are run once.
+        lead = self._lead
+        full = [prefix + p for p in prompts]
+        if spans is not None and prefix:
+            spans = [(a + len(prefix), b + len(prefix)) for a, b in spans]
+        budget = self.context_length - room - len(lead)
+        encoded = encode_prompts(self.tokenizer, full, spans, max_length=budget, add_special_tokens=False)
+        ids = [lead + x for x in encoded.ids]
+        empty = [i for i, x in enumerate(ids) if not x]
+        if empty:
+            raise InputError(f"prompts {empty[:5]} are empty and the tokenizer adds no BOS: nothing to condition on")
         self.last_n_truncated = encoded.n_truncated
         if encoded.n_truncated:
             logger.warning(
@@ -152,14 +162,20 @@ class Scorer:
                 len(prompts),
                 self.context_length,
             )
+        n_shared = _shared_length(ids, lead + _ids(self.tokenizer, prefix)) if prefix or lead else 0
+        shared, rest = (ids[0][:n_shared] if ids else []), Encoded([x[n_shared:] for x in ids], encoded.n_truncated)
         out = np.zeros((len(prompts), width), dtype=np.float32)
-        batches = encoded.batches(self.batch_size, self.pad_id, self.max_tokens)
         with torch.inference_mode():
-            prefix_kv = self._prefix_kv(prefix_ids)
-            for batch in tqdm(batches, disable=not progress, desc="scoring", unit="batch"):
+            prefix_kv = self._prefix_kv(shared)
+            for batch in tqdm(
+                rest.batches(self.batch_size, self.pad_id, self.max_tokens),
+                disable=not progress,
+                desc="scoring",
+                unit="batch",
+            ):
                 batch = Batch(batch.input_ids.to(self.device), batch.last_index, batch.rows)
                 cache = _expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
-                out[batch.rows] = step(batch, cache, len(prefix_ids)).cpu().numpy()
+                out[batch.rows] = step(batch, cache, len(shared)).cpu().numpy()
         return out
 
     def _prefix_kv(self, prefix_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -237,6 +253,16 @@ def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, ho
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _shared_length(rows: list[list[int]], prefix: list[int]) -> int:
+    """How many leading tokens of ``prefix`` every row starts with, leaving each row at least one token."""
+    n = len(prefix)
+    for row in rows:
+        n = min(n, len(row) - 1)
+        if row[:n] != prefix[:n]:
+            n = next(i for i, (a, b) in enumerate(zip(row, prefix[:n], strict=False)) if a != b)
+    return max(n, 0)
 
 
 def _leading_special_ids(tokenizer: Any) -> list[int]:

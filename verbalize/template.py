@@ -166,11 +166,10 @@ def _check(t: Template, source: str) -> list[str]:
     for key, value in strings.items():
         if not isinstance(value, str):
             issues.append(f"{key}: expected a string, got {type(value).__name__} {value!r}")
-    if issues:
-        return [f"{source}: {i}" for i in issues]
-    if not t.prompt.strip():
+    bad_types = {i.split(":")[0] for i in issues}  # skip the checks of values that are not strings
+    if "prompt" not in bad_types and not t.prompt.strip():
         issues.append("prompt: is empty; write the prompt with {text} where the text goes")
-    else:
+    elif "prompt" not in bad_types:
         _, bad = _fields(t.prompt, ("text",), "prompt")
         issues += bad
         n_text = sum(1 for _, n, _, _ in string.Formatter().parse(t.prompt) if n == "text") if not bad else 1
@@ -181,8 +180,9 @@ def _check(t: Template, source: str) -> list[str]:
                 f"prompt: ends with whitespace ({t.prompt[len(t.prompt.rstrip()) :]!r}); remove it "
                 f"(label_prefix {t.label_prefix!r} is put before each label word)"
             )
-    issues += _fields(t.instruction, (), "instruction")[1]
-    if t.demo_format is not None:
+    if "instruction" not in bad_types:
+        issues += _fields(t.instruction, (), "instruction")[1]
+    if t.demo_format is not None and "demos.format" not in bad_types:
         _, bad = _fields(t.demo_format, ("text", "label"), "demos.format")
         issues += bad
         names = [n for _, n, _, _ in string.Formatter().parse(t.demo_format) if n] if not bad else []
