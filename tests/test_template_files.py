@@ -30,4 +30,4 @@ def test_template_words_tokenize_apart_on_default_model(path, default_scorer):
     tokens = t.labels.encode(default_scorer.tokenizer, t.label_prefix, t.render(t.sample_text))
     assert len(set(tokens.word_ids)) == len(tokens.word_ids)
     # every shipped word is a single token of the default model, so scoring stays one pass
-    assert not tokens.multi_token.any(), dict(zip(tokens.words, tokens.word_ids))
+    assert not tokens.multi_token.any(), dict(zip(tokens.words, tokens.word_ids, strict=True))

@@ -21,6 +21,7 @@ temperature     a few labeled examples (Guo et al. 2017)     fixes over/under-co
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import numpy as np
@@ -34,10 +35,16 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     return s - m - np.log(np.exp(s - m).sum(axis=1, keepdims=True))
 
 
-class _Calibrator:
+class _Calibrator(abc.ABC):
     """Shared persistence: every fitted attribute ends in '_' and is a float or an array."""
 
     name = ""
+
+    @abc.abstractmethod
+    def fit(self, scores: np.ndarray, y: Any = None) -> _Calibrator: ...
+
+    @abc.abstractmethod
+    def transform(self, scores: np.ndarray) -> np.ndarray: ...
 
     def get_state(self) -> dict[str, Any]:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items() if k.endswith("_")}

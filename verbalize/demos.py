@@ -20,14 +20,14 @@ def select_demos(
     """
     if strategy not in SELECTIONS or strategy == "similar":
         raise ValueError(f"select_demos strategy must be one of {SELECTIONS[:3]}, got {strategy!r}")
-    y = np.asarray(y)
-    n = min(int(n_demos), len(y))
+    y_arr = np.asarray(y)
+    n = min(int(n_demos), len(y_arr))
     rng = np.random.default_rng(random_state)
     if strategy == "first":
         return list(range(n))
     if strategy == "random":
-        return [int(i) for i in rng.choice(len(y), size=n, replace=False)]
-    pools = {lab: list(rng.permutation(np.flatnonzero(y == lab))) for lab in labels}
+        return [int(i) for i in rng.choice(len(y_arr), size=n, replace=False)]
+    pools = {lab: list(rng.permutation(np.flatnonzero(y_arr == lab))) for lab in labels}
     chosen: list[int] = []
     while len(chosen) < n and any(pools.values()):
         for lab in labels:

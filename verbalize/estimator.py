@@ -17,7 +17,7 @@ from .calibration import CALIBRATORS, BatchCalibrator, DomainCalibrator, get_cal
 from .demos import SELECTIONS, select_demos, similar_demos
 from .errors import did_you_mean
 from .inputs import check_labels, check_texts
-from .labels import LabelTokens
+from .labels import LabelTokens, LabelWords
 from .scoring import AGGREGATIONS, Scorer, aggregate
 from .template import Template, load_template
 
@@ -70,10 +70,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     Examples
     --------
-    >>> clf = Verbalizer(template="classify: {text} =>", labels={"spam": ["spam"], "ham": ["ham"]},
-    ...                  model=tiny_scorer)
-    >>> clf.predict(["win a free phone now"]).shape
-    (1,)
+    >>> clf = Verbalizer(template="classify: {text} =>", labels={"spam": ["spam"], "ham": ["ham"]})
+    >>> clf.predict(["win a free phone now", "lunch at noon?"])  # doctest: +SKIP
+    array(['spam', 'ham'], dtype=object)
     """
 
     def __init__(
@@ -136,7 +135,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self.calibrator_ = get_calibrator(self.calibration) if self.calibration else None
 
     def _check_params(self) -> None:
-        checks = [
+        checks: list[tuple[str, Any, list[Any]]] = [
             ("calibration", self.calibration, [None, *CALIBRATORS, *(f"{c}.v1" for c in CALIBRATORS)]),
             ("demo_selection", self.demo_selection, list(SELECTIONS)),
             ("aggregation", self.aggregation, list(AGGREGATIONS)),
@@ -169,7 +168,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """
         self._setup()
         texts = check_texts(X) if X is not None else []
-        ys = check_labels(y, self.classes_) if y is not None else None
+        ys = check_labels(y, list(self.classes_)) if y is not None else None
         if ys is not None and len(ys) != len(texts):
             raise ValueError(f"X and y have different lengths: {len(texts)} texts, {len(ys)} labels")
         if self.n_demos:
@@ -327,8 +326,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
 
 def _resolve_template(template: Any, labels: Mapping[str, Sequence[str]] | None) -> Template:
+    words = LabelWords(labels) if labels is not None else None
     if isinstance(template, Template):
-        return dataclasses.replace(template, labels=labels) if labels is not None else template
+        return dataclasses.replace(template, labels=words) if words is not None else template
     if template is None:
         raise ValueError(
             "Verbalizer needs template=: a TOML file such as 'templates/sst2.toml', a Template, "
@@ -337,9 +337,9 @@ def _resolve_template(template: Any, labels: Mapping[str, Sequence[str]] | None)
     if isinstance(template, str) and "{text}" in template:
         if labels is None:
             raise ValueError("an inline prompt needs labels=, e.g. labels={'spam': ['spam'], 'ham': ['ham']}")
-        return Template(prompt=template, labels=labels)
+        return Template(prompt=template, labels=words)  # type: ignore[arg-type]
     loaded = load_template(template)
-    return dataclasses.replace(loaded, labels=labels) if labels is not None else loaded
+    return dataclasses.replace(loaded, labels=words) if words is not None else loaded
 
 
 def _domain_texts(texts: Sequence[str], random_state: int | None, n: int = N_DOMAIN_SAMPLES) -> list[str]:

@@ -77,7 +77,7 @@ def convert_gguf(gguf: Path) -> Path:
     # The weights are dequantized in memory; drop the GGUF marker so that they can be saved as plain tensors.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
@@ -126,7 +126,7 @@ def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str 
             "as 'gpt2' with the hub reachable or cached, a directory saved with save_pretrained, a .gguf file, "
             "or None for the embedded default model"
         ) from exc
-    model.to(resolve_device(device)).eval()
+    model.to(resolve_device(device)).eval()  # type: ignore[arg-type]
     return model, tokenizer
 
 

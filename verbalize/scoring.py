@@ -13,6 +13,7 @@ instruction, demonstrations) is run once and its key/value cache reused by every
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,7 +72,7 @@ class Scorer:
 
     @classmethod
     def from_pretrained(
-        cls, name: str | None = None, device: str = "auto", dtype: str = "float32", **kwargs: Any
+        cls, name: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "float32", **kwargs: Any
     ) -> Scorer:
         """Load (once per process, per name/device/dtype) and wrap a model; see :func:`load_model`."""
         key = (str(name), str(device), str(dtype))

@@ -252,13 +252,18 @@ def load_template(path: str | Path) -> Template:
     if "labels" not in data:
         issues.append(f'{source}: labels: missing; add a [labels] table, one line per label: name = ["word"]')
     issues += _value_issues(data, source)
-    kwargs = {k: data[k] for k in ("name", "description", "instruction", "label_prefix", "sample_text") if k in data}
+    kwargs: dict[str, Any] = {
+        k: data[k] for k in ("name", "description", "instruction", "label_prefix", "sample_text") if k in data
+    }
     if "format" in demos:
         kwargs["demo_format"] = demos["format"]
     if "separator" in demos:
         kwargs["demo_separator"] = demos["separator"]
     candidate = object.__new__(Template)
-    values = {"prompt": data.get("prompt", "{text}"), "labels": data.get("labels", {"a": ["a"], "b": ["b"]})}
+    values: dict[str, Any] = {
+        "prompt": data.get("prompt", "{text}"),
+        "labels": data.get("labels", {"a": ["a"], "b": ["b"]}),
+    }
     for f in Template.__dataclass_fields__.values():
         object.__setattr__(candidate, f.name, values.get(f.name, kwargs.get(f.name, f.default)))
     issues += [i for i in _check(candidate, source) if i not in issues]
