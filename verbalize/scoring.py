@@ -296,6 +296,14 @@ def _expand(prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None, b: int, c
     if prefix_kv is None:
         return None
     cache = _new_cache(config)
+    layers = getattr(cache, "layers", [])
     for i, (k, v) in enumerate(prefix_kv):
-        cache.update(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1), i)  # (b, heads, P, head_dim)
+        k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)  # (b, heads, P, head_dim), views: no copy
+        if i < len(layers) and type(layers[i]).__name__ == "DynamicLayer":
+            # Hand the views to the layer as they are: its first update concatenates them with the
+            # prompt's keys anyway, so copying them here as well would double the memory traffic.
+            layers[i].lazy_initialization(k, v)
+            layers[i].keys, layers[i].values = k, v
+        else:
+            cache.update(k, v, i)
     return cache
