@@ -7,7 +7,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
-from verbalize import InputError, ModelLoadError, Scorer, Verbalizer
+from verbalize import InputError, ModelLoadError, Scorer, Template, Verbalizer
 
 LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
 X = ["good film", "bad film", "a great review", "terrible and bad", "good good", "bad bad", "fine", "awful"]
@@ -80,9 +80,17 @@ def test_demos_change_the_prompt_and_the_scores(scorer):
     assert not np.allclose(zero, few)
 
 
-def test_similar_demos_are_picked_per_text(scorer):
-    clf = make(scorer, n_demos=1, demo_selection="similar").fit(X, Y)
-    assert clf.predict(["bad film"]).shape == (1,)
+def test_similar_demos_are_picked_per_text_and_rendered_once(scorer):
+    template = Template(prompt="Review: {text}\nSentiment:", labels=LABELS, instruction="Rate the review.")
+    clf = Verbalizer(template=template, model=scorer, n_demos=1, demo_selection="similar").fit(X, Y)
+    texts = ["bad bad", "good good"]  # each is its own nearest training text
+    got = clf.decision_function(texts)
+    # that nearest text as the only demonstration, after the instruction (rendered once)
+    nearest = [("bad bad", "negative"), ("good good", "positive")]
+    for text, demo, row in zip(texts, nearest, got, strict=True):
+        alone = Verbalizer(template=template, model=scorer, n_demos=1).fit([demo[0]], [demo[1]])
+        assert alone.template_.render(text, [demo]).count("Rate the review.") == 1
+        np.testing.assert_allclose(alone.decision_function([text])[0], row, atol=1e-4)
 
 
 def test_demos_are_dropped_before_the_text_is_cut(scorer, caplog):

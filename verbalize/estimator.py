@@ -222,21 +222,21 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     def _label_scores(self, texts: list[str], raw: bool = False) -> np.ndarray:
         t, scorer = self.template_, self.scorer_
         prompts, spans = t.spans(texts)
-        prefix = ""
         if self.demo_pool_:
             pool_texts = [x for x, _ in self.demo_pool_]
             picks = similar_demos(pool_texts, texts, self.n_demos)
-            heads = [t.prefix([self.demo_pool_[i] for i in pick]) for pick in picks]
+            shared = t.prefix()  # the instruction, shared by all; each text's own demonstrations follow it
+            heads = [t.prefix([self.demo_pool_[i] for i in pick])[len(shared) :] for pick in picks]
             prompts = [h + p for h, p in zip(heads, prompts, strict=True)]
             spans = [(a + len(h), b + len(h)) for h, (a, b) in zip(heads, spans, strict=True)]
-            prefix = t.prefix()
+            prefix = shared
         else:
             prefix = self._fitting_prefix(prompts)
         words = scorer.score_words(prompts, self.label_tokens_, spans, prefix, self.progress)
         scores = aggregate(words, self.label_tokens_.word_label, len(self.classes_), self.aggregation)
-        if raw or self.calibrator_ is None:
-            return log_softmax(scores) if not raw else scores
-        return self._calibrate(scores, texts)
+        if raw:
+            return scores
+        return log_softmax(scores) if self.calibrator_ is None else self._calibrate(scores, texts)
 
     def _calibrate(self, scores: np.ndarray, texts: list[str]) -> np.ndarray:
         cal = self.calibrator_
