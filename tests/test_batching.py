@@ -100,11 +100,33 @@ def test_token_budget_is_respected(max_tokens):
         b, width = batch.input_ids.shape
         assert b <= 4
         assert b * width <= max_tokens or b == 1  # a prompt longer than the budget goes alone
-    # The budget is used: a batch stops short of batch_size only when one more row would not fit.
-    for batch, following in zip(batches, batches[1:], strict=False):
-        b, width = batch.input_ids.shape
-        if b < 4:
-            assert (b + 1) * width > max_tokens, (b, width, following.rows)
+    # The cuts are the cheapest ones: brute force over every way to cut the sorted lengths.
+    sorted_lengths = sorted(LENGTHS, reverse=True)
+    best = min(split_cost(sorted_lengths, cuts, 4, max_tokens) for cuts in all_cuts(len(LENGTHS)))
+    got = sum(b.input_ids.numel() + 64 for b in batches)
+    assert got == best
+
+
+def all_cuts(n):
+    for mask in range(1 << (n - 1)):
+        yield [0] + [i for i in range(1, n) if mask >> (i - 1) & 1] + [n]
+
+
+def split_cost(lengths, cuts, batch_size, max_tokens, overhead=64):
+    total = 0
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        size = (b - a) * lengths[a]
+        if b - a > batch_size or (size > max_tokens and b - a > 1):
+            return float("inf")
+        total += size + overhead
+    return total
+
+
+def test_split_prefers_less_padding_over_full_batches():
+    from verbalize.batching import split_sorted
+
+    assert split_sorted(np.array([10, 3, 3, 3]), batch_size=4, max_tokens=40, overhead=0) == [0, 1, 4]
+    assert split_sorted(np.array([10, 3, 3, 3]), batch_size=4, max_tokens=40, overhead=64) == [0, 4]
 
 
 def test_token_budget_gives_short_prompts_bigger_batches():

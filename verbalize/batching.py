@@ -37,21 +37,46 @@ class Encoded:
         """Length-sorted (longest first) batches of at most ``batch_size`` prompts and ``max_tokens`` padded tokens.
 
         Sorting keeps padding small; the token budget lets batches of short prompts hold more rows,
-        so that every matrix product is about the same (efficient) size.
+        so that every matrix product is about the same (efficient) size. Where the batches are cut is
+        chosen to waste the fewest padded tokens (see :func:`split_sorted`).
         """
         lengths = np.array([len(x) for x in self.ids])
         order = np.argsort(-lengths, kind="stable")
-        out, start = [], 0
-        while start < len(order):
-            width = int(lengths[order[start]])
-            rows_fit = max(1, (max_tokens or 1 << 62) // max(width, 1))
-            rows = order[start : start + min(batch_size, rows_fit)]
-            start += len(rows)
+        out = []
+        bounds = split_sorted(lengths[order], batch_size, max_tokens)
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            rows = order[start:stop]
+            width = int(lengths[rows[0]])
             input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (b, L)
             for i, r in enumerate(rows):
                 input_ids[i, : lengths[r]] = torch.tensor(self.ids[r])
             out.append(Batch(input_ids, torch.as_tensor(lengths[rows] - 1), rows))
         return out
+
+
+def split_sorted(lengths: np.ndarray, batch_size: int, max_tokens: int | None, overhead: int = 64) -> list[int]:
+    """Batch boundaries over descending ``lengths`` that minimise padded tokens plus ``overhead`` per batch.
+
+    A batch costs rows x its first (longest) length; it holds at most ``batch_size`` rows and, unless
+    it is a single row, at most ``max_tokens`` padded tokens. Dynamic programming over the cut
+    points, O(n x batch_size). The overhead (in tokens) keeps batches from getting needlessly small.
+    """
+    n = len(lengths)
+    budget = max_tokens or 1 << 62
+    cost = np.full(n + 1, np.inf)
+    cost[0] = 0.0
+    back = np.zeros(n + 1, dtype=int)
+    for i in range(1, n + 1):
+        j = np.arange(max(0, i - batch_size), i)  # candidate starts of the batch ending before i
+        size = (i - j) * lengths[j]  # (candidates,) padded tokens of that batch
+        c = cost[j] + size + overhead
+        c[(size > budget) & (i - j > 1)] = np.inf
+        k = int(np.argmin(c))
+        cost[i], back[i] = c[k], j[k]
+    bounds = [n]
+    while bounds[-1] > 0:
+        bounds.append(int(back[bounds[-1]]))
+    return bounds[::-1]
 
 
 def pad_id_of(tokenizer: Any) -> int:
