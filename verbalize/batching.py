@@ -22,7 +22,7 @@ class Batch:
 
     @property
     def attention_mask(self) -> torch.Tensor:
-        positions = torch.arange(self.input_ids.shape[1])  # (L,)
+        positions = torch.arange(self.input_ids.shape[1], device=self.last_index.device)  # (L,)
         return (positions[None, :] <= self.last_index[:, None]).long()  # (b, L)
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .batching import Batch, Encoded, encode_prompts, pad_id_of
 from .errors import InputError
-from .labels import LabelTokens
+from .labels import LabelTokens, _ids
 from .models import load_model
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class Scorer:
         self, batch: Batch, cache: Any, n_prefix: int, label_tokens: LabelTokens, multi: list[int]
     ) -> torch.Tensor:
         """Sum of log p(token_k | prompt, tokens_<k) for k >= 1 of each multi-token word, shape (b, n_multi)."""
-        b, length = batch.input_ids.shape
+        b = batch.input_ids.shape[0]
         words = [label_tokens.word_ids[j] for j in multi]
         width = max(len(w) for w in words) - 1
         dev = batch.input_ids.device
@@ -215,7 +215,7 @@ class Scorer:
         inputs = inputs.repeat(b, 1)  # (b*w, C)
         targets = targets.repeat(b, 1)  # (b*w, C)
         last = batch.last_index.to(dev).repeat_interleave(len(words))  # (b*w,)
-        prompt_mask = (torch.arange(length, device=dev)[None, :] <= last[:, None]).long()  # (b*w, L)
+        prompt_mask = batch.attention_mask.to(dev).repeat_interleave(len(words), dim=0)  # (b*w, L)
         mask = torch.cat(
             [
                 torch.ones(b * len(words), n_prefix, dtype=torch.long, device=dev),
@@ -250,10 +250,6 @@ def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, ho
         else:
             out[:, k] = s.max(axis=1)
     return out
-
-
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _shared_length(rows: list[list[int]], prefix: list[int]) -> int:
