@@ -15,6 +15,8 @@ from .calibration import (
 )
 from .errors import InputError, ModelLoadError, TemplateError, VerbalizeError
 from .estimator import Verbalizer
+from .finetune import FineTuneConfig
+from .heads import Head
 from .labels import LabelWords
 from .scoring import Scorer
 from .template import Template, load_template
@@ -25,6 +27,8 @@ __all__ = [
     "BatchCalibrator",
     "ContextualCalibrator",
     "DomainCalibrator",
+    "FineTuneConfig",
+    "Head",
     "InputError",
     "LabelWords",
     "ModelLoadError",

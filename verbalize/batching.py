@@ -46,12 +46,17 @@ class Encoded:
         bounds = split_sorted(lengths[order], batch_size, max_tokens)
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             rows = order[start:stop]
-            width = int(lengths[rows[0]])
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (b, L)
-            for i, r in enumerate(rows):
-                input_ids[i, : lengths[r]] = torch.tensor(self.ids[r])
-            out.append(Batch(input_ids, torch.as_tensor(lengths[rows] - 1), rows))
+            out.append(pad_batch([self.ids[r] for r in rows], rows, pad_id))
         return out
+
+
+def pad_batch(ids: Sequence[Sequence[int]], rows: np.ndarray, pad_id: int) -> Batch:
+    """Right-pad token id lists into one :class:`Batch` (``rows``: their positions in the caller's list)."""
+    lengths = np.array([len(x) for x in ids])
+    input_ids = torch.full((len(ids), int(lengths.max())), pad_id, dtype=torch.long)  # (b, L)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(list(x))
+    return Batch(input_ids, torch.as_tensor(lengths - 1), np.asarray(rows))
 
 
 def split_sorted(lengths: np.ndarray, batch_size: int, max_tokens: int | None, overhead: int = 64) -> list[int]:

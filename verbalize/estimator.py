@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -16,8 +17,11 @@ from sklearn.exceptions import NotFittedError
 from .calibration import CALIBRATORS, BatchCalibrator, DomainCalibrator, get_calibrator, log_softmax
 from .demos import SELECTIONS, select_demos, similar_demos
 from .errors import did_you_mean
+from .finetune import FineTuneConfig, Objective, TrainingResult, fine_tune
+from .heads import FittedHead, Head, JointHeads, fit_probe, head_classes, head_targets, tune_thresholds
 from .inputs import check_labels, check_texts
 from .labels import LabelTokens, LabelWords
+from .models import _quiet
 from .scoring import AGGREGATIONS, Scorer, aggregate
 from .template import Template, load_template
 
@@ -61,12 +65,23 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         Seeds demonstration selection.
     progress : bool, default False
         Show a progress bar while scoring.
+    heads : Head or list of Head, optional
+        Classification heads on the model's hidden states (the LM head stays). With heads,
+        ``predict`` uses them; one head makes an ordinary classifier of its labels, several heads a
+        multi-head one whose ``y`` is a dict {head name: labels} and whose outputs are dicts.
+    fine_tuning : FineTuneConfig, optional
+        Train the LM in ``fit`` (prompt-based: cross-entropy over the label words at the prompt's
+        next position; full or LoRA). Needed for heads with ``training="joint"`` (default config then).
 
     Attributes
     ----------
     classes_ : ndarray of str
         Label names in template order; the columns of ``predict_proba``.
     template_, scorer_, demos_, calibrator_
+    heads_ : dict of str to FittedHead
+        Fitted heads, when ``heads`` is given.
+    training_ : TrainingResult
+        History of the fine-tuning (loss and validation accuracy per epoch, best epoch, seconds).
 
     Examples
     --------
@@ -91,6 +106,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         dtype: str = "float32",
         random_state: int | None = None,
         progress: bool = False,
+        heads: Head | Sequence[Head] | None = None,
+        fine_tuning: FineTuneConfig | None = None,
     ):
         self.template = template
         self.labels = labels
@@ -105,6 +122,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self.dtype = dtype
         self.random_state = random_state
         self.progress = progress
+        self.heads = heads
+        self.fine_tuning = fine_tuning
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -129,10 +148,14 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self.label_tokens_: LabelTokens = self.template_.labels.encode(
             self.scorer_.tokenizer, self.template_.label_prefix, context
         )
-        self.classes_ = np.array(list(self.template_.labels), dtype=object)
+        self.labels_ = np.array(list(self.template_.labels), dtype=object)  # the label words' classes
+        self.classes_: Any = self.labels_
         self.demos_: list[tuple[str, str]] = []
         self.demo_pool_: list[tuple[str, str]] = []
         self.calibrator_ = get_calibrator(self.calibration) if self.calibration else None
+        self.head_specs_ = _as_heads(self.heads)
+        self.heads_: dict[str, FittedHead] = {}
+        self.fine_tuned_ = False
 
     def _check_params(self) -> None:
         checks: list[tuple[str, Any, list[Any]]] = [
@@ -147,6 +170,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
                     f"The {name!r} parameter of Verbalizer must be one of {shown}. Got {value!r} instead."
                     f"{did_you_mean(str(value), [a for a in allowed if a])}"
                 )
+        if self.fine_tuning is not None and not isinstance(self.fine_tuning, FineTuneConfig):
+            raise TypeError(f"fine_tuning must be a FineTuneConfig, got {type(self.fine_tuning).__name__}")
         for name, value in (("n_demos", self.n_demos), ("batch_size", self.batch_size)):
             if not isinstance(value, int | np.integer) or value < (0 if name == "n_demos" else 1):
                 raise ValueError(
@@ -160,27 +185,137 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     # -- fit -----------------------------------------------------------------------------------
     def fit(self, X: Any = None, y: Any = None) -> Verbalizer:
-        """Pick demonstrations and fit the calibrator on training texts; returns self.
+        """Pick demonstrations, fine-tune, fit heads and the calibrator on training texts; returns self.
 
         Zero-shot use needs no ``fit``. ``y`` (label names from the template) is needed for
-        demonstrations and for temperature calibration; ``X`` alone is enough for domain and
-        batch calibration.
+        demonstrations, fine-tuning and temperature calibration; ``X`` alone is enough for domain
+        and batch calibration. With several heads, ``y`` is a dict {head name: labels}; a
+        multi-label head takes a list of labels per text (or a 0/1 matrix).
         """
         self._setup()
         texts = check_texts(X) if X is not None else []
-        ys = check_labels(y, list(self.classes_)) if y is not None else None
-        if ys is not None and len(ys) != len(texts):
-            raise ValueError(f"X and y have different lengths: {len(texts)} texts, {len(ys)} labels")
+        ys, head_ys = self._split_targets(y, len(texts))
         if self.n_demos:
             if ys is None:
-                raise ValueError(f"n_demos={self.n_demos} needs labeled examples: call fit(X, y)")
+                raise ValueError(f"n_demos={self.n_demos} needs labeled examples of the template's labels")
             if self.demo_selection == "similar":
                 self.demo_pool_ = list(zip(texts, ys, strict=True))
             else:
-                idx = select_demos(ys, self.n_demos, list(self.classes_), self.demo_selection, self.random_state)
+                idx = select_demos(ys, self.n_demos, list(self.labels_), self.demo_selection, self.random_state)
                 self.demos_ = [(texts[i], ys[i]) for i in idx]
+        joint = [h for h in self.head_specs_ if h.training == "joint"]
+        config = self.fine_tuning or (FineTuneConfig() if joint else None)
+        if config is not None:
+            self._fine_tune(config, texts, ys, head_ys)
+        probes = [h for h in self.head_specs_ if h.training == "probe" or h.multi_label]
+        if probes:
+            feats = self._features(texts, [h.pool for h in probes])
+            for h, f in zip(probes, feats, strict=True):
+                classes, target = head_ys[h.name]
+                if h.training == "probe":
+                    self.heads_[h.name] = fit_probe(h, f, target, classes)
+                fitted = self.heads_[h.name]
+                if h.multi_label:
+                    fitted.threshold = tune_thresholds(fitted.predict_proba(f), target)
+        if self.head_specs_:
+            order = [h.name for h in self.head_specs_]
+            self.heads_ = {n: self.heads_[n] for n in order}
+            by_head = {n: self.heads_[n].classes for n in order}
+            self.classes_ = by_head[order[0]] if len(order) == 1 else by_head
         self._fit_calibrator(texts, ys)
         return self
+
+    def _split_targets(self, y: Any, n: int) -> tuple[list[str] | None, dict[str, tuple[list[str], np.ndarray]]]:
+        """Template-label targets (for label words, demos, calibration) and each head's (classes, targets)."""
+        heads = self.head_specs_
+        if y is None:
+            if heads or self.fine_tuning is not None:
+                raise ValueError("fit needs labels y for heads and fine-tuning")
+            return None, {}
+        if len(heads) > 1:
+            if not isinstance(y, Mapping):
+                raise TypeError(
+                    f"with {len(heads)} heads, y must be a dict {{head name: labels}} "
+                    f"with keys {[h.name for h in heads]}"
+                )
+            missing = [h.name for h in heads if h.name not in y]
+            if missing:
+                raise ValueError(f"y has no labels for heads {missing}; its keys are {list(y)}")
+            per_head = {h.name: y[h.name] for h in heads}
+        else:
+            per_head = {h.name: y for h in heads}
+        head_ys = {}
+        for h in heads:
+            values = per_head[h.name]
+            values = list(values) if not hasattr(values, "shape") or np.asarray(values).ndim == 1 else values
+            if len(values) != n:
+                raise ValueError(f"X and y of head {h.name!r} have different lengths: {n} texts, {len(values)} labels")
+            classes = head_classes(h, values, list(self.labels_))
+            head_ys[h.name] = (classes, head_targets(h, values, classes))
+        ys = None
+        if not heads:
+            ys = check_labels(y, list(self.labels_))
+        else:  # the label words are trained on the first single-label head that has the template's labels
+            for h in heads:
+                classes, target = head_ys[h.name]
+                if not h.multi_label and classes == list(self.labels_):
+                    ys = [classes[i] for i in target]
+                    break
+        if ys is not None and len(ys) != n:
+            raise ValueError(f"X and y have different lengths: {n} texts, {len(ys)} labels")
+        return ys, head_ys
+
+    def _fine_tune(
+        self,
+        config: FineTuneConfig,
+        texts: list[str],
+        ys: list[str] | None,
+        head_ys: dict[str, tuple[list[str], np.ndarray]],
+    ) -> None:
+        base = self.scorer_
+        # Train a copy: the loaded model is shared (cached per process) with other classifiers.
+        self.scorer_ = Scorer(
+            copy.deepcopy(base.model), base.tokenizer, base.batch_size, self.max_length, base.max_tokens
+        )
+        scorer = self.scorer_
+        joint = [h for h in self.head_specs_ if h.training == "joint"]
+        index = {c: i for i, c in enumerate(self.labels_)}
+        objective = Objective(
+            label_tokens=self.label_tokens_,
+            word_label=self.label_tokens_.word_label,
+            n_labels=len(self.labels_),
+            aggregation=self.aggregation,
+            y=np.array([index[v] for v in ys]) if ys is not None else None,
+            heads=joint,
+            head_targets=[head_ys[h.name][1] for h in joint],
+            joint=JointHeads(joint, [len(head_ys[h.name][0]) for h in joint], scorer.model.config.hidden_size)
+            if joint
+            else None,
+            prompt_weight=config.prompt_weight,
+        )
+        if objective.y is None and not joint:
+            raise ValueError(
+                "fine-tuning needs labels of the template's labels, or a head with training='joint'; "
+                f"the template's labels are {list(self.labels_)}"
+            )
+        prompts, spans = self.template_.spans(texts)
+        room = max(len(w) for w in self.label_tokens_.word_ids) - 1
+        ids = scorer.encode(prompts, spans, self._fitting_prefix(prompts), room).ids
+        lm_ids = None
+        if config.lm_weight:
+            lead = list(scorer._lead)
+            lm_source = list(config.lm_texts) if config.lm_texts is not None else texts
+            lm_ids = [
+                (lead + x)[: config.lm_max_tokens]
+                for x in scorer.tokenizer(lm_source, add_special_tokens=False)["input_ids"]
+            ]
+        self.training_: TrainingResult = fine_tune(scorer, ids, objective, config, lm_ids, self.random_state)
+        self.fine_tuned_ = True
+        if objective.joint is not None:
+            for h in joint:
+                layer = objective.joint.linear(h.name)
+                classes = np.array(head_ys[h.name][0], dtype=object)
+                self.heads_[h.name] = FittedHead(h, classes, layer.weight.detach().cpu(), layer.bias.detach().cpu())
 
     def _fit_calibrator(self, texts: list[str], ys: list[str] | None) -> None:
         cal = self.calibrator_
@@ -195,7 +330,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         elif cal.name == "temperature":
             if ys is None:
                 raise ValueError("calibration='temperature' needs labeled examples: call fit(X, y)")
-            index = {c: i for i, c in enumerate(self.classes_)}
+            index = {c: i for i, c in enumerate(self.labels_)}
             cal.fit(self._label_scores(texts, raw=True), np.array([index[v] for v in ys]))
 
     # -- predict -------------------------------------------------------------------------------
@@ -204,20 +339,82 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self._ready()
         return self._label_scores(check_texts(X), raw=True)
 
-    def predict_log_proba(self, X: Any) -> np.ndarray:
-        """Calibrated log-probabilities, shape (n, n_classes), columns following ``classes_``."""
+    def predict_log_proba(self, X: Any) -> Any:
+        """Calibrated log-probabilities, shape (n, n_classes), columns following ``classes_``.
+
+        With several heads: a dict {head name: array}. A multi-label head's columns are the log of
+        each label's own probability (sigmoid), not a distribution over labels.
+        """
+        self._ready()
+        if not self.head_specs_:
+            return self._word_log_proba(check_texts(X))
+        proba = self.predict_proba(X)
+        if isinstance(proba, dict):
+            return {k: np.log(np.maximum(v, 1e-300)) for k, v in proba.items()}
+        return np.log(np.maximum(proba, 1e-300))
+
+    def predict_proba(self, X: Any) -> Any:
+        """Calibrated probabilities, shape (n, n_classes), columns following ``classes_``
+        (a dict {head name: array} with several heads)."""
         self._ready()
         texts = check_texts(X)
-        return self._label_scores(texts) if texts else np.zeros((0, len(self.classes_)))
+        if self.head_specs_:
+            probs = self._head_proba(texts)
+            return probs if len(probs) > 1 else next(iter(probs.values()))
+        return np.exp(self._word_log_proba(texts))
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Calibrated probabilities, shape (n, n_classes), columns following ``classes_``."""
-        return np.exp(self.predict_log_proba(X))
+    def predict(self, X: Any) -> Any:
+        """The most probable label of each text, as an array of label names.
 
-    def predict(self, X: Any) -> np.ndarray:
-        """The most probable label of each text, as an array of label names."""
-        log_proba = self.predict_log_proba(X)
-        return self.classes_[log_proba.argmax(axis=1)] if len(log_proba) else np.array([], dtype=object)
+        A multi-label head gives a 0/1 matrix (n, n_classes); several heads give a dict {head name: array}.
+        """
+        self._ready()
+        if self.head_specs_:
+            texts = check_texts(X)
+            self._check_heads_fitted()
+            feats = self._features(texts, [h.pool for h in self.head_specs_])
+            preds = {h.name: self.heads_[h.name].predict(f) for h, f in zip(self.head_specs_, feats, strict=True)}
+            return preds if len(preds) > 1 else next(iter(preds.values()))
+        log_proba = self._word_log_proba(check_texts(X))
+        return self.labels_[log_proba.argmax(axis=1)] if len(log_proba) else np.array([], dtype=object)
+
+    def outputs(self, X: Any) -> dict[str, np.ndarray]:
+        """Label-word probabilities (key ``"labels"``, columns ``labels_``) and every head's
+        probabilities (key: the head's name), all from one forward pass per batch."""
+        self._ready()
+        self._check_heads_fitted()
+        texts = check_texts(X)
+        t, scorer = self.template_, self.scorer_
+        prompts, spans = t.spans(texts)
+        words, feats = scorer.outputs(
+            prompts, self.label_tokens_, [h.pool for h in self.head_specs_], spans, self._fitting_prefix(prompts)
+        )
+        assert words is not None
+        scores = aggregate(words, self.label_tokens_.word_label, len(self.labels_), self.aggregation)
+        logp = log_softmax(scores) if self.calibrator_ is None else self._calibrate(scores, texts)
+        out = {"labels": np.exp(logp)}
+        for h, f in zip(self.head_specs_, feats, strict=True):
+            out[h.name] = self.heads_[h.name].predict_proba(f)
+        return out
+
+    def _word_log_proba(self, texts: list[str]) -> np.ndarray:
+        return self._label_scores(texts) if texts else np.zeros((0, len(self.labels_)))
+
+    def _head_proba(self, texts: list[str]) -> dict[str, np.ndarray]:
+        self._check_heads_fitted()
+        feats = self._features(texts, [h.pool for h in self.head_specs_])
+        return {h.name: self.heads_[h.name].predict_proba(f) for h, f in zip(self.head_specs_, feats, strict=True)}
+
+    def _check_heads_fitted(self) -> None:
+        missing = [h.name for h in self.head_specs_ if h.name not in self.heads_]
+        if missing:
+            raise NotFittedError(f"heads {missing} are not fitted: call fit(X, y) first")
+
+    def _features(self, texts: list[str], pools: list[tuple[str, int]]) -> list[np.ndarray]:
+        """Pooled hidden states of the rendered prompts, one array per pool, from one pass."""
+        prompts, spans = self.template_.spans(texts)
+        prefix = self._fitting_prefix(prompts)
+        return self.scorer_.outputs(prompts, None, pools, spans, prefix, self.progress)[1]
 
     def _label_scores(self, texts: list[str], raw: bool = False) -> np.ndarray:
         t, scorer = self.template_, self.scorer_
@@ -233,7 +430,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         else:
             prefix = self._fitting_prefix(prompts)
         words = scorer.score_words(prompts, self.label_tokens_, spans, prefix, self.progress)
-        scores = aggregate(words, self.label_tokens_.word_label, len(self.classes_), self.aggregation)
+        scores = aggregate(words, self.label_tokens_.word_label, len(self.labels_), self.aggregation)
         if raw:
             return scores
         return log_softmax(scores) if self.calibrator_ is None else self._calibrate(scores, texts)
@@ -280,13 +477,20 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         path.mkdir(parents=True, exist_ok=True)
         params = self.get_params()
         model = params["model"]
-        if isinstance(model, Scorer):
-            model.model.save_pretrained(path / "model")
-            model.tokenizer.save_pretrained(path / "model")
+        if isinstance(model, Scorer) or self.fine_tuned_:
+            self.save_pretrained(path / "model")
             params["model"] = "model"
         elif model is not None:
             params["model"] = str(model)
         params["template"], params["labels"] = None, None
+        params["heads"] = [dataclasses.asdict(h) for h in self.head_specs_] or None
+        params["fine_tuning"] = self.fine_tuning.to_dict() if self.fine_tuning is not None else None
+        if self.heads_:
+            from safetensors.torch import save_file
+
+            save_file(
+                {k: v for h in self.heads_.values() for k, v in h.tensors().items()}, str(path / "heads.safetensors")
+            )
         cal = self.calibrator_
         state = {
             "format_version": FORMAT_VERSION,
@@ -300,8 +504,20 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             "demos": self.demos_,
             "demo_pool": self.demo_pool_,
             "calibrator": {"name": cal.name, "state": cal.get_state()} if cal else None,
+            "heads": {name: {"classes": list(h.classes)} for name, h in self.heads_.items()},
+            "fine_tuned": self.fine_tuned_,
         }
         (path / "verbalize.json").write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")
+        return path
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the (fine-tuned) language model and its tokenizer as a standard Hugging Face directory:
+        ``AutoModelForCausalLM.from_pretrained(path)`` loads it and ``generate`` works as before."""
+        self._ready()
+        path = Path(path)
+        with _quiet():
+            self.scorer_.model.save_pretrained(path)
+            self.scorer_.tokenizer.save_pretrained(path)
         return path
 
     @classmethod
@@ -316,13 +532,47 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         if params["model"] == "model" and (path / "model").is_dir():
             params["model"] = str(path / "model")
         params["template"] = Template(**state["template"], source=str(file))
+        if params.get("heads"):
+            params["heads"] = [Head(**h) for h in params["heads"]]
+        if params.get("fine_tuning"):
+            params["fine_tuning"] = FineTuneConfig(**params["fine_tuning"])
         clf = cls(**(params | overrides))
         clf._setup()
+        clf.fine_tuned_ = bool(state.get("fine_tuned"))
+        if state.get("heads"):
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path / "heads.safetensors"))
+            for h in clf.head_specs_:
+                thr = tensors.get(f"{h.name}.threshold")
+                clf.heads_[h.name] = FittedHead(
+                    h,
+                    np.array(state["heads"][h.name]["classes"], dtype=object),
+                    tensors[f"{h.name}.weight"],
+                    tensors[f"{h.name}.bias"],
+                    thr.numpy() if thr is not None else None,
+                )
+            classes = {n: h.classes for n, h in clf.heads_.items()}
+            clf.classes_ = next(iter(classes.values())) if len(classes) == 1 else classes
         clf.demos_ = [tuple(d) for d in state["demos"]]
         clf.demo_pool_ = [tuple(d) for d in state["demo_pool"]]
         if state["calibrator"]:
             clf.calibrator_ = CALIBRATORS[state["calibrator"]["name"]].from_state(state["calibrator"]["state"])
         return clf
+
+
+def _as_heads(heads: Head | Sequence[Head] | None) -> list[Head]:
+    if heads is None:
+        return []
+    out = [heads] if isinstance(heads, Head) else list(heads)
+    bad = [h for h in out if not isinstance(h, Head)]
+    if bad:
+        raise TypeError(f"heads must be Head objects, got {type(bad[0]).__name__}: use verbalize.Head(...)")
+    names = [h.name for h in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"heads need distinct names; {dupes} repeats: e.g. Head(name='coarse'), Head(name='fine')")
+    return out
 
 
 def _resolve_template(template: Any, labels: Mapping[str, Sequence[str]] | None) -> Template:

@@ -29,6 +29,7 @@ from .models import load_model
 logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("logsumexp", "mean", "max")
+POOLINGS = ("last", "mean")
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
@@ -102,20 +103,9 @@ class Scorer:
         The sequence scored is ``prefix + prompt + label_word``; ``spans`` say where the text lies in
         each prompt, so that an over-long prompt loses tokens of its text only.
         """
-        multi = [j for j, ids in enumerate(label_tokens.word_ids) if len(ids) > 1]
-        room = max((len(ids) for ids in label_tokens.word_ids), default=1) - 1
-        first = torch.tensor([ids[0] for ids in label_tokens.word_ids], device=self.device)  # (n_words,)
-
-        def step(batch: Batch, cache: Any, n_prefix: int) -> torch.Tensor:
-            h, cache = self._hidden(batch.input_ids, cache, use_cache=bool(multi))  # (b, L, d)
-            last = h[torch.arange(h.shape[0]), batch.last_index.to(h.device)]  # (b, d)
-            logp = torch.log_softmax(self._logits(last).float(), dim=-1)  # (b, V)
-            scores = logp[:, first]  # (b, n_words)
-            if multi:
-                scores[:, multi] += self._continuations(batch, cache, n_prefix, label_tokens, multi)
-            return scores
-
-        return self._run(prompts, spans, prefix, step, room, len(label_tokens.word_ids), progress)
+        words, _ = self.outputs(prompts, label_tokens, (), spans, prefix, progress)
+        assert words is not None
+        return words
 
     def features(
         self,
@@ -123,28 +113,110 @@ class Scorer:
         spans: Sequence[tuple[int, int]] | None = None,
         prefix: str = "",
         progress: bool = False,
+        pooling: str = "last",
+        layers: int = 1,
     ) -> np.ndarray:
-        """Hidden state of each prompt's last token after the final norm, shape (n_prompts, hidden)."""
+        """Pooled hidden states, shape (n_prompts, hidden * layers); see :meth:`outputs`."""
+        return self.outputs(prompts, None, [(pooling, layers)], spans, prefix, progress)[1][0]
 
-        def step(batch: Batch, cache: Any, n_prefix: int) -> torch.Tensor:
-            h, _ = self._hidden(batch.input_ids, cache, use_cache=False)  # (b, L, d)
-            return h[torch.arange(h.shape[0]), batch.last_index.to(h.device)].float()  # (b, d)
-
-        return self._run(prompts, spans, prefix, step, 0, self.model.config.hidden_size, progress)
-
-    # -- internals -------------------------------------------------------------------------------
-    def _run(
+    def outputs(
         self,
         prompts: Sequence[str],
-        spans: Sequence[tuple[int, int]] | None,
-        prefix: str,
-        step: Callable[[Batch, Any, int], torch.Tensor],
-        room: int,
-        width: int,
-        progress: bool,
-    ) -> np.ndarray:
-        # The model reads the tokens of the whole string prefix + prompt (tokenizing the parts apart
-        # would change the tokens at the seam); the leading tokens that every row shares are run once.
+        label_tokens: LabelTokens | None,
+        pools: Sequence[tuple[str, int]] = (),
+        spans: Sequence[tuple[int, int]] | None = None,
+        prefix: str = "",
+        progress: bool = False,
+    ) -> tuple[np.ndarray | None, list[np.ndarray]]:
+        """Label-word log-probs and pooled features from the same forward pass.
+
+        ``pools`` are (pooling, layers) pairs: pooling ``"last"`` takes each prompt's last token,
+        ``"mean"`` the mean over its tokens (the prefix included, leading special tokens such as BOS
+        not); ``layers`` > 1 concatenates the last that many layers (the last one after the final norm).
+        Returns (word scores of shape (n, n_words) or None, one (n, hidden * layers) array per pool).
+        """
+        widths = ([len(label_tokens.word_ids)] if label_tokens is not None else []) + [
+            self.model.config.hidden_size * layers for _, layers in pools
+        ]
+        room = max((len(ids) for ids in label_tokens.word_ids), default=1) - 1 if label_tokens is not None else 0
+        want_states = any(how == "mean" for how, _ in pools)
+
+        def step(batch: Batch, cache: Any, n_prefix: int, prefix_states: Any) -> list[torch.Tensor]:
+            words, feats = self.forward(batch, cache, n_prefix, label_tokens, pools, prefix_states)
+            return ([words] if words is not None else []) + feats
+
+        out = self._run(prompts, spans, prefix, step, room, widths, progress, want_states)
+        return (out[0] if label_tokens is not None else None), out[1 if label_tokens is not None else 0 :]
+
+    def forward(
+        self,
+        batch: Batch,
+        cache: Any,
+        n_prefix: int,
+        label_tokens: LabelTokens | None,
+        pools: Sequence[tuple[str, int]] = (),
+        prefix_states: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """One differentiable pass over a right-padded batch: (word log-probs (b, n_words) or None, features).
+
+        ``cache`` holds ``n_prefix`` shared tokens already run (or is None); ``prefix_states`` are the
+        per-layer sums of the prefix's hidden states (for mean pooling). Used by scoring and training.
+        """
+        multi = [j for j, ids in enumerate(label_tokens.word_ids) if len(ids) > 1] if label_tokens else []
+        deep = max((layers for _, layers in pools), default=1) > 1
+        h, cache, states = self._hidden(batch.input_ids, cache, use_cache=bool(multi), output_hidden_states=deep)
+        rows = torch.arange(h.shape[0], device=h.device)
+        last = batch.last_index.to(h.device)
+        words = None
+        if label_tokens is not None:
+            first = torch.tensor([ids[0] for ids in label_tokens.word_ids], device=h.device)  # (n_words,)
+            logp = torch.log_softmax(self._logits(h[rows, last]).float(), dim=-1)  # (b, V)
+            words = logp[:, first]  # (b, n_words)
+            if multi:
+                rest = self._continuations(batch, cache, n_prefix, label_tokens, multi)  # (b, n_multi)
+                words = words.index_add(1, torch.tensor(multi, device=h.device), rest)
+        feats = [self._pool(states or [h], batch, how, layers, n_prefix, prefix_states) for how, layers in pools]
+        return words, feats
+
+    # -- internals -------------------------------------------------------------------------------
+    def _pool(
+        self,
+        states: Sequence[torch.Tensor],
+        batch: Batch,
+        how: str,
+        layers: int,
+        n_prefix: int,
+        prefix_states: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        if how not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
+        if layers > len(states):
+            raise ValueError(f"layers={layers} but the model returned {len(states)} hidden layers")
+        picked = states[-layers:]
+        last = batch.last_index.to(picked[0].device)
+        if how == "last":
+            rows = torch.arange(last.shape[0], device=last.device)
+            return torch.cat([s[rows, last] for s in picked], -1).float()
+        n_lead = len(self._lead)
+        positions = torch.arange(picked[0].shape[1], device=last.device)
+        mask = (positions[None, :] >= max(n_lead - n_prefix, 0)) & (positions[None, :] <= last[:, None])  # (b, L)
+        count = mask.sum(1, keepdim=True) + max(n_prefix - n_lead, 0)  # (b, 1)
+        vecs = []
+        for i, s in enumerate(picked):
+            total = torch.where(mask[..., None], s.float(), 0.0).sum(1)  # (b, d)
+            if prefix_states is not None and n_prefix:
+                total = total + prefix_states[len(prefix_states) - layers + i]
+            vecs.append(total / count)
+        return torch.cat(vecs, -1)
+
+    def encode(
+        self, prompts: Sequence[str], spans: Sequence[tuple[int, int]] | None, prefix: str, room: int = 0
+    ) -> Encoded:
+        """Token ids of ``prefix + prompt`` for each prompt, leading special tokens included, text cut to fit.
+
+        The model reads the tokens of the whole string (tokenizing the parts apart would change the
+        tokens at the seam); ``room`` tokens are kept free at the end for label words.
+        """
         lead = self._lead
         full = [prefix + p for p in prompts]
         if spans is not None and prefix:
@@ -163,11 +235,27 @@ class Scorer:
                 len(prompts),
                 self.context_length,
             )
+        return Encoded(ids, encoded.n_truncated)
+
+    def _run(
+        self,
+        prompts: Sequence[str],
+        spans: Sequence[tuple[int, int]] | None,
+        prefix: str,
+        step: Callable[[Batch, Any, int, Any], list[torch.Tensor]],
+        room: int,
+        widths: list[int],
+        progress: bool,
+        want_states: bool = False,
+    ) -> list[np.ndarray]:
+        # The leading tokens that every row shares (BOS, instruction, demonstrations) are run once.
+        ids = self.encode(prompts, spans, prefix, room).ids
+        lead = self._lead
         n_shared = _shared_length(ids, lead + _ids(self.tokenizer, prefix)) if prefix or lead else 0
-        shared, rest = (ids[0][:n_shared] if ids else []), Encoded([x[n_shared:] for x in ids], encoded.n_truncated)
-        out = np.zeros((len(prompts), width), dtype=np.float32)
+        shared, rest = (ids[0][:n_shared] if ids else []), Encoded([x[n_shared:] for x in ids], 0)
+        out = [np.zeros((len(prompts), w), dtype=np.float32) for w in widths]
         with torch.inference_mode():
-            prefix_kv = self._prefix_kv(shared)
+            prefix_kv, prefix_states = self._prefix_kv(shared, want_states)
             for batch in tqdm(
                 rest.batches(self.batch_size, self.pad_id, self.max_tokens),
                 disable=not progress,
@@ -176,21 +264,34 @@ class Scorer:
             ):
                 batch = Batch(batch.input_ids.to(self.device), batch.last_index, batch.rows)
                 cache = _expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
-                out[batch.rows] = step(batch, cache, len(shared)).cpu().numpy()
+                for o, r in zip(out, step(batch, cache, len(shared), prefix_states), strict=True):
+                    o[batch.rows] = r.float().cpu().numpy()
         return out
 
-    def _prefix_kv(self, prefix_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    def _prefix_kv(self, prefix_ids: list[int], want_states: bool = False) -> tuple[Any, list[torch.Tensor] | None]:
+        """Key/value cache of the shared prefix and, if wanted, each layer's sum of its hidden states after BOS."""
         if not prefix_ids:
-            return None
+            return None, None
         ids = torch.tensor([prefix_ids], device=self.device)  # (1, P)
-        _, cache = self._hidden(ids, None, use_cache=True)
-        return _layers(cache)
+        _, cache, states = self._hidden(ids, None, use_cache=True, output_hidden_states=want_states)
+        sums = [s[0, len(self._lead) :].float().sum(0) for s in states or []] if want_states else None  # (d,) per layer
+        return _layers(cache), sums
 
-    def _hidden(self, input_ids: torch.Tensor, cache: Any, use_cache: bool, **kw: Any) -> tuple[torch.Tensor, Any]:
+    def _hidden(
+        self, input_ids: torch.Tensor, cache: Any, use_cache: bool, output_hidden_states: bool = False, **kw: Any
+    ) -> tuple[torch.Tensor, Any, list[torch.Tensor] | None]:
+        """(last hidden state (b, L, d), cache, every layer's hidden states or None)."""
         if cache is None and use_cache:
             cache = _new_cache(self.model.config)
-        out = self._body(input_ids=input_ids, past_key_values=cache, use_cache=use_cache or cache is not None, **kw)
-        return out.last_hidden_state, out.past_key_values
+        out = self._body(
+            input_ids=input_ids,
+            past_key_values=cache,
+            use_cache=use_cache or cache is not None,
+            output_hidden_states=output_hidden_states,
+            **kw,
+        )
+        states = list(out.hidden_states) if output_hidden_states else None
+        return out.last_hidden_state, out.past_key_values, states
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         logits = self._out(h)  # (..., V)
@@ -225,7 +326,7 @@ class Scorer:
             dim=1,
         )  # (b*w, P + L + C)
         positions = n_prefix + last[:, None] + 1 + torch.arange(width, device=dev)[None, :]  # (b*w, C)
-        h, _ = self._hidden(inputs, cache, use_cache=True, attention_mask=mask, position_ids=positions)
+        h, _, _ = self._hidden(inputs, cache, use_cache=True, attention_mask=mask, position_ids=positions)
         logp = torch.log_softmax(self._logits(h).float(), dim=-1)  # (b*w, C, V)
         picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * (targets >= 0)  # (b*w, C)
         return picked.sum(-1).view(b, len(words))  # (b, w)
