@@ -66,44 +66,41 @@ def run(args: argparse.Namespace) -> None:
                 test, pool = load(ds, "test", root, args.limit), load(ds, "train", root)
                 tpl = template_path(ds)
                 classes = list(load_template(tpl).labels)
-                if True:
-                    idx = sample(pool[1], classes, k, seed)
-                    train = ([pool[0][i] for i in idx], [pool[1][i] for i in idx])
-                    rows = []
-                    methods = args.methods
-                    if "finetune" in methods:
-                        t0 = time.perf_counter()
-                        clf = Verbalizer(template=tpl, model=args.model, fine_tuning=config, random_state=seed)
-                        clf.fit(*train)
-                        fit_s = time.perf_counter() - t0
-                        r = evaluate(clf.predict_proba(test[0]), test[1], classes)
-                        hist = clf.training_
-                        rows.append(
-                            {"method": "finetune", **r, "fit_seconds": round(fit_s, 1), "best_epoch": hist.best_epoch}
-                        )
-                        del clf
-                    if "probe" in methods:
-                        clf = Verbalizer(template=tpl, model=args.model, heads=Head(), random_state=seed).fit(*train)
-                        rows.append({"method": "probe", **evaluate(clf.predict_proba(test[0]), test[1], classes)})
-                    if "fewshot" in methods:
-                        rows.append({"method": "fewshot", **fewshot(tpl, test, train, classes, seed, args.model)})
-                    if "tfidf" in methods:
-                        demos = list(zip(*train, strict=True))
-                        rows += [
-                            r for r in baselines(test, train, classes, k, seed, demos) if r["method"] == "tfidf_lr"
-                        ]
-                        rows[-1]["method"] = "tfidf"
-                    for r in rows:
-                        keep = {a: b for a, b in r.items() if a not in ("confusion", "reliability", "labels")}
-                        row = {"dataset": ds, "k": k, "seed": seed, "n_test": len(test[0])} | keep
-                        f.write(json.dumps(row) + "\n")
-                    f.flush()
-                    print(
-                        f"{ds} k={k} seed={seed}: "
-                        + ", ".join(f"{r['method']} {r['accuracy']:.3f}" for r in rows)
-                        + (f" (fine-tuning {rows[0]['fit_seconds']} s)" if "fit_seconds" in rows[0] else ""),
-                        flush=True,
+                idx = sample(pool[1], classes, k, seed)
+                train = ([pool[0][i] for i in idx], [pool[1][i] for i in idx])
+                rows = []
+                methods = args.methods
+                if "finetune" in methods:
+                    t0 = time.perf_counter()
+                    clf = Verbalizer(template=tpl, model=args.model, fine_tuning=config, random_state=seed)
+                    clf.fit(*train)
+                    fit_s = time.perf_counter() - t0
+                    r = evaluate(clf.predict_proba(test[0]), test[1], classes)
+                    hist = clf.training_
+                    rows.append(
+                        {"method": "finetune", **r, "fit_seconds": round(fit_s, 1), "best_epoch": hist.best_epoch}
                     )
+                    del clf
+                if "probe" in methods:
+                    clf = Verbalizer(template=tpl, model=args.model, heads=Head(), random_state=seed).fit(*train)
+                    rows.append({"method": "probe", **evaluate(clf.predict_proba(test[0]), test[1], classes)})
+                if "fewshot" in methods:
+                    rows.append({"method": "fewshot", **fewshot(tpl, test, train, classes, seed, args.model)})
+                if "tfidf" in methods:
+                    demos = list(zip(*train, strict=True))
+                    rows += [r for r in baselines(test, train, classes, k, seed, demos) if r["method"] == "tfidf_lr"]
+                    rows[-1]["method"] = "tfidf"
+                for r in rows:
+                    keep = {a: b for a, b in r.items() if a not in ("confusion", "reliability", "labels")}
+                    row = {"dataset": ds, "k": k, "seed": seed, "n_test": len(test[0])} | keep
+                    f.write(json.dumps(row) + "\n")
+                f.flush()
+                print(
+                    f"{ds} k={k} seed={seed}: "
+                    + ", ".join(f"{r['method']} {r['accuracy']:.3f}" for r in rows)
+                    + (f" (fine-tuning {rows[0]['fit_seconds']} s)" if "fit_seconds" in rows[0] else ""),
+                    flush=True,
+                )
 
 
 def table(path: str) -> str:

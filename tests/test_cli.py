@@ -94,3 +94,24 @@ def test_eval_prints_accuracy(tmp_path, tmp_template, model_dir, capsys):
     src.write_text('{"text": "good", "label": "positive"}\n{"text": "bad", "label": "negative"}\n')
     assert main(["eval", str(tmp_template(TEMPLATE)), str(src), "--model", model_dir]) == 0
     assert "accuracy=" in capsys.readouterr().out
+
+
+def test_finetune_trains_saves_and_predict_uses_the_saved_classifier(tmp_path, tmp_template, model_dir, capsys):
+    train = tmp_path / "train.jsonl"
+    good = [("good film", "positive"), ("bad film", "negative"), ("good good", "positive"), ("bad bad", "negative")]
+    lines = [json.dumps({"text": t, "label": y}) for t, y in good * 2]
+    lines += [json.dumps({"text": "", "label": "positive"}), json.dumps({"text": "ok", "label": "neutral"})]
+    train.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "clf"
+    args = ["finetune", str(tmp_template(TEMPLATE)), str(train), "--output", str(out), "--model", model_dir]
+    code = main([*args, "--epochs", "10", "--learning-rate", "1e-3", "--validation-fraction", "0", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1  # two rows were skipped, and each is reported; the others were used
+    assert "row 9: text is empty" in captured.err and "row 10: label 'neutral' is not one of" in captured.err
+    assert "fine-tuned on 8 rows" in captured.out
+    assert (out / "verbalize.json").is_file() and (out / "model" / "config.json").is_file()
+    src = tmp_path / "in.txt"
+    src.write_text("good film\nbad film\n")
+    assert main(["predict", str(out), str(src)]) == 0
+    got = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [r["prediction"] for r in got] == ["positive", "negative"]

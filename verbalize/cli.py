@@ -1,4 +1,4 @@
-"""`verbalize check | predict | eval`: a thin command line over the public API."""
+"""`verbalize check | predict | eval | finetune`: a thin command line over the public API."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .errors import TemplateError, VerbalizeError
 from .estimator import Verbalizer, _resolve_template
+from .finetune import FineTuneConfig
 from .inputs import read_table, text_problem, write_table
 from .scoring import Scorer
 
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("template", help="template file (TOML)")
+        sp.add_argument("template", help="template file (TOML), or a classifier directory written by finetune / save")
         sp.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: embedded)")
 
     c = sub.add_parser("check", help="validate a template, show its prompt and how label words tokenize")
@@ -61,7 +63,34 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--calibration", default=None)
     e.add_argument("--limit", type=int, default=None, help="use the first N rows")
     e.set_defaults(func=_eval)
+
+    f = sub.add_parser("finetune", help="prompt-based fine-tuning on a labeled file; saves a classifier directory")
+    common(f)
+    f.add_argument("train", help="labeled file (.jsonl, .csv, .tsv) with a text and a label column")
+    f.add_argument("--output", "-o", required=True, help="directory to write (classifier + Hugging Face model/)")
+    f.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
+    f.add_argument("--label-column", default="label")
+    f.add_argument("--method", choices=["full", "lora"], default="full")
+    f.add_argument("--epochs", type=int, default=FineTuneConfig.epochs)
+    f.add_argument("--learning-rate", type=float, default=None, help="default 2e-5 (full), 5e-4 (lora)")
+    f.add_argument("--batch-size", type=int, default=FineTuneConfig.batch_size)
+    f.add_argument("--validation-fraction", type=float, default=FineTuneConfig.validation_fraction)
+    f.add_argument("--lm-weight", type=float, default=0.0, help="mix in the LM loss to keep generation intact")
+    f.add_argument("--lm-texts", default=None, help="file of unlabeled plain text for the LM loss")
+    f.add_argument("--calibration", default=None)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=_finetune)
     return p
+
+
+def _classifier(args: argparse.Namespace, **params: object) -> Verbalizer:
+    """A saved classifier directory (``finetune --output``, ``Verbalizer.save``) or a template file."""
+    path = Path(args.template)
+    if path.is_dir() and (path / "verbalize.json").is_file():
+        overrides = {k: v for k, v in params.items() if k in ("batch_size", "progress")}
+        return Verbalizer.load(path, **overrides)
+    return Verbalizer(template=args.template, model=args.model, **params)  # type: ignore[arg-type]
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -96,9 +125,8 @@ def _check(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     texts, rows = read_table(args.input, args.column)
-    clf = Verbalizer(
-        template=args.template,
-        model=args.model,
+    clf = _classifier(
+        args,
         calibration=args.calibration,
         batch_size=args.batch_size,
         progress=not args.no_progress and len(texts) > 64,
@@ -137,12 +165,66 @@ def _eval(args: argparse.Namespace) -> int:
     rows = rows[: args.limit] if args.limit else rows
     texts = texts[: len(rows)]
     y = [r.get("label") for r in rows]
-    clf = Verbalizer(template=args.template, model=args.model, calibration=args.calibration, progress=True)
+    clf = _classifier(args, calibration=args.calibration, progress=True)
     if clf.calibration in ("domain", "batch"):
         clf.fit(texts)
     pred = clf.predict(texts)
     print(f"n={len(y)}  accuracy={accuracy_score(y, pred):.4f}  macro_f1={f1_score(y, pred, average='macro'):.4f}")
     return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    texts, rows = read_table(args.train, args.column)
+    template = _resolve_template(args.template, None)
+    labels = list(template.labels)
+    good, problems = [], []
+    for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
+        label = row.get(args.label_column)
+        problem = row.get("_error") or (f"text {text_problem(text)}" if text_problem(text) else None)
+        if problem is None and label not in labels:
+            problem = f"{args.label_column} {label!r} is not one of the template's labels {labels}"
+        if problem:
+            problems.append(f"row {i + 1}: {problem}")
+        else:
+            good.append(i)
+    for p in problems:
+        print(f"skipped {p}", file=sys.stderr)
+    if not good:
+        print(f"error: no usable rows in {args.train}", file=sys.stderr)
+        return 2
+    lm_texts = None
+    if args.lm_texts:
+        lm_texts = tuple(t for t in read_table(args.lm_texts)[0] if text_problem(t) is None)
+    config = FineTuneConfig(
+        method=args.method,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        validation_fraction=args.validation_fraction,
+        lm_weight=args.lm_weight,
+        lm_texts=lm_texts,
+        progress=not args.no_progress,
+    )
+    clf = Verbalizer(
+        template=template,
+        model=args.model,
+        calibration=args.calibration,
+        fine_tuning=config,
+        random_state=args.seed,
+    )
+    clf.fit([texts[i] for i in good], [rows[i][args.label_column] for i in good])
+    out = clf.save(args.output)
+    history = clf.training_.history
+    best = history[clf.training_.best_epoch - 1] if history else {}
+    print(
+        f"fine-tuned on {len(good)} rows in {clf.training_.seconds:.0f} s "
+        f"({len(history)} epochs, best epoch {clf.training_.best_epoch}"
+        + (f", validation accuracy {best['val_accuracy']:.3f}" if "val_accuracy" in best else "")
+        + f"); saved to {out} (Hugging Face model in {out / 'model'})"
+    )
+    if problems:
+        print(f"{len(problems)} of {len(rows)} rows were skipped; see above", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

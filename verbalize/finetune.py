@@ -39,7 +39,7 @@ class FineTuneConfig:
     ----------
     method : {"full", "lora"}, default "full"
         Train every weight, or low-rank adapters (needs the optional ``peft`` package:
-        ``pip install "verbalize[lora]"``); adapters are merged into the weights after training, so
+        ``pip install "verbalize[peft]"``); adapters are merged into the weights after training, so
         the result is a plain model of the same architecture.
     epochs : int, default 8
         Most passes over the training examples.
@@ -62,6 +62,8 @@ class FineTuneConfig:
     lm_max_tokens : int, default 128
         Tokens kept of each LM text.
     lora_r, lora_alpha, lora_dropout, lora_target_modules : LoRA's rank, scale, dropout, target layers.
+    head_learning_rate : float, default 1e-3
+        Learning rate of jointly trained heads (new layers start from scratch and need a larger one).
     progress : bool, default True
         Show a progress bar over the training steps.
     """
@@ -83,6 +85,7 @@ class FineTuneConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: str | tuple[str, ...] = "all-linear"
+    head_learning_rate: float = 1e-3
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -177,12 +180,15 @@ def fine_tune(
     if objective.joint is not None:
         objective.joint.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": params}]
     if objective.joint is not None:
-        params += list(objective.joint.parameters())
+        head_params = list(objective.joint.parameters())
+        groups.append({"params": head_params, "lr": config.head_learning_rate})
+        params = params + head_params
     try:  # the fused kernel makes the step ~5x cheaper on CPU (0.7 s -> 0.15 s for 135M parameters)
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     per_epoch = math.ceil(len(train_idx) / config.batch_size)
     total = per_epoch * config.epochs
     warm = max(1, int(config.warmup_ratio * total))
@@ -358,7 +364,7 @@ def _wrap_lora(model: Any, config: FineTuneConfig) -> Any:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:
-        raise ImportError("method='lora' needs the optional peft package: pip install 'verbalize[lora]'") from exc
+        raise ImportError("method='lora' needs the optional peft package: pip install 'verbalize[peft]'") from exc
     targets = config.lora_target_modules
     lora = LoraConfig(
         r=config.lora_r,
@@ -366,6 +372,7 @@ def _wrap_lora(model: Any, config: FineTuneConfig) -> Any:
         lora_dropout=config.lora_dropout,
         target_modules=targets if isinstance(targets, str) else list(targets),
         task_type="CAUSAL_LM",
+        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),  # GPT-2 stores weights (in, out)
     )
     return get_peft_model(model, lora)
 

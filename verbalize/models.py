@@ -128,7 +128,21 @@ def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str 
             "or None for the embedded default model"
         ) from exc
     model.to(resolve_device(device)).eval()  # type: ignore[arg-type]
+    _realign(model)
     return model, tokenizer
+
+
+@torch.no_grad()
+def _realign(model: torch.nn.Module) -> None:
+    """Give every weight its own, aligned memory.
+
+    safetensors maps the file, so weights can start at any byte offset; CPU matrix kernels then take
+    other code paths and round differently (~1e-6). Copied into fresh allocations, a reloaded model
+    computes exactly what the saved one did.
+    """
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device.type == "cpu" and t.data_ptr() % 64:
+            t.data = t.data.clone()
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
