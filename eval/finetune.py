@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> None:
                     clf = Verbalizer(template=tpl, model=args.model, heads=Head(), random_state=seed).fit(*train)
                     rows.append({"method": "probe", **evaluate(clf.predict_proba(test[0]), test[1], classes)})
                 if "fewshot" in methods:
-                    rows.append({"method": "fewshot", **fewshot(tpl, test, train, classes, seed, args.model)})
+                    best = fewshot(tpl, test, train, classes, seed, args.model)
+                    best = {a: b for a, b in best.items() if a not in ("method", "k", "seed", "seconds")}
+                    rows.append({"method": "fewshot", **best})
                 if "tfidf" in methods:
                     demos = list(zip(*train, strict=True))
                     rows += [r for r in baselines(test, train, classes, k, seed, demos) if r["method"] == "tfidf_lr"]

@@ -2,9 +2,10 @@
 
     python eval/generation.py --data ../shared/data                     # SST-2, 64 per class, seed 0
 
-Fine-tunes the embedded model on k SST-2 examples per class three ways: without LM-loss mixing,
-with mixing on the training texts themselves (the default when ``lm_texts`` is not given), and with
-mixing on unlabeled SST-2 reviews (texts of the train pool that are not among the labeled ones).
+Fine-tunes the embedded model on k SST-2 examples per class: without LM-loss mixing, and with each
+kind of mixing (``lm_loss="nll"``, the ordinary next-token loss, or ``"distill"``, KL from the base
+model) on the training texts themselves (the default when ``lm_texts`` is not given) or on unlabeled
+SST-2 reviews (texts of the train pool that are not among the labeled ones).
 For each it prints SST-2 test accuracy and the perplexity of AG News test texts (another dataset:
 plain text never seen in training), next to the base model, and checks that the model saved with
 ``save_pretrained`` loads with ``AutoModelForCausalLM.from_pretrained`` and generates.
@@ -26,6 +27,7 @@ from verbalize import FineTuneConfig, Scorer, Verbalizer, load_template
 from verbalize.finetune import perplexity
 
 PROMPT = "The history of the city begins"
+VARIANTS = ("none", "nll-train", "nll-unlabeled", "distill-train", "distill-unlabeled")
 
 
 def held_out_ppl(model: torch.nn.Module, tokenizer, texts: list[str], lead: list[int], pad_id: int) -> float:
@@ -41,8 +43,18 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200, help="test rows for accuracy and for perplexity")
     ap.add_argument("--lm-weight", type=float, default=1.0)
     ap.add_argument("--n-unlabeled", type=int, default=512)
+    ap.add_argument("--learning-rate", type=float, default=None, help="default: the library's (2e-5)")
+    ap.add_argument("--epochs", type=int, default=FineTuneConfig.epochs)
+    ap.add_argument("--validation-fraction", type=float, default=FineTuneConfig.validation_fraction)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
+    train_args = dict(
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        validation_fraction=args.validation_fraction,
+        progress=False,
+    )
 
     root = data_dir(args.data)
     test = load("sst2", "test", root, args.limit)
@@ -63,14 +75,17 @@ def main() -> None:
     base_clf = Verbalizer(template=tpl, model=args.model)
     base_ppl = held_out_ppl(base.model, tok, plain, lead, pad)
     rows.append(("base model (zero-shot)", base_clf.score(*test), base_ppl, 0.0, "-"))
-    variants = [
-        ("fine-tuned, no mixing", FineTuneConfig(progress=False)),
-        ("fine-tuned, LM mixing on training texts", FineTuneConfig(lm_weight=args.lm_weight, progress=False)),
-        (
-            f"fine-tuned, LM mixing on {len(unlabeled)} unlabeled reviews",
-            FineTuneConfig(lm_weight=args.lm_weight, lm_texts=unlabeled, progress=False),
-        ),
-    ]
+    sources = {"train": None, "unlabeled": unlabeled}
+    variants = []
+    for v in args.variants:
+        if v == "none":
+            variants.append(("fine-tuned, no mixing", FineTuneConfig(**train_args)))
+            continue
+        loss, source = v.split("-")
+        where = "training texts" if source == "train" else f"{len(unlabeled)} unlabeled reviews"
+        name = f"fine-tuned, {'LM loss' if loss == 'nll' else 'distillation from the base'} on {where}"
+        config = FineTuneConfig(lm_weight=args.lm_weight, lm_loss=loss, lm_texts=sources[source], **train_args)
+        variants.append((name, config))
     last = None
     for name, config in variants:
         t0 = time.perf_counter()
@@ -82,7 +97,8 @@ def main() -> None:
         last = clf
     print(
         f"\nSST-2 {args.k} per class (seed {args.seed}); accuracy on {len(test[0])} SST-2 test texts; "
-        f"perplexity on {len(plain)} AG News test texts (<= 128 tokens each); lm_weight={args.lm_weight}\n"
+        f"perplexity on {len(plain)} AG News test texts (<= 128 tokens each); lm_weight={args.lm_weight}; "
+        f"fine-tuning {train_args}\n"
     )
     print("| model | SST-2 accuracy | held-out perplexity | change vs base | fit (s) | best epoch |")
     print("|---|---|---|---|---|---|")

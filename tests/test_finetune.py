@@ -88,14 +88,35 @@ def test_early_stopping_keeps_the_best_epoch(gpt2):
     assert len(hist) < 6 or clf.training_.best_epoch == 6  # stopped early unless the last epoch was best
 
 
-def test_lm_mixing_applies_the_next_token_loss(gpt2):
-    plain = ["The team won the game in sports news.", "World leaders met to discuss the economy."]
+PLAIN = ["The team won the game in sports news.", "World leaders met to discuss the economy."]
+
+
+def test_lm_mixing_with_the_next_token_loss_fits_the_texts(gpt2):
     tok, pad = gpt2.tokenizer, gpt2.scorer().pad_id
-    rows = [tok(t)["input_ids"] for t in plain]
+    rows = [tok(t)["input_ids"] for t in PLAIN]
     base = perplexity(gpt2.model, rows, pad)
     no_mix = make(gpt2, fine_tuning=FineTuneConfig(**FAST)).fit(X, Y)
-    mix = make(gpt2, fine_tuning=FineTuneConfig(**FAST, lm_weight=1.0, lm_texts=tuple(plain))).fit(X, Y)
+    config = FineTuneConfig(**FAST, lm_weight=1.0, lm_loss="nll", lm_texts=tuple(PLAIN))
+    mix = make(gpt2, fine_tuning=config).fit(X, Y)
     assert perplexity(mix.scorer_.model, rows, pad) < min(base, perplexity(no_mix.scorer_.model, rows, pad))
+    assert mix.score(X, Y) == 1.0
+
+
+def test_lm_mixing_by_distillation_keeps_the_model_near_the_base(family):
+    tok, pad = family.tokenizer, family.scorer().pad_id
+    rows = [tok(t)["input_ids"] for t in PLAIN]
+    same = lm_loss(family.model, rows, pad, torch.device("cpu"), lambda ids: family.model(input_ids=ids).logits)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)  # KL of a model from itself
+
+    def drift(clf):  # mean KL from the base on the plain texts
+        base = lambda ids: family.model(input_ids=ids).logits  # noqa: E731
+        with torch.no_grad():
+            return float(lm_loss(clf.scorer_.model, rows, pad, torch.device("cpu"), base))
+
+    no_mix = make(family, fine_tuning=FineTuneConfig(**FAST)).fit(X, Y)
+    mix = make(family, fine_tuning=FineTuneConfig(**FAST, lm_weight=1.0, lm_texts=tuple(PLAIN))).fit(X, Y)
+    assert mix.fine_tuning.lm_loss == "distill"  # the default
+    assert drift(mix) < drift(no_mix) / 2
     assert mix.score(X, Y) == 1.0
 
 

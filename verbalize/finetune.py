@@ -2,9 +2,9 @@
 
 The classification loss is the cross-entropy over the labels' word scores at the prompt's next
 position, the very scores used at prediction time (LM-BFF, Gao et al. 2021, for causal LMs). The LM
-head is trained, never replaced, so the model still generates; mixing in the ordinary next-token loss
-on plain text (``lm_weight``) keeps its perplexity from drifting. Joint heads add their own weighted
-losses to the same forward pass.
+head is trained, never replaced, so the model still generates; mixing in a language-modeling loss on
+plain text (``lm_weight``; by default distillation from the model as it was) keeps its perplexity
+from drifting. Joint heads add their own weighted losses to the same forward pass.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .scoring import Scorer
 logger = logging.getLogger(__name__)
 
 METHODS = ("full", "lora")
+LM_LOSSES = ("distill", "nll")
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,17 @@ class FineTuneConfig:
     prompt_weight : float, default 1.0
         Weight of the label-word loss (0 trains the joint heads only).
     lm_weight : float, default 0.0
-        Weight of the ordinary next-token loss on ``lm_texts`` (or on the training texts), mixed into
-        every step so that generation does not degrade.
+        Weight of the language-modeling loss (see ``lm_loss``) on ``lm_texts`` (or on the training
+        texts), mixed into every step so that generation does not degrade. 0 turns mixing off.
     lm_texts : sequence of str, optional
         Unlabeled plain text for the LM loss; default: the training texts.
+    lm_loss : {"distill", "nll"}, default "distill"
+        ``"distill"``: the KL divergence from the model's own next-token distribution before
+        fine-tuning, on ``lm_texts``; it holds generation where it was whatever the texts' domain
+        (one more forward per step; with full fine-tuning, a frozen copy of the model in memory).
+        ``"nll"``: the ordinary next-token cross-entropy on ``lm_texts``; the model then also adapts
+        to their domain, which can raise perplexity elsewhere (measured in ``eval/generation.py``:
+        +31% on AG News after SST-2 at lr 1e-4, against -0.6% with ``"distill"``).
     lm_max_tokens : int, default 128
         Tokens kept of each LM text.
     lora_r, lora_alpha, lora_dropout, lora_target_modules : LoRA's rank, scale, dropout, target layers.
@@ -80,6 +88,7 @@ class FineTuneConfig:
     prompt_weight: float = 1.0
     lm_weight: float = 0.0
     lm_texts: tuple[str, ...] | None = None
+    lm_loss: str = "distill"
     lm_max_tokens: int = 128
     lora_r: int = 8
     lora_alpha: int = 16
@@ -96,6 +105,8 @@ class FineTuneConfig:
         problems = []
         if self.method not in METHODS:
             problems.append(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.lm_loss not in LM_LOSSES:
+            problems.append(f"lm_loss must be one of {LM_LOSSES}, got {self.lm_loss!r}")
         if not 0 <= self.validation_fraction < 1:
             problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         for name in ("epochs", "batch_size", "lm_max_tokens", "lora_r"):
@@ -196,6 +207,7 @@ def fine_tune(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
     )
     lm_weight = config.lm_weight if lm_ids else 0.0
+    teacher = _teacher(model, peft_model) if lm_weight and config.lm_loss == "distill" else None
     history: list[dict[str, float]] = []
     best: tuple[float, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -213,7 +225,8 @@ def fine_tune(
                 loss, _ = _loss(scorer, ids, rows, objective, device)
                 if lm_weight:
                     pick = rng.choice(len(lm_ids), size=min(config.batch_size, len(lm_ids)), replace=False)  # type: ignore[arg-type]
-                    loss = loss + lm_weight * lm_loss(model, [lm_ids[i] for i in pick], scorer.pad_id, device)  # type: ignore[index]
+                    rows_lm = [lm_ids[i] for i in pick]  # type: ignore[index]
+                    loss = loss + lm_weight * lm_loss(model, rows_lm, scorer.pad_id, device, teacher)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -254,12 +267,26 @@ def fine_tune(
     return TrainingResult(history, best_epoch, time.perf_counter() - t0, step)
 
 
-def lm_loss(model: Any, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> torch.Tensor:
-    """Mean next-token cross-entropy over the real tokens of right-padded rows."""
+def lm_loss(
+    model: Any, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device, teacher: Any = None
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the real tokens of right-padded rows; with a ``teacher``
+    (a callable giving the frozen model's logits), the mean KL(teacher || model) over those tokens."""
     batch = pad_batch([list(r) for r in rows], np.arange(len(rows)), pad_id)
     ids = batch.input_ids.to(device)
-    labels = ids.masked_fill(batch.attention_mask.to(device) == 0, -100)
-    return model(input_ids=ids, labels=labels).loss
+    mask = batch.attention_mask.to(device)
+    if teacher is None:
+        return model(input_ids=ids, labels=ids.masked_fill(mask == 0, -100)).loss
+    training = model.training
+    model.eval()  # no dropout here: with it the KL from the (eval-mode) teacher never reaches 0 and its
+    try:  # gradient mostly fights the dropout noise (measured on GPT-2: no pull towards the base at all)
+        logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)  # (b, L, V)
+    finally:
+        model.train(training)
+    with torch.no_grad():
+        ref = torch.log_softmax(teacher(ids).float(), dim=-1)  # (b, L, V)
+    kl = (ref.exp() * (ref - logp)).sum(-1)  # (b, L)
+    return (kl * mask).sum() / mask.sum()
 
 
 @torch.no_grad()
@@ -358,6 +385,21 @@ def _split(n: int, strata: np.ndarray | None, fraction: float, seed: int) -> tup
     stratify = strata if strata is not None and counts.min() >= 2 else None
     tr, va = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
     return np.sort(tr), np.sort(va)
+
+
+def _teacher(model: Any, peft_model: Any) -> Any:
+    """The model as it was before fine-tuning, as a function ids -> logits (LoRA: adapters switched off)."""
+    if peft_model is not None:
+
+        def adapters_off(ids: torch.Tensor) -> torch.Tensor:
+            with peft_model.disable_adapter():
+                return model(input_ids=ids).logits
+
+        return adapters_off
+    import copy
+
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    return lambda ids: frozen(input_ids=ids).logits
 
 
 def _wrap_lora(model: Any, config: FineTuneConfig) -> Any:
