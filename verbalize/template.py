@@ -22,17 +22,17 @@ DEMO_KEYS = ("format", "separator")
 DEFAULT_SAMPLE = "A charming and funny film."
 
 
-def _fields(value: str, allowed: tuple[str, ...], key: str) -> tuple[list[str], list[str]]:
+def _fields(value: str, allowed: tuple[str, ...], key: str) -> tuple[list[str], list[str], list[str]]:
     """Split a format string into literal pieces around its fields.
 
-    Returns ``(pieces, names)`` with ``len(pieces) == len(names) + 1`` and the issues found.
+    Returns ``(pieces, names, issues)`` with ``len(pieces) == len(names) + 1``.
     Only bare declared names are allowed: no positional ``{}``, attribute, index, conversion or spec.
     """
     pieces, names, issues = [""], [], []
     try:
         parsed = list(string.Formatter().parse(value))
     except ValueError as exc:
-        return [value], [f"{key}: {exc}; write a literal brace as {{{{ or }}}}"]
+        return [value], [], [f"{key}: {exc}; write a literal brace as {{{{ or }}}}"]
     for literal, name, spec, conv in parsed:
         pieces[-1] += literal
         if name is None:
@@ -48,7 +48,7 @@ def _fields(value: str, allowed: tuple[str, ...], key: str) -> tuple[list[str], 
             continue
         names.append(name)
         pieces.append("")
-    return pieces, issues if issues else []
+    return pieces, names, issues
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Template:
     # -- rendering -------------------------------------------------------------------------
     def split(self) -> tuple[str, str]:
         """The prompt's literal text before and after ``{text}``."""
-        pieces, _ = _fields(self.prompt, ("text",), "prompt")
+        pieces, _, _ = _fields(self.prompt, ("text",), "prompt")
         return pieces[0], pieces[1]
 
     def prefix(self, demos: Sequence[tuple[str, str]] = ()) -> str:
@@ -123,8 +123,7 @@ class Template:
         fmt = self.demo_format
         if fmt is None:
             fmt = self.prompt + self.label_prefix.replace("{", "{{").replace("}", "}}") + "{label}"
-        pieces, _ = _fields(fmt, ("text", "label"), "demos.format")
-        names = [n for _, n, _, _ in string.Formatter().parse(fmt) if n]
+        pieces, names, _ = _fields(fmt, ("text", "label"), "demos.format")
         values = {"text": text.strip(), "label": self.labels[label][0]}
         return pieces[0] + "".join(values[n] + p for n, p in zip(names, pieces[1:], strict=True))
 
@@ -145,7 +144,7 @@ class Template:
 
 
 def _literal(value: str) -> str:
-    pieces, _ = _fields(value, (), "instruction")
+    pieces, _, _ = _fields(value, (), "instruction")
     return pieces[0]
 
 
@@ -170,7 +169,7 @@ def _check(t: Template, source: str) -> list[str]:
     if "prompt" not in bad_types and not t.prompt.strip():
         issues.append("prompt: is empty; write the prompt with {text} where the text goes")
     elif "prompt" not in bad_types:
-        _, bad = _fields(t.prompt, ("text",), "prompt")
+        _, _, bad = _fields(t.prompt, ("text",), "prompt")
         issues += bad
         n_text = sum(1 for _, n, _, _ in string.Formatter().parse(t.prompt) if n == "text") if not bad else 1
         if n_text != 1:
@@ -181,9 +180,9 @@ def _check(t: Template, source: str) -> list[str]:
                 f"(label_prefix {t.label_prefix!r} is put before each label word)"
             )
     if "instruction" not in bad_types:
-        issues += _fields(t.instruction, (), "instruction")[1]
+        issues += _fields(t.instruction, (), "instruction")[2]
     if t.demo_format is not None and "demos.format" not in bad_types:
-        _, bad = _fields(t.demo_format, ("text", "label"), "demos.format")
+        _, _, bad = _fields(t.demo_format, ("text", "label"), "demos.format")
         issues += bad
         names = [n for _, n, _, _ in string.Formatter().parse(t.demo_format) if n] if not bad else []
         for name in ("text", "label") if not bad else ():
