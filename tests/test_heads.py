@@ -163,3 +163,12 @@ def test_head_errors_say_what_to_fix(family):
         make(family, heads=Head(labels=["negative", "positive"])).fit(X, ["neutral"] + Y[1:])
     with pytest.raises(Exception, match="not fitted"):
         make(family, heads=Head()).predict(X)
+
+
+def test_outputs_use_the_same_prompts_as_predict_with_per_text_demonstrations(family):
+    similar = dict(n_demos=2, demo_selection="similar")
+    clf = make(family, heads=Head(), **similar).fit(X, Y)
+    words = make(family, **similar).fit(X, Y).predict_proba(X)
+    out = clf.outputs(X)
+    np.testing.assert_allclose(out["labels"], words, atol=1e-6)
+    np.testing.assert_allclose(out["head"], clf.predict_proba(X), atol=1e-6)

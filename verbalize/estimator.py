@@ -298,6 +298,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
                 "fine-tuning needs labels of the template's labels, or a head with training='joint'; "
                 f"the template's labels are {list(self.labels_)}"
             )
+        # With demo_selection="similar" the training prompts carry no demonstrations: each training
+        # text's most similar demonstration would be itself, with its label.
         prompts, spans = self.template_.spans(texts)
         room = max(len(w) for w in self.label_tokens_.word_ids) - 1
         ids = scorer.encode(prompts, spans, self._fitting_prefix(prompts), room).ids
@@ -370,10 +372,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """
         self._ready()
         if self.head_specs_:
-            texts = check_texts(X)
-            self._check_heads_fitted()
-            feats = self._features(texts, [h.pool for h in self.head_specs_])
-            preds = {h.name: self.heads_[h.name].predict(f) for h, f in zip(self.head_specs_, feats, strict=True)}
+            preds = {h.name: self.heads_[h.name].predict(f) for h, f in self._head_features(check_texts(X))}
             return preds if len(preds) > 1 else next(iter(preds.values()))
         log_proba = self._word_log_proba(check_texts(X))
         return self.labels_[log_proba.argmax(axis=1)] if len(log_proba) else np.array([], dtype=object)
@@ -384,11 +383,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self._ready()
         self._check_heads_fitted()
         texts = check_texts(X)
-        t, scorer = self.template_, self.scorer_
-        prompts, spans = t.spans(texts)
-        words, feats = scorer.outputs(
-            prompts, self.label_tokens_, [h.pool for h in self.head_specs_], spans, self._fitting_prefix(prompts)
-        )
+        prompts, spans, prefix = self._prompts(texts)
+        pools = [h.pool for h in self.head_specs_]
+        words, feats = self.scorer_.outputs(prompts, self.label_tokens_, pools, spans, prefix, self.progress)
         assert words is not None
         scores = aggregate(words, self.label_tokens_.word_label, len(self.labels_), self.aggregation)
         logp = log_softmax(scores) if self.calibrator_ is None else self._calibrate(scores, texts)
@@ -401,9 +398,12 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         return self._label_scores(texts) if texts else np.zeros((0, len(self.labels_)))
 
     def _head_proba(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return {h.name: self.heads_[h.name].predict_proba(f) for h, f in self._head_features(texts)}
+
+    def _head_features(self, texts: list[str]) -> list[tuple[Head, np.ndarray]]:
         self._check_heads_fitted()
         feats = self._features(texts, [h.pool for h in self.head_specs_])
-        return {h.name: self.heads_[h.name].predict_proba(f) for h, f in zip(self.head_specs_, feats, strict=True)}
+        return list(zip(self.head_specs_, feats, strict=True))
 
     def _check_heads_fitted(self) -> None:
         missing = [h.name for h in self.head_specs_ if h.name not in self.heads_]
@@ -412,28 +412,29 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     def _features(self, texts: list[str], pools: list[tuple[str, int]]) -> list[np.ndarray]:
         """Pooled hidden states of the rendered prompts, one array per pool, from one pass."""
-        prompts, spans = self.template_.spans(texts)
-        prefix = self._fitting_prefix(prompts)
+        prompts, spans, prefix = self._prompts(texts)
         return self.scorer_.outputs(prompts, None, pools, spans, prefix, self.progress)[1]
 
     def _label_scores(self, texts: list[str], raw: bool = False) -> np.ndarray:
-        t, scorer = self.template_, self.scorer_
-        prompts, spans = t.spans(texts)
-        if self.demo_pool_:
-            pool_texts = [x for x, _ in self.demo_pool_]
-            picks = similar_demos(pool_texts, texts, self.n_demos)
-            shared = t.prefix()  # the instruction, shared by all; each text's own demonstrations follow it
-            heads = [t.prefix([self.demo_pool_[i] for i in pick])[len(shared) :] for pick in picks]
-            prompts = [h + p for h, p in zip(heads, prompts, strict=True)]
-            spans = [(a + len(h), b + len(h)) for h, (a, b) in zip(heads, spans, strict=True)]
-            prefix = shared
-        else:
-            prefix = self._fitting_prefix(prompts)
-        words = scorer.score_words(prompts, self.label_tokens_, spans, prefix, self.progress)
+        prompts, spans, prefix = self._prompts(texts)
+        words = self.scorer_.score_words(prompts, self.label_tokens_, spans, prefix, self.progress)
         scores = aggregate(words, self.label_tokens_.word_label, len(self.labels_), self.aggregation)
         if raw:
             return scores
         return log_softmax(scores) if self.calibrator_ is None else self._calibrate(scores, texts)
+
+    def _prompts(self, texts: list[str]) -> tuple[list[str], list[tuple[int, int]], str]:
+        """(prompts, where each text lies in its prompt, the prefix shared by all) for these texts."""
+        t = self.template_
+        prompts, spans = t.spans(texts)
+        if not self.demo_pool_:
+            return prompts, spans, self._fitting_prefix(prompts)
+        picks = similar_demos([x for x, _ in self.demo_pool_], texts, self.n_demos)
+        shared = t.prefix()  # the instruction, shared by all; each text's own demonstrations follow it
+        heads = [t.prefix([self.demo_pool_[i] for i in pick])[len(shared) :] for pick in picks]
+        prompts = [h + p for h, p in zip(heads, prompts, strict=True)]
+        spans = [(a + len(h), b + len(h)) for h, (a, b) in zip(heads, spans, strict=True)]
+        return prompts, spans, shared
 
     def _calibrate(self, scores: np.ndarray, texts: list[str]) -> np.ndarray:
         cal = self.calibrator_
