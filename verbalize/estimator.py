@@ -387,9 +387,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         pools = [h.pool for h in self.head_specs_]
         words, feats = self.scorer_.outputs(prompts, self.label_tokens_, pools, spans, prefix, self.progress)
         assert words is not None
-        scores = aggregate(words, self.label_tokens_.word_label, len(self.labels_), self.aggregation)
-        logp = log_softmax(scores) if self.calibrator_ is None else self._calibrate(scores, texts)
-        out = {"labels": np.exp(logp)}
+        out = {"labels": np.exp(self._from_words(words, texts))}
         for h, f in zip(self.head_specs_, feats, strict=True):
             out[h.name] = self.heads_[h.name].predict_proba(f)
         return out
@@ -418,6 +416,10 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     def _label_scores(self, texts: list[str], raw: bool = False) -> np.ndarray:
         prompts, spans, prefix = self._prompts(texts)
         words = self.scorer_.score_words(prompts, self.label_tokens_, spans, prefix, self.progress)
+        return self._from_words(words, texts, raw)
+
+    def _from_words(self, words: np.ndarray, texts: list[str], raw: bool = False) -> np.ndarray:
+        """Word log-probs (n, n_words) -> label scores (raw) or calibrated label log-probabilities."""
         scores = aggregate(words, self.label_tokens_.word_label, len(self.labels_), self.aggregation)
         if raw:
             return scores

@@ -9,6 +9,7 @@ from drifting. Joint heads add their own weighted losses to the same forward pas
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -296,17 +297,12 @@ def perplexity(model: Any, rows: Sequence[Sequence[int]], pad_id: int, batch_siz
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        chunk = [list(r) for r in rows[start : start + batch_size] if len(r) > 1]
+        chunk = [r for r in rows[start : start + batch_size] if len(r) > 1]
         if not chunk:
             continue
-        batch = pad_batch(chunk, np.arange(len(chunk)), pad_id)
-        ids = batch.input_ids.to(device)
-        logits = model(input_ids=ids).logits[:, :-1].float()  # (b, L-1, V)
-        target = ids[:, 1:]
-        mask = batch.attention_mask.to(device)[:, 1:].bool()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (b, L-1)
-        total += float(nll[mask].sum())
-        count += int(mask.sum())
+        n = sum(len(r) - 1 for r in chunk)  # predicted tokens: all but each row's first
+        total += float(lm_loss(model, chunk, pad_id, device)) * n
+        count += n
     return math.exp(total / max(count, 1))
 
 
@@ -396,8 +392,6 @@ def _teacher(model: Any, peft_model: Any) -> Any:
                 return model(input_ids=ids).logits
 
         return adapters_off
-    import copy
-
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
     return lambda ids: frozen(input_ids=ids).logits
 
