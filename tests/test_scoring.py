@@ -99,7 +99,8 @@ def test_scores_with_spans_and_no_truncation_are_unchanged(family):
     lt = LabelWords(WORDS["mixed"]).encode(family.tokenizer)
     prompts, spans = TEMPLATE.spans(TEXTS)
     scorer = family.scorer(batch_size=3)
-    np.testing.assert_array_equal(scorer.score_words(prompts, lt, spans=spans), scorer.score_words(prompts, lt))
+    # With spans the template's start ("Review:") is run once for all rows, so the sums differ in order only.
+    np.testing.assert_allclose(scorer.score_words(prompts, lt, spans=spans), scorer.score_words(prompts, lt), atol=1e-5)
     assert scorer.last_n_truncated == 0
 
 

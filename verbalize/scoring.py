@@ -7,7 +7,8 @@ attention never lets a real token see the padding after it, and positions of rea
 0..n-1 as if alone (this is what makes GPT-2, which has no pad token and learned absolute
 positions, correct under padding). Words of several tokens are scored exactly with a second,
 short pass that reuses the prompt's key/value cache. A prefix shared by all prompts (BOS,
-instruction, demonstrations) is run once and its key/value cache reused by every batch.
+instruction, demonstrations, the template's words before the text) is run once and its key/value
+cache reused by every batch.
 """
 
 from __future__ import annotations
@@ -248,10 +249,12 @@ class Scorer:
         progress: bool,
         want_states: bool = False,
     ) -> list[np.ndarray]:
-        # The leading tokens that every row shares (BOS, instruction, demonstrations) are run once.
+        # The leading tokens that every row shares (BOS, instruction, demonstrations, the template's
+        # words before the text) are run once. What is shared depends on the prefix and template only,
+        # never on the other prompts of the call, so a text's scores do not depend on its neighbours.
         ids = self.encode(prompts, spans, prefix, room).ids
-        lead = self._lead
-        n_shared = _shared_length(ids, lead + _ids(self.tokenizer, prefix)) if prefix or lead else 0
+        lead, head = self._lead, prefix + _common_head(prompts, spans)
+        n_shared = _shared_length(ids, lead + _ids(self.tokenizer, head)) if head or lead else 0
         shared, rest = (ids[0][:n_shared] if ids else []), Encoded([x[n_shared:] for x in ids], 0)
         out = [np.zeros((len(prompts), w), dtype=np.float32) for w in widths]
         with torch.inference_mode():
@@ -351,6 +354,14 @@ def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, ho
         else:
             out[:, k] = s.max(axis=1)
     return out
+
+
+def _common_head(prompts: Sequence[str], spans: Sequence[tuple[int, int]] | None) -> str:
+    """The text before the ``{text}`` span when every prompt has the same one (a template's fixed start)."""
+    if not spans or not prompts:
+        return ""
+    head = prompts[0][: spans[0][0]]
+    return head if all(p[:a] == head for p, (a, _) in zip(prompts, spans, strict=True)) else ""
 
 
 def _shared_length(rows: list[list[int]], prefix: list[int]) -> int:
