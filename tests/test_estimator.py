@@ -8,6 +8,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
 from verbalize import InputError, ModelLoadError, Scorer, Template, Verbalizer
+from verbalize.demos import similar_demos
 
 LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
 X = ["good film", "bad film", "a great review", "terrible and bad", "good good", "bad bad", "fine", "awful"]
@@ -91,6 +92,13 @@ def test_similar_demos_are_picked_per_text_and_rendered_once(scorer):
         alone = Verbalizer(template=template, model=scorer, n_demos=1).fit([demo[0]], [demo[1]])
         assert alone.template_.render(text, [demo]).count("Rate the review.") == 1
         np.testing.assert_allclose(alone.decision_function([text])[0], row, atol=1e-4)
+
+
+def test_similar_demos_can_leave_out_the_text_itself():
+    train = ["good film", "bad film", "good film", "a good good film"]
+    assert similar_demos(train, ["good film"], 1) in ([[0]], [[2]])  # the text itself is nearest
+    assert similar_demos(train, ["good film"], 1, leave_out_same=True) == [[3]]  # both copies skipped
+    assert similar_demos(train, ["good film"], 4, leave_out_same=True) == [[1, 3]]  # fewer when too few are left
 
 
 def test_demos_are_dropped_before_the_text_is_cut(scorer, caplog):

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from verbalize import FineTuneConfig, Head, Verbalizer
 from verbalize.batching import Batch, pad_batch
+from verbalize.demos import similar_demos
 from verbalize.finetune import Objective, _loss, _split, label_logits, lm_loss, perplexity
 from verbalize.scoring import aggregate
 
@@ -198,3 +199,24 @@ def test_fine_tuning_errors_say_what_to_fix(gpt2):
         make(gpt2, fine_tuning=FineTuneConfig(**FAST)).fit(X)
     with pytest.raises(TypeError, match="FineTuneConfig"):
         make(gpt2, fine_tuning={"epochs": 2}).fit(X, Y)
+
+
+def test_similar_demonstrations_in_training_prompts_never_show_the_text_itself(gpt2, monkeypatch):
+    """With demo_selection="similar", training prompts carry demonstrations, never the text itself."""
+    import verbalize.estimator as estimator
+
+    seen = {}
+
+    def capture(scorer, ids, *args, **kwargs):
+        seen["prompts"] = [scorer.tokenizer.decode(x) for x in ids]
+        return real(scorer, ids, *args, **kwargs)
+
+    real = estimator.fine_tune
+    monkeypatch.setattr(estimator, "fine_tune", capture)
+    cfg = FineTuneConfig(**(FAST | {"epochs": 1}))
+    clf = make(gpt2, n_demos=1, demo_selection="similar", fine_tuning=cfg).fit(X, Y)
+    others = {x: [(o, y) for o, y in zip(X, Y, strict=True) if o != x] for x in X}
+    for text, prompt in zip(X, seen["prompts"], strict=True):
+        (demo,) = [others[text][i] for i in similar_demos([o for o, _ in others[text]], [text], 1)[0]]
+        assert demo[0] != text
+        assert prompt == clf.template_.render(text, [demo])

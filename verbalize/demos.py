@@ -36,15 +36,21 @@ def select_demos(
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
-def similar_demos(train: Sequence[str], texts: Sequence[str], n_demos: int) -> list[list[int]]:
+def similar_demos(
+    train: Sequence[str], texts: Sequence[str], n_demos: int, leave_out_same: bool = False
+) -> list[list[int]]:
     """For each text, the ``n_demos`` most similar training rows (TF-IDF cosine), most similar last.
 
     The nearest demonstration goes last, next to the text, where it has most influence (Liu et al. 2022).
+    ``leave_out_same`` never picks a training row whose text is the text itself: for training prompts,
+    where the nearest row would otherwise be the text with its own label.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vec = TfidfVectorizer(sublinear_tf=True).fit(list(train) + list(texts))
     sims = (vec.transform(texts) @ vec.transform(train).T).toarray()  # (n_texts, n_train)
     k = min(int(n_demos), len(train))
+    if leave_out_same:
+        sims[np.asarray(texts, dtype=object)[:, None] == np.asarray(train, dtype=object)[None, :]] = -np.inf
     top = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # (n_texts, k) most similar first
-    return [[int(i) for i in row[::-1]] for row in top]
+    return [[int(i) for i in row[::-1] if sims[r, i] > -np.inf] for r, row in enumerate(top)]

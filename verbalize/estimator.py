@@ -298,11 +298,11 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
                 "fine-tuning needs labels of the template's labels, or a head with training='joint'; "
                 f"the template's labels are {list(self.labels_)}"
             )
-        # With demo_selection="similar" the training prompts carry no demonstrations: each training
-        # text's most similar demonstration would be itself, with its label.
-        prompts, spans = self.template_.spans(texts)
+        # The training prompts are built as prediction's are; with demo_selection="similar" a text's
+        # own row (its label) is never its demonstration.
+        prompts, spans, prefix = self._prompts(texts, leave_out_same=True)
         room = max(len(w) for w in self.label_tokens_.word_ids) - 1
-        ids = scorer.encode(prompts, spans, self._fitting_prefix(prompts), room).ids
+        ids = scorer.encode(prompts, spans, prefix, room).ids
         lm_ids = None
         if config.lm_weight:
             lead = list(scorer._lead)
@@ -425,13 +425,16 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             return scores
         return log_softmax(scores) if self.calibrator_ is None else self._calibrate(scores, texts)
 
-    def _prompts(self, texts: list[str]) -> tuple[list[str], list[tuple[int, int]], str]:
-        """(prompts, where each text lies in its prompt, the prefix shared by all) for these texts."""
+    def _prompts(self, texts: list[str], leave_out_same: bool = False) -> tuple[list[str], list[tuple[int, int]], str]:
+        """(prompts, where each text lies in its prompt, the prefix shared by all) for these texts.
+
+        ``leave_out_same``: per-text ("similar") demonstrations never include the text itself (training).
+        """
         t = self.template_
         prompts, spans = t.spans(texts)
         if not self.demo_pool_:
             return prompts, spans, self._fitting_prefix(prompts)
-        picks = similar_demos([x for x, _ in self.demo_pool_], texts, self.n_demos)
+        picks = similar_demos([x for x, _ in self.demo_pool_], texts, self.n_demos, leave_out_same)
         shared = t.prefix()  # the instruction, shared by all; each text's own demonstrations follow it
         heads = [t.prefix([self.demo_pool_[i] for i in pick])[len(shared) :] for pick in picks]
         prompts = [h + p for h, p in zip(heads, prompts, strict=True)]
