@@ -20,6 +20,10 @@ class Batch:
     last_index: torch.Tensor  # (b,) position of each prompt's last real token
     rows: np.ndarray  # (b,)
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with its token ids on ``device``."""
+        return Batch(self.input_ids.to(device), self.last_index, self.rows)
+
     @property
     def attention_mask(self) -> torch.Tensor:
         positions = torch.arange(self.input_ids.shape[1], device=self.last_index.device)  # (L,)

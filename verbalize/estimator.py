@@ -53,6 +53,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     n_demos : int, default 0
         Demonstrations from the training set put in every prompt (``fit`` picks them).
     demo_selection : {"balanced", "random", "first", "similar"}, default "balanced"
+        ``"similar"`` gives each text its own ``n_demos`` nearest training texts (TF-IDF cosine, the
+        nearest last); when fine-tuning, a training text's own row is never its demonstration.
     aggregation : {"logsumexp", "mean", "max"}, default "logsumexp"
         How the scores of a label's words combine into the label's score.
     batch_size : int, default 64

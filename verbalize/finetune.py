@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import Batch, pad_batch
+from .batching import pad_batch
 from .heads import Head, JointHeads, head_loss
 from .labels import LabelTokens
 from .scoring import Scorer
@@ -311,7 +311,7 @@ def _loss(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Weighted classification loss of these rows, and each objective's logits (label words first)."""
     batch = pad_batch([ids[i] for i in rows], rows, scorer.pad_id)
-    batch = Batch(batch.input_ids.to(device), batch.last_index, batch.rows)
+    batch = batch.to(device)
     use_words = obj.use_words
     words, feats = scorer.forward(batch, None, 0, obj.label_tokens if use_words else None, [h.pool for h in obj.heads])
     loss = torch.zeros((), device=device)

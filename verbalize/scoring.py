@@ -265,7 +265,7 @@ class Scorer:
                 desc="scoring",
                 unit="batch",
             ):
-                batch = Batch(batch.input_ids.to(self.device), batch.last_index, batch.rows)
+                batch = batch.to(self.device)
                 cache = _expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
                 for o, r in zip(out, step(batch, cache, len(shared), prefix_states), strict=True):
                     o[batch.rows] = r.float().cpu().numpy()
