@@ -41,7 +41,7 @@ class Scorer:
     ----------
     model : transformers causal LM (``PreTrainedModel`` with an output embedding)
     tokenizer : its tokenizer (fast tokenizers allow truncation of long texts)
-    batch_size : int, default 32
+    batch_size : int, default 64
         Prompts per forward pass.
     max_length : int, optional
         Token budget per sequence; defaults to the model's context window.
@@ -54,7 +54,7 @@ class Scorer:
         self,
         model: Any,
         tokenizer: Any,
-        batch_size: int = 32,
+        batch_size: int = 64,
         max_length: int | None = None,
         max_tokens: int | None = 1024,
     ):
