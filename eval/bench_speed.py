@@ -5,7 +5,7 @@
 Rows of the table (all in one run, same texts, same two labels "negative"/"positive"):
 - naive: one forward per (text, label) at batch 1, full-vocabulary logits at every position;
 - batched pairs: (text, label) sequences padded into batches (lm-evaluation-harness style);
-- verbalize: one forward per length-sorted batch, label-word rows only at the last position;
+- verbalize: one forward per length-sorted batch, the output layer at each prompt's last position only;
 - FLOP bound: the matmul rate of this CPU, measured here on the model's own products (one block's
   q, k, v, o, gate, up, down on a batch of tokens, hot caches, best of 5), divided by the matmul
   FLOPs that the same tokens need (linear layers, causal attention, the output row).
@@ -175,7 +175,7 @@ def main() -> None:
     for name, r in (
         (f"naive: forward per (text, label), batch 1 ({len(sample)} texts)", slow),
         (f"batched (text, label) pairs, lm-eval style ({len(sample)} texts)", pairs),
-        ("verbalize: one pass per batch, label rows only (median round)", fast),
+        ("verbalize: one pass per batch, output layer at the last position (median round)", fast),
         ("FLOP bound (matmul peak / FLOPs of these tokens)", bound),
     ):
         print(f"| {name} | {r:.2f} | {r / slow:.1f} | {100 * r / bound:.0f}% |")
