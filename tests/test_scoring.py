@@ -104,6 +104,26 @@ def test_scores_with_spans_and_no_truncation_are_unchanged(family):
     assert scorer.last_n_truncated == 0
 
 
+def test_the_template_start_runs_once_and_scores_as_before(family, monkeypatch):
+    """With spans, the words before {text} ("Review:") join the cached prefix: each batch reads only the rest."""
+    lt = LabelWords(WORDS["single"]).encode(family.tokenizer)
+    prompts, spans = TEMPLATE.spans(TEXTS)
+    scorer = family.scorer(batch_size=3)
+    shapes = []
+    hidden = scorer._hidden
+    monkeypatch.setattr(
+        scorer, "_hidden", lambda ids, *a, **kw: shapes.append(tuple(ids.shape)) or hidden(ids, *a, **kw)
+    )
+    scores = scorer.score_words(prompts, lt, spans=spans)
+    shared = len(family.lead) + len(plain_ids(family.tokenizer, "Review:"))
+    lengths = [len(context_ids(family, p)) for p in prompts]
+    assert shapes[0] == (1, shared)  # the shared start, run once
+    assert sum(rows for rows, _ in shapes[1:]) == len(prompts)
+    assert max(width for _, width in shapes[1:]) == max(lengths) - shared
+    expected = naive_scores(family.model, [context_ids(family, p) for p in prompts], lt.word_ids)
+    np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
+
+
 def test_prefix_and_prompt_score_as_the_rendered_prompt(family):
     """Scoring ``prompt`` after ``prefix=`` equals scoring the rendered string ``prefix + prompt``.
 
