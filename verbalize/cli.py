@@ -180,7 +180,7 @@ def _finetune(args: argparse.Namespace) -> int:
     good, problems = [], []
     for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
         label = row.get(args.label_column)
-        problem = row.get("_error") or (f"text {text_problem(text)}" if text_problem(text) else None)
+        problem = row.get("_error") or (f"text {bad}" if (bad := text_problem(text)) else None)
         if problem is None and label not in labels:
             problem = f"{args.label_column} {label!r} is not one of the template's labels {labels}"
         if problem:

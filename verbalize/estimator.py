@@ -220,10 +220,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
                 if h.multi_label:
                     fitted.threshold = tune_thresholds(fitted.predict_proba(f), target)
         if self.head_specs_:
-            order = [h.name for h in self.head_specs_]
-            self.heads_ = {n: self.heads_[n] for n in order}
-            by_head = {n: self.heads_[n].classes for n in order}
-            self.classes_ = by_head[order[0]] if len(order) == 1 else by_head
+            self.heads_ = {h.name: self.heads_[h.name] for h in self.head_specs_}
+            self.classes_ = _one_or_all({n: h.classes for n, h in self.heads_.items()})
         self._fit_calibrator(texts, ys)
         return self
 
@@ -363,8 +361,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self._ready()
         texts = check_texts(X)
         if self.head_specs_:
-            probs = self._head_proba(texts)
-            return probs if len(probs) > 1 else next(iter(probs.values()))
+            return _one_or_all(self._head_proba(texts))
         return np.exp(self._word_log_proba(texts))
 
     def predict(self, X: Any) -> Any:
@@ -374,8 +371,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """
         self._ready()
         if self.head_specs_:
-            preds = {h.name: self.heads_[h.name].predict(f) for h, f in self._head_features(check_texts(X))}
-            return preds if len(preds) > 1 else next(iter(preds.values()))
+            return _one_or_all({h.name: self.heads_[h.name].predict(f) for h, f in self._head_features(check_texts(X))})
         log_proba = self._word_log_proba(check_texts(X))
         return self.labels_[log_proba.argmax(axis=1)] if len(log_proba) else np.array([], dtype=object)
 
@@ -552,21 +548,18 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
             tensors = load_file(str(path / "heads.safetensors"))
             for h in clf.head_specs_:
-                thr = tensors.get(f"{h.name}.threshold")
-                clf.heads_[h.name] = FittedHead(
-                    h,
-                    np.array(state["heads"][h.name]["classes"], dtype=object),
-                    tensors[f"{h.name}.weight"],
-                    tensors[f"{h.name}.bias"],
-                    thr.numpy() if thr is not None else None,
-                )
-            classes = {n: h.classes for n, h in clf.heads_.items()}
-            clf.classes_ = next(iter(classes.values())) if len(classes) == 1 else classes
+                clf.heads_[h.name] = FittedHead.from_tensors(h, state["heads"][h.name]["classes"], tensors)
+            clf.classes_ = _one_or_all({n: h.classes for n, h in clf.heads_.items()})
         clf.demos_ = [tuple(d) for d in state["demos"]]
         clf.demo_pool_ = [tuple(d) for d in state["demo_pool"]]
         if state["calibrator"]:
             clf.calibrator_ = CALIBRATORS[state["calibrator"]["name"]].from_state(state["calibrator"]["state"])
         return clf
+
+
+def _one_or_all(by_head: dict[str, Any]) -> Any:
+    """A single head's value as it is; with several heads, the dict {head name: value}."""
+    return next(iter(by_head.values())) if len(by_head) == 1 else by_head
 
 
 def _as_heads(heads: Head | Sequence[Head] | None) -> list[Head]:

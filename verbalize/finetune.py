@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .batching import pad_batch
 from .heads import Head, JointHeads, head_loss
 from .labels import LabelTokens
-from .scoring import Scorer
+from .scoring import Scorer, label_logits
 
 logger = logging.getLogger(__name__)
 
@@ -156,20 +156,6 @@ class TrainingResult:
     best_epoch: int
     seconds: float
     steps: int
-
-
-def label_logits(words: torch.Tensor, word_label: np.ndarray, n_labels: int, how: str) -> torch.Tensor:
-    """Torch counterpart of :func:`verbalize.scoring.aggregate`: word scores (b, W) -> label scores (b, K)."""
-    cols = []
-    for k in range(n_labels):
-        s = words[:, torch.as_tensor(np.flatnonzero(word_label == k), device=words.device)]
-        if how == "logsumexp":
-            cols.append(torch.logsumexp(s, dim=1))
-        elif how == "mean":
-            cols.append(s.mean(dim=1))
-        else:
-            cols.append(s.max(dim=1).values)
-    return torch.stack(cols, dim=1)
 
 
 def fine_tune(

@@ -13,7 +13,7 @@ safetensors and reloaded exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -92,7 +92,6 @@ class FittedHead:
     weight: torch.Tensor  # (K, D)
     bias: torch.Tensor  # (K,)
     threshold: np.ndarray | None = None  # (K,) multi-label only
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def logits(self, feats: np.ndarray) -> np.ndarray:
         w, b = self.weight.detach().double().numpy(), self.bias.detach().double().numpy()
@@ -121,6 +120,18 @@ class FittedHead:
         if self.threshold is not None:
             out[f"{self.head.name}.threshold"] = torch.as_tensor(self.threshold, dtype=torch.float64)
         return {k: v.contiguous() for k, v in out.items()}
+
+    @classmethod
+    def from_tensors(cls, head: Head, classes: Sequence[str], tensors: dict[str, torch.Tensor]) -> FittedHead:
+        """The head written by :meth:`tensors` (``tensors`` may hold other heads' entries too)."""
+        threshold = tensors.get(f"{head.name}.threshold")
+        return cls(
+            head,
+            np.array(classes, dtype=object),
+            tensors[f"{head.name}.weight"],
+            tensors[f"{head.name}.bias"],
+            threshold.numpy() if threshold is not None else None,
+        )
 
 
 def head_classes(head: Head, y: Any, template_labels: Sequence[str]) -> list[str]:

@@ -336,24 +336,29 @@ class Scorer:
 
 
 def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> np.ndarray:
-    """Combine word log-probs (n, n_words) into label scores (n, n_labels).
+    """Combine word log-probs (n, n_words) into label scores (n, n_labels), in float64.
 
     ``logsumexp`` is the log of the label's total probability (the sum over its words),
     ``mean`` the mean log-prob of its words, ``max`` its best word.
     """
+    words = torch.from_numpy(np.asarray(word_scores, dtype=np.float64))
+    return label_logits(words, word_label, n_labels, how).numpy()
+
+
+def label_logits(words: torch.Tensor, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> torch.Tensor:
+    """:func:`aggregate` on a tensor, differentiable (training uses it): (b, n_words) -> (b, n_labels)."""
     if how not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
-    out = np.empty((word_scores.shape[0], n_labels), dtype=np.float64)
+    cols = []
     for k in range(n_labels):
-        s = word_scores[:, word_label == k].astype(np.float64)  # (n, words of label k)
+        s = words[:, torch.as_tensor(np.flatnonzero(word_label == k), device=words.device)]  # (b, words of label k)
         if how == "logsumexp":
-            m = s.max(axis=1, keepdims=True)
-            out[:, k] = (m + np.log(np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]
+            cols.append(torch.logsumexp(s, dim=1))
         elif how == "mean":
-            out[:, k] = s.mean(axis=1)
+            cols.append(s.mean(dim=1))
         else:
-            out[:, k] = s.max(axis=1)
-    return out
+            cols.append(s.max(dim=1).values)
+    return torch.stack(cols, dim=1)
 
 
 def _common_head(prompts: Sequence[str], spans: Sequence[tuple[int, int]] | None) -> str:

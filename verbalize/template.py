@@ -169,9 +169,9 @@ def _check(t: Template, source: str) -> list[str]:
     if "prompt" not in bad_types and not t.prompt.strip():
         issues.append("prompt: is empty; write the prompt with {text} where the text goes")
     elif "prompt" not in bad_types:
-        _, _, bad = _fields(t.prompt, ("text",), "prompt")
+        _, names, bad = _fields(t.prompt, ("text",), "prompt")
         issues += bad
-        n_text = sum(1 for _, n, _, _ in string.Formatter().parse(t.prompt) if n == "text") if not bad else 1
+        n_text = names.count("text") if not bad else 1
         if n_text != 1:
             issues.append(f"prompt: must contain {{text}} exactly once, found it {n_text} times")
         if t.prompt != t.prompt.rstrip():
@@ -182,9 +182,8 @@ def _check(t: Template, source: str) -> list[str]:
     if "instruction" not in bad_types:
         issues += _fields(t.instruction, (), "instruction")[2]
     if t.demo_format is not None and "demos.format" not in bad_types:
-        _, _, bad = _fields(t.demo_format, ("text", "label"), "demos.format")
+        _, names, bad = _fields(t.demo_format, ("text", "label"), "demos.format")
         issues += bad
-        names = [n for _, n, _, _ in string.Formatter().parse(t.demo_format) if n] if not bad else []
         for name in ("text", "label") if not bad else ():
             if names.count(name) != 1:
                 issues.append(f"demos.format: must contain {{{name}}} exactly once, found it {names.count(name)} times")
