@@ -134,8 +134,9 @@ def _predict(args: argparse.Namespace) -> int:
     good = [i for i, t in enumerate(texts) if text_problem(t) is None]
     if clf.calibration in ("domain", "batch") and good:
         clf.fit([texts[i] for i in good])
+    usable = set(good)
     for i, row in enumerate(rows):
-        problem = row.pop("_error", None) or (None if i in set(good) else f"text {text_problem(texts[i])}")
+        problem = row.pop("_error", None) or (None if i in usable else f"text {text_problem(texts[i])}")
         if problem:
             row["error"] = f"row {i + 1}: {problem}"
     for start in range(0, len(good), CHUNK):
