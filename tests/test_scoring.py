@@ -110,9 +110,9 @@ def test_the_template_start_runs_once_and_scores_as_before(family, monkeypatch):
     prompts, spans = TEMPLATE.spans(TEXTS)
     scorer = family.scorer(batch_size=3)
     shapes = []
-    hidden = scorer._hidden
+    hidden = scorer.io.run
     monkeypatch.setattr(
-        scorer, "_hidden", lambda ids, *a, **kw: shapes.append(tuple(ids.shape)) or hidden(ids, *a, **kw)
+        scorer.io, "run", lambda ids, *a, **kw: shapes.append(tuple(ids.shape)) or hidden(ids, *a, **kw)
     )
     scores = scorer.score_words(prompts, lt, spans=spans)
     shared = len(family.lead) + len(plain_ids(family.tokenizer, "Review:"))

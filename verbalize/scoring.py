@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,9 +23,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import Batch, Encoded, encode_prompts, pad_id_of
+from . import model_io
+from .batching import Batch, Encoded, encode_prompts, pad_batch, pad_id_of
 from .errors import InputError
 from .labels import LabelTokens, _ids
+from .model_io import ModelIO
 from .models import load_model
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 AGGREGATIONS = ("logsumexp", "mean", "max")
 POOLINGS = ("last", "mean")
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_PATH_OF: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # model -> its exact logits path
 
 
 class Scorer:
@@ -48,6 +52,11 @@ class Scorer:
     max_tokens : int, optional, default 1024
         Token budget per batch (rows x padded length). With length-sorted batches this keeps every
         matrix product near the CPU's most efficient size: short prompts get more rows per batch.
+        The pass over the later tokens of multi-token words is cut into chunks under the same budget.
+    logits : {"auto", "model", "hand", "full"}, default "auto"
+        How logits are computed (see :mod:`verbalize.model_io`). ``"auto"`` takes the first of
+        "model", "hand", "full" that a probe proves equal to the model's own forward; a named path
+        is probed too. No path that passes means a :class:`ModelLoadError` naming the model type.
     """
 
     def __init__(
@@ -57,6 +66,7 @@ class Scorer:
         batch_size: int = 64,
         max_length: int | None = None,
         max_tokens: int | None = 1024,
+        logits: str = "auto",
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -66,11 +76,10 @@ class Scorer:
         window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.context_length = min(x for x in (window, max_length, 10**9) if x)
         self.pad_id = pad_id_of(tokenizer)
-        self._body = model.base_model
-        self._out = model.get_output_embeddings()
-        self._softcap = getattr(config, "final_logit_softcapping", None)
         self._lead = _leading_special_ids(tokenizer)
+        self._window = model_io.window(config)
         self.last_n_truncated = 0
+        self.io = self._choose(logits)
 
     @classmethod
     def from_pretrained(
@@ -165,18 +174,20 @@ class Scorer:
         """
         multi = [j for j, ids in enumerate(label_tokens.word_ids) if len(ids) > 1] if label_tokens else []
         deep = max((layers for _, layers in pools), default=1) > 1
-        h, cache, states = self._hidden(batch.input_ids, cache, use_cache=bool(multi), output_hidden_states=deep)
-        rows = torch.arange(h.shape[0], device=h.device)
-        last = batch.last_index.to(h.device)
+        dev = batch.input_ids.device
+        keep = batch.last_index.to(dev)[:, None] if label_tokens is not None else None  # (b, 1)
+        out = self.io.run(batch.input_ids, cache, keep, use_cache=bool(multi), states=deep)
         words = None
         if label_tokens is not None:
-            first = torch.tensor([ids[0] for ids in label_tokens.word_ids], device=h.device)  # (n_words,)
-            logp = torch.log_softmax(self._logits(h[rows, last]).float(), dim=-1)  # (b, V)
+            assert out.logits is not None
+            first = torch.tensor([ids[0] for ids in label_tokens.word_ids], device=dev)  # (n_words,)
+            logp = torch.log_softmax(out.logits[:, 0].float(), dim=-1)  # (b, V)
             words = logp[:, first]  # (b, n_words)
             if multi:
-                rest = self._continuations(batch, cache, n_prefix, label_tokens, multi)  # (b, n_multi)
-                words = words.index_add(1, torch.tensor(multi, device=h.device), rest)
-        feats = [self._pool(states or [h], batch, how, layers, n_prefix, prefix_states) for how, layers in pools]
+                rest = self._continuations(batch, out.cache, n_prefix, label_tokens, multi)  # (b, n_multi)
+                words = words.index_add(1, torch.tensor(multi, device=dev), rest)
+        states = out.states or [out.hidden]
+        feats = [self._pool(states, batch, how, layers, n_prefix, prefix_states) for how, layers in pools]
         return words, feats
 
     # -- internals -------------------------------------------------------------------------------
@@ -252,11 +263,16 @@ class Scorer:
         # The leading tokens that every row shares (BOS, instruction, demonstrations, the template's
         # words before the text) are run once. What is shared depends on the prefix and template only,
         # never on the other prompts of the call, so a text's scores do not depend on its neighbours.
-        ids = self.encode(prompts, spans, prefix, room).ids
+        # Identical prompts (same tokens) are run once and their results copied: a prompt's scores
+        # never depend on its neighbours, so this changes no number.
+        unique: dict[tuple[int, ...], int] = {}
+        encoded = self.encode(prompts, spans, prefix, room).ids
+        inverse = np.array([unique.setdefault(tuple(x), len(unique)) for x in encoded], dtype=np.int64)
+        ids = [list(x) for x in unique]
         lead, head = self._lead, prefix + _common_head(prompts, spans)
         n_shared = _shared_length(ids, lead + _ids(self.tokenizer, head)) if head or lead else 0
         shared, rest = (ids[0][:n_shared] if ids else []), Encoded([x[n_shared:] for x in ids], 0)
-        out = [np.zeros((len(prompts), w), dtype=np.float32) for w in widths]
+        out = [np.zeros((len(ids), w), dtype=np.float32) for w in widths]
         with torch.inference_mode():
             prefix_kv, prefix_states = self._prefix_kv(shared, want_states)
             for batch in tqdm(
@@ -266,73 +282,105 @@ class Scorer:
                 unit="batch",
             ):
                 batch = batch.to(self.device)
-                cache = _expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
+                cache = model_io.expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
                 for o, r in zip(out, step(batch, cache, len(shared), prefix_states), strict=True):
                     o[batch.rows] = r.float().cpu().numpy()
-        return out
+        return [o[inverse] if len(o) else np.zeros((len(prompts), o.shape[1]), np.float32) for o in out]
 
     def _prefix_kv(self, prefix_ids: list[int], want_states: bool = False) -> tuple[Any, list[torch.Tensor] | None]:
         """Key/value cache of the shared prefix and, if wanted, each layer's sum of its hidden states after BOS."""
         if not prefix_ids:
             return None, None
         ids = torch.tensor([prefix_ids], device=self.device)  # (1, P)
-        _, cache, states = self._hidden(ids, None, use_cache=True, output_hidden_states=want_states)
-        sums = [s[0, len(self._lead) :].float().sum(0) for s in states or []] if want_states else None  # (d,) per layer
-        return _layers(cache), sums
-
-    def _hidden(
-        self, input_ids: torch.Tensor, cache: Any, use_cache: bool, output_hidden_states: bool = False, **kw: Any
-    ) -> tuple[torch.Tensor, Any, list[torch.Tensor] | None]:
-        """(last hidden state (b, L, d), cache, every layer's hidden states or None)."""
-        if cache is None and use_cache:
-            cache = _new_cache(self.model.config)
-        out = self._body(
-            input_ids=input_ids,
-            past_key_values=cache,
-            use_cache=use_cache or cache is not None,
-            output_hidden_states=output_hidden_states,
-            **kw,
-        )
-        states = list(out.hidden_states) if output_hidden_states else None
-        return out.last_hidden_state, out.past_key_values, states
-
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self._out(h)  # (..., V)
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits
+        out = self.io.run(ids, None, None, use_cache=True, states=want_states)
+        sums = [s[0, len(self._lead) :].float().sum(0) for s in out.states or []] if want_states else None  # (d,)
+        return model_io.snapshot(out.cache), sums
 
     def _continuations(
         self, batch: Batch, cache: Any, n_prefix: int, label_tokens: LabelTokens, multi: list[int]
     ) -> torch.Tensor:
-        """Sum of log p(token_k | prompt, tokens_<k) for k >= 1 of each multi-token word, shape (b, n_multi)."""
-        b = batch.input_ids.shape[0]
+        """Sum of log p(token_k | prompt, tokens_<k) for k >= 1 of each multi-token word, shape (b, n_multi).
+
+        The (prompt, word) pairs run in chunks under the batch's own token budget (pairs x (prompt
+        + word tokens) <= max_tokens), each chunk with its own copy of its prompts' cache rows, so
+        memory does not grow with prompts x words.
+        """
+        b, length = batch.input_ids.shape
         words = [label_tokens.word_ids[j] for j in multi]
-        width = max(len(w) for w in words) - 1
+        w, width = len(words), max(len(x) for x in words) - 1
+        if self._window is not None and n_prefix + length + width > self._window - 1:
+            raise InputError(
+                f"{self.model.config.model_type}: a prompt of {n_prefix + length} tokens with multi-token label "
+                f"words exceeds the model's sliding attention window ({self._window} tokens), which verbalize "
+                "cannot score exactly yet; use single-token label words or shorter prompts (fewer demonstrations)"
+            )
         dev = batch.input_ids.device
-        inputs = torch.full((len(words), width), self.pad_id, dtype=torch.long, device=dev)  # (w, C)
-        targets = torch.full((len(words), width), -1, dtype=torch.long, device=dev)  # (w, C)
-        for i, w in enumerate(words):
-            inputs[i, : len(w) - 1] = torch.tensor(w[:-1])
-            targets[i, : len(w) - 1] = torch.tensor(w[1:])
-        cache.batch_repeat_interleave(len(words))  # each prompt's cache once per word
-        inputs = inputs.repeat(b, 1)  # (b*w, C)
-        targets = targets.repeat(b, 1)  # (b*w, C)
-        last = batch.last_index.to(dev).repeat_interleave(len(words))  # (b*w,)
-        prompt_mask = batch.attention_mask.to(dev).repeat_interleave(len(words), dim=0)  # (b*w, L)
-        mask = torch.cat(
-            [
-                torch.ones(b * len(words), n_prefix, dtype=torch.long, device=dev),
-                prompt_mask,
-                torch.ones(b * len(words), width, dtype=torch.long, device=dev),
-            ],
-            dim=1,
-        )  # (b*w, P + L + C)
-        positions = n_prefix + last[:, None] + 1 + torch.arange(width, device=dev)[None, :]  # (b*w, C)
-        h, _, _ = self._hidden(inputs, cache, use_cache=True, attention_mask=mask, position_ids=positions)
-        logp = torch.log_softmax(self._logits(h).float(), dim=-1)  # (b*w, C, V)
-        picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * (targets >= 0)  # (b*w, C)
-        return picked.sum(-1).view(b, len(words))  # (b, w)
+        inputs = torch.full((w, width), self.pad_id, dtype=torch.long, device=dev)  # (w, C)
+        targets = torch.full((w, width), -1, dtype=torch.long, device=dev)  # (w, C)
+        for i, ids in enumerate(words):
+            inputs[i, : len(ids) - 1] = torch.tensor(ids[:-1])
+            targets[i, : len(ids) - 1] = torch.tensor(ids[1:])
+        layers = model_io.snapshot(cache)
+        last, prompt_mask = batch.last_index.to(dev), batch.attention_mask.to(dev)  # (b,), (b, L)
+        pair_row = torch.arange(b, device=dev).repeat_interleave(w)  # (b*w,)
+        pair_word = torch.arange(w, device=dev).repeat(b)  # (b*w,)
+        size = max(1, (self.max_tokens or self.batch_size * (length + width)) // (length + width))
+        steps = torch.arange(width, device=dev)  # (C,)
+        sums = []
+        for start in range(0, b * w, size):
+            rows, cols = pair_row[start : start + size], pair_word[start : start + size]  # (r,)
+            n = rows.shape[0]
+            ones = torch.ones(n, 1, dtype=torch.long, device=dev)
+            mask = torch.cat([ones.expand(n, n_prefix), prompt_mask[rows], ones.expand(n, width)], 1)  # (r, P+L+C)
+            positions = n_prefix + last[rows, None] + 1 + steps[None, :]  # (r, C)
+            out = self.io.run(
+                inputs[cols],
+                model_io.select(layers, rows, self.model.config),
+                steps.expand(n, width),
+                attention_mask=mask,
+                position_ids=positions,
+            )
+            logp = torch.log_softmax(out.logits.float(), dim=-1)  # type: ignore[union-attr]  # (r, C, V)
+            t = targets[cols]  # (r, C)
+            sums.append((logp.gather(-1, t.clamp(min=0)[..., None])[..., 0] * (t >= 0)).sum(-1))  # (r,)
+        return torch.cat(sums).view(b, w)
+
+    def _choose(self, logits: str) -> ModelIO:
+        """The logits path for this model: the first that the probe proves exact (cached per model)."""
+        if logits == "auto" and self.model in _PATH_OF:
+            return ModelIO(self.model, _PATH_OF[self.model])
+        paths = model_io.PATHS if logits == "auto" else (logits,)
+        full_precision = next(self.model.parameters()).dtype in (torch.float32, torch.float64)
+        io = model_io.choose(self.model, self._probe_error, 1e-4 if full_precision else 5e-2, paths)
+        if logits == "auto":
+            _PATH_OF[self.model] = io.path
+        return io
+
+    def _probe_error(self, io: ModelIO) -> float:
+        """Max |difference| from the model's own forward of word log-probs scored through ``io``.
+
+        The probe goes through every step scoring takes: a cached shared prefix, two right-padded
+        rows of different lengths, a one-token and a three-token word (the continuation pass).
+        """
+        n = min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
+        ids = [(5 + 37 * i) % n for i in range(12)]
+        prefix, rows, words = ids[:3], [ids[3:8], ids[8:10]], ((ids[10],), (ids[11], ids[3], ids[9]))
+        tokens = LabelTokens(("a", "b"), ("a", "b"), np.array([0, 1]), words)
+        self.io = io
+        with torch.inference_mode():
+            kv, _ = self._prefix_kv(prefix)
+            batch = pad_batch(rows, np.arange(2), self.pad_id).to(self.device)
+            got, _ = self.forward(batch, model_io.expand(kv, 2, self.model.config), len(prefix), tokens)
+            want = [[_own_log_prob(self.model, prefix + r, w) for w in words] for r in rows]
+        assert got is not None
+        return float((got.double().cpu() - torch.tensor(want, dtype=torch.float64)).abs().max())
+
+
+def _own_log_prob(model: Any, context: list[int], word: tuple[int, ...]) -> float:
+    """log p(word | context) from the model's plain forward on the whole sequence."""
+    ids = torch.tensor([context + list(word[:-1])], device=next(model.parameters()).device)  # (1, T)
+    logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)  # (T, V)
+    return sum(float(logp[len(context) - 1 + k, t]) for k, t in enumerate(word))
 
 
 def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> np.ndarray:
@@ -387,36 +435,3 @@ def _leading_special_ids(tokenizer: Any) -> list[int]:
         if with_special[i : i + len(plain)] == plain:
             return with_special[:i]
     return []
-
-
-def _new_cache(config: Any) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=config)
-    except TypeError:  # transformers < 4.56
-        return DynamicCache()
-
-
-def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))
-
-
-def _expand(prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None, b: int, config: Any) -> Any:
-    """A fresh cache holding the shared prefix for ``b`` rows (the prefix itself is never modified)."""
-    if prefix_kv is None:
-        return None
-    cache = _new_cache(config)
-    layers = getattr(cache, "layers", [])
-    for i, (k, v) in enumerate(prefix_kv):
-        k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)  # (b, heads, P, head_dim), views: no copy
-        if i < len(layers) and type(layers[i]).__name__ == "DynamicLayer":
-            # Hand the views to the layer as they are: its first update concatenates them with the
-            # prompt's keys anyway, so copying them here as well would double the memory traffic.
-            layers[i].lazy_initialization(k, v)
-            layers[i].keys, layers[i].values = k, v
-        else:
-            cache.update(k, v, i)
-    return cache

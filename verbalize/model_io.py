@@ -1,0 +1,235 @@
+"""The one adapter between the scorer and transformers' internals: logits and the key/value cache.
+
+Logits come one of three ways (:data:`PATHS`), each a :class:`ModelIO`:
+
+- ``"model"``: the model's own forward computes them, at the positions asked for only
+  (``logits_to_keep`` as a (batch, positions) tensor, the transformers 5 contract). Whatever the
+  family does after its output layer (Gemma's soft-capping, Cohere's ``logit_scale``, Granite's
+  ``logits_scaling``, anything new) is applied by the model itself.
+- ``"hand"``: the body runs alone and this module applies the output embedding and the output
+  transforms it knows (:data:`TRANSFORMS`); for models whose forward lacks per-row ``logits_to_keep``.
+- ``"full"``: the model's own forward computes logits at every position (memory-hungry) and the
+  positions asked for are picked here; the last resort.
+
+Which one is exact for a given model is never assumed: the :class:`~verbalize.scoring.Scorer` probes
+each against the model's plain ``model(input_ids).logits`` (see :func:`choose`). The cache helpers
+build transformers' ``DynamicCache``, snapshot its per-layer state, and expand a shared prefix to a
+batch or pick rows of it (sliding-window layers keep their true length). ``tests/test_zoo.py`` holds
+the contract tests that break when a transformers upgrade changes any of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+PATHS = ("model", "hand", "full")
+# config attribute -> what the family's forward does with it after the output layer
+TRANSFORMS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "final_logit_softcapping": lambda x, cap: torch.tanh(x / cap) * cap,  # Gemma 2/3
+    "logit_scale": lambda x, scale: x * scale,  # Cohere
+    "logits_scaling": lambda x, scale: x / scale,  # Granite
+}
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one forward gives: logits at the kept positions, hidden states, the cache."""
+
+    logits: torch.Tensor | None  # (b, K, V) at the positions asked for, or None
+    hidden: torch.Tensor  # (b, L, d) the body's last hidden state (after its final norm)
+    states: list[torch.Tensor] | None  # every layer's hidden states, when asked for
+    cache: Any
+
+
+@dataclass(frozen=True)
+class LayerKV:
+    """One cache layer's state: keys and values (b, heads, T, head_dim) and the true length seen."""
+
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    length: int | None  # a sliding-window layer keeps fewer keys than the positions it has seen
+
+
+class ModelIO:
+    """Runs a causal LM and returns logits at chosen positions by one of :data:`PATHS`.
+
+    Parameters
+    ----------
+    model : transformers causal LM
+    path : {"model", "hand", "full"}
+    """
+
+    def __init__(self, model: Any, path: str = "model"):
+        if path not in PATHS:
+            raise ValueError(f"the logits path must be one of {PATHS}, got {path!r}")
+        self.model = model
+        self.path = path
+
+    @property
+    def config(self) -> Any:
+        return self.model.config.get_text_config(decoder=True)
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        cache: Any = None,
+        keep: torch.Tensor | None = None,
+        *,
+        use_cache: bool = False,
+        states: bool = False,
+        **kw: Any,
+    ) -> Pass:
+        """One forward of ``input_ids`` (b, L) after ``cache``; logits at ``keep`` (b, K) positions, if given.
+
+        ``kw`` (``attention_mask``, ``position_ids``) go to the model unchanged.
+        """
+        if cache is None and use_cache:
+            cache = new_cache(self.model.config)
+        args = dict(input_ids=input_ids, past_key_values=cache, use_cache=use_cache or cache is not None, **kw)
+        if states:
+            args["output_hidden_states"] = True
+        if keep is None or self.path == "hand":
+            out = self.model.base_model(**args)
+            h = out.last_hidden_state  # (b, L, d)
+            logits = None if keep is None else self.hand_logits(_take(h, keep))  # (b, K, V)
+            return Pass(logits, h, list(out.hidden_states) if states else None, out.past_key_values)
+        with _capture(self.model.base_model) as seen:
+            out = self.model(**args, logits_to_keep=keep if self.path == "model" else 0)
+        if not seen:
+            raise RuntimeError("the model's forward did not call its base_model")
+        body = seen[-1]
+        h = body.last_hidden_state if hasattr(body, "last_hidden_state") else body[0]  # (b, L, d)
+        logits = out.logits if self.path == "model" else _take(out.logits, keep)  # (b, K, V)
+        if logits.shape[:2] != keep.shape:
+            raise RuntimeError(f"logits_to_keep of shape {tuple(keep.shape)} gave logits {tuple(logits.shape)}")
+        all_states = getattr(body, "hidden_states", None)
+        return Pass(logits, h, list(all_states) if states and all_states else None, out.past_key_values)
+
+    def hand_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The output embedding and the known output transforms of :data:`TRANSFORMS`: (..., d) -> (..., V)."""
+        logits = self.model.get_output_embeddings()(h)  # (..., V)
+        for name, transform in TRANSFORMS.items():
+            value = getattr(self.config, name, None)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value:
+                logits = transform(logits, value)
+        return logits
+
+    def accepts_logits_to_keep(self) -> bool:
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+
+def choose(model: Any, error_of: Callable[[ModelIO], float], tol: float, paths: tuple[str, ...] = PATHS) -> ModelIO:
+    """The first path whose probe error (max |log-prob difference| from the model's own forward) is <= ``tol``.
+
+    Raises
+    ------
+    ModelLoadError
+        When no path is exact for this model: the message names the model type and each path's failure.
+    """
+    problems = []
+    for path in paths:
+        io = ModelIO(model, path)
+        if path == "model" and not io.accepts_logits_to_keep():
+            problems.append(f"{path}: its forward takes no logits_to_keep")
+            continue
+        try:
+            error = error_of(io)
+        except Exception as exc:  # noqa: BLE001 - any failure of a candidate path only rules that path out
+            problems.append(f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            continue
+        if error <= tol:
+            logger.debug("%s: logits path %r (probe error %.1e)", model.config.model_type, path, error)
+            return io
+        problems.append(f"{path}: log-probs differ from the model's own forward by {error:.1e} (> {tol:.0e})")
+    raise ModelLoadError(
+        f"model type {model.config.model_type!r} ({type(model).__name__}) cannot be scored exactly: "
+        + "; ".join(problems)
+        + ". verbalize refuses rather than return wrong scores; please report this model type"
+    )
+
+
+# -- key/value cache -----------------------------------------------------------------------------------
+
+
+def new_cache(config: Any) -> Any:
+    """An empty ``DynamicCache`` laid out for ``config`` (sliding-window layers where the model has them)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=config)
+
+
+def snapshot(cache: Any) -> list[LayerKV]:
+    """Each layer's keys, values and true length; the tensors are shared, not copied.
+
+    A cache layer replaces its tensors on update (``torch.cat``), so a snapshot stays valid after the
+    cache is run further.
+    """
+    return [
+        LayerKV(
+            getattr(layer, "keys", None) if getattr(layer, "is_initialized", False) else None,
+            getattr(layer, "values", None) if getattr(layer, "is_initialized", False) else None,
+            getattr(layer, "cumulative_length", None),
+        )
+        for layer in cache.layers
+    ]
+
+
+def expand(layers: list[LayerKV] | None, b: int, config: Any) -> Any:
+    """A fresh cache holding a one-row snapshot (a shared prefix) for ``b`` rows, without copying it."""
+    if layers is None:
+        return None
+    return _fill(new_cache(config), layers, lambda t: t[:1].expand(b, -1, -1, -1))  # (b, heads, P, head_dim)
+
+
+def select(layers: list[LayerKV], rows: torch.Tensor, config: Any) -> Any:
+    """A fresh cache holding rows ``rows`` (r,) of a snapshot (a row may repeat)."""
+    return _fill(new_cache(config), layers, lambda t: t.index_select(0, rows))  # (r, heads, T, head_dim)
+
+
+def window(config: Any) -> int | None:
+    """The smallest sliding window of the model's cache layers, or None when all attend to everything."""
+    sizes = [layer.sliding_window for layer in new_cache(config).layers if getattr(layer, "is_sliding", False)]
+    return min(sizes) if sizes else None
+
+
+def _fill(cache: Any, layers: list[LayerKV], rows: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if len(cache.layers) != len(layers):
+        raise RuntimeError(f"the cache has {len(cache.layers)} layers, the snapshot {len(layers)}")
+    for layer, kv in zip(cache.layers, layers, strict=True):
+        if kv.keys is None or kv.values is None:
+            continue
+        k, v = rows(kv.keys), rows(kv.values)
+        # Handed over as they are: the layer's first update concatenates them with the new keys anyway.
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+        if kv.length is not None:
+            layer.cumulative_length = kv.length
+    return cache
+
+
+def _take(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Rows' own positions: x (b, L, ...) and keep (b, K) -> (b, K, ...)."""
+    index = keep.to(x.device).view(*keep.shape, *([1] * (x.dim() - 2)))  # (b, K, 1...)
+    return torch.take_along_dim(x, index, dim=1)
+
+
+@contextlib.contextmanager
+def _capture(module: torch.nn.Module) -> Iterator[list[Any]]:
+    """Record what ``module`` returns during the block (read only: the model's computation is unchanged)."""
+    seen: list[Any] = []
+    handle = module.register_forward_hook(lambda _m, _args, out: seen.append(out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
