@@ -47,8 +47,8 @@ class Pass:
     """What one forward gives: logits at the kept positions, hidden states, the cache."""
 
     logits: torch.Tensor | None  # (b, K, V) at the positions asked for, or None
-    hidden: torch.Tensor  # (b, L, d) the body's last hidden state (after its final norm)
-    states: list[torch.Tensor] | None  # every layer's hidden states, when asked for
+    hidden: torch.Tensor | None  # (b, L, d) the body's last hidden state (after its final norm), if seen
+    states: list[torch.Tensor] | None  # every layer's hidden states, when asked for and seen
     cache: Any
 
 
@@ -104,17 +104,17 @@ class ModelIO:
             h = out.last_hidden_state  # (b, L, d)
             logits = None if keep is None else self.hand_logits(_take(h, keep))  # (b, K, V)
             return Pass(logits, h, list(out.hidden_states) if states else None, out.past_key_values)
+        if self.path == "model":
+            args["logits_to_keep"] = keep
         with _capture(self.model.base_model) as seen:
-            out = self.model(**args, logits_to_keep=keep if self.path == "model" else 0)
-        if not seen:
-            raise RuntimeError("the model's forward did not call its base_model")
-        body = seen[-1]
-        h = body.last_hidden_state if hasattr(body, "last_hidden_state") else body[0]  # (b, L, d)
+            out = self.model(**args)
+        body = seen[-1] if seen else None  # None when the forward runs a part of base_model only (OPT)
+        h = None if body is None else body.last_hidden_state if hasattr(body, "last_hidden_state") else body[0]
         logits = out.logits if self.path == "model" else _take(out.logits, keep)  # (b, K, V)
         if logits.shape[:2] != keep.shape:
             raise RuntimeError(f"logits_to_keep of shape {tuple(keep.shape)} gave logits {tuple(logits.shape)}")
-        all_states = getattr(body, "hidden_states", None)
-        return Pass(logits, h, list(all_states) if states and all_states else None, out.past_key_values)
+        all_states = getattr(body, "hidden_states", None) if states else None
+        return Pass(logits, h, list(all_states) if all_states else None, out.past_key_values)
 
     def hand_logits(self, h: torch.Tensor) -> torch.Tensor:
         """The output embedding and the known output transforms of :data:`TRANSFORMS`: (..., d) -> (..., V)."""

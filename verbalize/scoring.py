@@ -176,6 +176,7 @@ class Scorer:
         deep = max((layers for _, layers in pools), default=1) > 1
         dev = batch.input_ids.device
         keep = batch.last_index.to(dev)[:, None] if label_tokens is not None else None  # (b, 1)
+        prefix_kv = model_io.snapshot(cache) if cache is not None and pools else None
         out = self.io.run(batch.input_ids, cache, keep, use_cache=bool(multi), states=deep)
         words = None
         if label_tokens is not None:
@@ -186,6 +187,10 @@ class Scorer:
             if multi:
                 rest = self._continuations(batch, out.cache, n_prefix, label_tokens, multi)  # (b, n_multi)
                 words = words.index_add(1, torch.tensor(multi, device=dev), rest)
+        if pools and (out.hidden is None or (deep and out.states is None)):
+            # The model's forward ran part of its body only (OPT): the features take a pass of their own.
+            cache = model_io.expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
+            out = self.io.run(batch.input_ids, cache, None, states=deep)
         states = out.states or [out.hidden]
         feats = [self._pool(states, batch, how, layers, n_prefix, prefix_states) for how, layers in pools]
         return words, feats
