@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from .errors import ModelLoadError
+from .batching import Batch
+from .errors import InputError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class ModelIO:
             raise ValueError(f"the logits path must be one of {PATHS}, got {path!r}")
         self.model = model
         self.path = path
+        self.window = window(model.config)
 
     @property
     def config(self) -> Any:
@@ -116,6 +118,62 @@ class ModelIO:
         all_states = getattr(body, "hidden_states", None) if states else None
         return Pass(logits, h, list(all_states) if all_states else None, out.past_key_values)
 
+    def continuations(
+        self, batch: Batch, cache: Any, n_prefix: int, words: list[tuple[int, ...]], pad_id: int, max_tokens: int | None
+    ) -> torch.Tensor:
+        """Sum of log p(token_k | prompt, tokens_<k) for k >= 1 of each word, shape (b, n_words).
+
+        ``cache`` holds ``n_prefix`` shared tokens and the batch's prompts. The (prompt, word) pairs
+        run in chunks under the batch's token budget (pairs x (prompt + word tokens) <= ``max_tokens``,
+        as rows x tokens for the prompts; all pairs at once when None), each chunk with its own copy of
+        its prompts' cache rows, so memory does not grow with prompts x words.
+
+        Raises
+        ------
+        InputError
+            When a prompt and a word reach past a sliding attention window: the right padding of the
+            cached prompts would then shift that window (not supported yet).
+        """
+        b, length = batch.input_ids.shape
+        w, width = len(words), max(len(x) for x in words) - 1
+        limit = self.window
+        if limit is not None and n_prefix + length + width > limit - 1:
+            raise InputError(
+                f"{self.config.model_type}: a prompt of {n_prefix + length} tokens with multi-token label words "
+                f"exceeds the model's sliding attention window ({limit} tokens), which verbalize cannot score "
+                "exactly yet; use single-token label words or shorter prompts (fewer demonstrations)"
+            )
+        dev = batch.input_ids.device
+        inputs = torch.full((w, width), pad_id, dtype=torch.long, device=dev)  # (w, C)
+        targets = torch.full((w, width), -1, dtype=torch.long, device=dev)  # (w, C)
+        for i, ids in enumerate(words):
+            inputs[i, : len(ids) - 1] = torch.tensor(ids[:-1])
+            targets[i, : len(ids) - 1] = torch.tensor(ids[1:])
+        layers = snapshot(cache)
+        last, prompt_mask = batch.last_index.to(dev), batch.attention_mask.to(dev)  # (b,), (b, L)
+        pair_row = torch.arange(b, device=dev).repeat_interleave(w)  # (b*w,)
+        pair_word = torch.arange(w, device=dev).repeat(b)  # (b*w,)
+        size = max(1, max_tokens // (length + width)) if max_tokens else b * w
+        steps = torch.arange(width, device=dev)  # (C,)
+        sums = []
+        for start in range(0, b * w, size):
+            rows, cols = pair_row[start : start + size], pair_word[start : start + size]  # (r,)
+            n = rows.shape[0]
+            ones = torch.ones(n, 1, dtype=torch.long, device=dev)
+            mask = torch.cat([ones.expand(n, n_prefix), prompt_mask[rows], ones.expand(n, width)], 1)  # (r, P+L+C)
+            positions = n_prefix + last[rows, None] + 1 + steps[None, :]  # (r, C)
+            out = self.run(
+                inputs[cols],
+                select(layers, rows, self.model.config),
+                steps.expand(n, width),
+                attention_mask=mask,
+                position_ids=positions,
+            )
+            logp = torch.log_softmax(out.logits.float(), dim=-1)  # type: ignore[union-attr]  # (r, C, V)
+            t = targets[cols]  # (r, C)
+            sums.append((logp.gather(-1, t.clamp(min=0)[..., None])[..., 0] * (t >= 0)).sum(-1))  # (r,)
+        return torch.cat(sums).view(b, w)
+
     def hand_logits(self, h: torch.Tensor) -> torch.Tensor:
         """The output embedding and the known output transforms of :data:`TRANSFORMS`: (..., d) -> (..., V)."""
         logits = self.model.get_output_embeddings()(h)  # (..., V)
@@ -125,38 +183,58 @@ class ModelIO:
                 logits = transform(logits, value)
         return logits
 
-    def accepts_logits_to_keep(self) -> bool:
-        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
+def choose(
+    model: Any,
+    score: Callable[[ModelIO, list[int], list[list[int]], tuple[tuple[int, ...], ...]], torch.Tensor],
+    n_ids: int,
+    paths: tuple[str, ...] = PATHS,
+) -> ModelIO:
+    """The first of ``paths`` whose scores equal the model's own forward on a probe.
 
-def choose(model: Any, error_of: Callable[[ModelIO], float], tol: float, paths: tuple[str, ...] = PATHS) -> ModelIO:
-    """The first path whose probe error (max |log-prob difference| from the model's own forward) is <= ``tol``.
+    ``score(io, prefix, rows, words)`` must give log p(word | prefix + row), shape (rows, words),
+    the way scoring does it (a cached shared prefix, right-padded rows); the probe has two rows of
+    different lengths and a one- and a three-token word, with ids below ``n_ids``. The tolerance
+    on log-probs is 1e-4 in float32, 5e-2 in 16-bit floats (shapes change the rounding).
 
     Raises
     ------
     ModelLoadError
         When no path is exact for this model: the message names the model type and each path's failure.
     """
+    ids = [(5 + 37 * i) % n_ids for i in range(12)]
+    prefix, rows, words = ids[:3], [ids[3:8], ids[8:10]], ((ids[10],), (ids[11], ids[3], ids[9]))
+    full_precision = next(model.parameters()).dtype in (torch.float32, torch.float64)
+    tol = 1e-4 if full_precision else 5e-2
     problems = []
-    for path in paths:
-        io = ModelIO(model, path)
-        if path == "model" and not io.accepts_logits_to_keep():
-            problems.append(f"{path}: its forward takes no logits_to_keep")
-            continue
-        try:
-            error = error_of(io)
-        except Exception as exc:  # noqa: BLE001 - any failure of a candidate path only rules that path out
-            problems.append(f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
-            continue
-        if error <= tol:
-            logger.debug("%s: logits path %r (probe error %.1e)", model.config.model_type, path, error)
-            return io
-        problems.append(f"{path}: log-probs differ from the model's own forward by {error:.1e} (> {tol:.0e})")
+    with torch.inference_mode():
+        want = torch.tensor([[_own_log_prob(model, prefix + r, w) for w in words] for r in rows])  # (2, 2)
+        for path in paths:
+            io = ModelIO(model, path)
+            if path == "model" and "logits_to_keep" not in inspect.signature(model.forward).parameters:
+                problems.append(f"{path}: its forward takes no logits_to_keep")
+                continue
+            try:
+                error = float((score(io, prefix, rows, words).double().cpu() - want).abs().max())
+            except Exception as exc:  # noqa: BLE001 - a failure of one path only rules that path out
+                problems.append(f"{path}: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            if error <= tol:
+                logger.debug("%s: logits path %r (probe error %.1e)", model.config.model_type, path, error)
+                return io
+            problems.append(f"{path}: log-probs differ from the model's own forward by {error:.1e} (> {tol:.0e})")
     raise ModelLoadError(
         f"model type {model.config.model_type!r} ({type(model).__name__}) cannot be scored exactly: "
         + "; ".join(problems)
         + ". verbalize refuses rather than return wrong scores; please report this model type"
     )
+
+
+def _own_log_prob(model: Any, context: list[int], word: tuple[int, ...]) -> float:
+    """log p(word | context) from the model's plain forward on the whole sequence."""
+    ids = torch.tensor([context + list(word[:-1])], device=next(model.parameters()).device)  # (1, T)
+    logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)  # (T, V)
+    return sum(float(logp[len(context) - 1 + k, t]) for k, t in enumerate(word))
 
 
 # -- key/value cache -----------------------------------------------------------------------------------

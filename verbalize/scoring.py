@@ -77,7 +77,6 @@ class Scorer:
         self.context_length = min(x for x in (window, max_length, 10**9) if x)
         self.pad_id = pad_id_of(tokenizer)
         self._lead = _leading_special_ids(tokenizer)
-        self._window = model_io.window(config)
         self.last_n_truncated = 0
         self.io = self._choose(logits)
 
@@ -185,7 +184,8 @@ class Scorer:
             logp = torch.log_softmax(out.logits[:, 0].float(), dim=-1)  # (b, V)
             words = logp[:, first]  # (b, n_words)
             if multi:
-                rest = self._continuations(batch, out.cache, n_prefix, label_tokens, multi)  # (b, n_multi)
+                later = [label_tokens.word_ids[j] for j in multi]
+                rest = self.io.continuations(batch, out.cache, n_prefix, later, self.pad_id, self.max_tokens)  # (b, m)
                 words = words.index_add(1, torch.tensor(multi, device=dev), rest)
         if pools and (out.hidden is None or (deep and out.states is None)):
             # The model's forward ran part of its body only (OPT): the features take a pass of their own.
@@ -301,91 +301,26 @@ class Scorer:
         sums = [s[0, len(self._lead) :].float().sum(0) for s in out.states or []] if want_states else None  # (d,)
         return model_io.snapshot(out.cache), sums
 
-    def _continuations(
-        self, batch: Batch, cache: Any, n_prefix: int, label_tokens: LabelTokens, multi: list[int]
-    ) -> torch.Tensor:
-        """Sum of log p(token_k | prompt, tokens_<k) for k >= 1 of each multi-token word, shape (b, n_multi).
-
-        The (prompt, word) pairs run in chunks under the batch's own token budget (pairs x (prompt
-        + word tokens) <= max_tokens), each chunk with its own copy of its prompts' cache rows, so
-        memory does not grow with prompts x words.
-        """
-        b, length = batch.input_ids.shape
-        words = [label_tokens.word_ids[j] for j in multi]
-        w, width = len(words), max(len(x) for x in words) - 1
-        if self._window is not None and n_prefix + length + width > self._window - 1:
-            raise InputError(
-                f"{self.model.config.model_type}: a prompt of {n_prefix + length} tokens with multi-token label "
-                f"words exceeds the model's sliding attention window ({self._window} tokens), which verbalize "
-                "cannot score exactly yet; use single-token label words or shorter prompts (fewer demonstrations)"
-            )
-        dev = batch.input_ids.device
-        inputs = torch.full((w, width), self.pad_id, dtype=torch.long, device=dev)  # (w, C)
-        targets = torch.full((w, width), -1, dtype=torch.long, device=dev)  # (w, C)
-        for i, ids in enumerate(words):
-            inputs[i, : len(ids) - 1] = torch.tensor(ids[:-1])
-            targets[i, : len(ids) - 1] = torch.tensor(ids[1:])
-        layers = model_io.snapshot(cache)
-        last, prompt_mask = batch.last_index.to(dev), batch.attention_mask.to(dev)  # (b,), (b, L)
-        pair_row = torch.arange(b, device=dev).repeat_interleave(w)  # (b*w,)
-        pair_word = torch.arange(w, device=dev).repeat(b)  # (b*w,)
-        size = max(1, (self.max_tokens or self.batch_size * (length + width)) // (length + width))
-        steps = torch.arange(width, device=dev)  # (C,)
-        sums = []
-        for start in range(0, b * w, size):
-            rows, cols = pair_row[start : start + size], pair_word[start : start + size]  # (r,)
-            n = rows.shape[0]
-            ones = torch.ones(n, 1, dtype=torch.long, device=dev)
-            mask = torch.cat([ones.expand(n, n_prefix), prompt_mask[rows], ones.expand(n, width)], 1)  # (r, P+L+C)
-            positions = n_prefix + last[rows, None] + 1 + steps[None, :]  # (r, C)
-            out = self.io.run(
-                inputs[cols],
-                model_io.select(layers, rows, self.model.config),
-                steps.expand(n, width),
-                attention_mask=mask,
-                position_ids=positions,
-            )
-            logp = torch.log_softmax(out.logits.float(), dim=-1)  # type: ignore[union-attr]  # (r, C, V)
-            t = targets[cols]  # (r, C)
-            sums.append((logp.gather(-1, t.clamp(min=0)[..., None])[..., 0] * (t >= 0)).sum(-1))  # (r,)
-        return torch.cat(sums).view(b, w)
-
     def _choose(self, logits: str) -> ModelIO:
         """The logits path for this model: the first that the probe proves exact (cached per model)."""
         if logits == "auto" and self.model in _PATH_OF:
             return ModelIO(self.model, _PATH_OF[self.model])
         paths = model_io.PATHS if logits == "auto" else (logits,)
-        full_precision = next(self.model.parameters()).dtype in (torch.float32, torch.float64)
-        io = model_io.choose(self.model, self._probe_error, 1e-4 if full_precision else 5e-2, paths)
+        n_ids = min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
+        io = model_io.choose(self.model, self._score_probe, n_ids, paths)
         if logits == "auto":
             _PATH_OF[self.model] = io.path
         return io
 
-    def _probe_error(self, io: ModelIO) -> float:
-        """Max |difference| from the model's own forward of word log-probs scored through ``io``.
-
-        The probe goes through every step scoring takes: a cached shared prefix, two right-padded
-        rows of different lengths, a one-token and a three-token word (the continuation pass).
-        """
-        n = min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
-        ids = [(5 + 37 * i) % n for i in range(12)]
-        prefix, rows, words = ids[:3], [ids[3:8], ids[8:10]], ((ids[10],), (ids[11], ids[3], ids[9]))
-        tokens = LabelTokens(("a", "b"), ("a", "b"), np.array([0, 1]), words)
+    def _score_probe(self, io: ModelIO, prefix: list[int], rows: list[list[int]], words: Any) -> torch.Tensor:
+        """Word log-probs (rows, words) through ``io`` and every step scoring takes (see :func:`model_io.choose`)."""
         self.io = io
-        with torch.inference_mode():
-            kv, _ = self._prefix_kv(prefix)
-            batch = pad_batch(rows, np.arange(2), self.pad_id).to(self.device)
-            got, _ = self.forward(batch, model_io.expand(kv, 2, self.model.config), len(prefix), tokens)
-            want = [[_own_log_prob(self.model, prefix + r, w) for w in words] for r in rows]
+        tokens = LabelTokens(tuple(map(str, words)), tuple(map(str, words)), np.arange(len(words)), tuple(words))
+        kv, _ = self._prefix_kv(prefix)
+        batch = pad_batch(rows, np.arange(len(rows)), self.pad_id).to(self.device)
+        got, _ = self.forward(batch, model_io.expand(kv, len(rows), self.model.config), len(prefix), tokens)
         assert got is not None
-        return float((got.double().cpu() - torch.tensor(want, dtype=torch.float64)).abs().max())
-
-
-def _own_log_prob(model: Any, context: list[int], word: tuple[int, ...]) -> float:
-    """log p(word | context) from the model's plain forward on the whole sequence."""
-    ids = torch.tensor([context + list(word[:-1])], device=next(model.parameters()).device)  # (1, T)
-    logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)  # (T, V)
-    return sum(float(logp[len(context) - 1 + k, t]) for k, t in enumerate(word))
+        return got
 
 
 def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> np.ndarray:
