@@ -337,3 +337,57 @@ def test_features_are_batch_invariant(family):
     np.testing.assert_allclose(
         family.scorer(batch_size=3).features([prompts[i] for i in order]), alone[order], atol=1e-5, rtol=0
     )
+
+
+# -- bounded memory and deduplication (issue 11) -------------------------------------------------------
+
+
+def record_passes(monkeypatch, scorer) -> list[tuple[str, int]]:
+    """(kind, rows) of every pass that reaches the model: "prefix", "prompts" or "continuation"."""
+    passes: list[tuple[str, int]] = []
+    run = scorer.io.run
+
+    def spy(ids, cache=None, keep=None, **kw):
+        kind = "continuation" if "position_ids" in kw else "prompts" if keep is not None else "prefix"
+        passes.append((kind, ids.shape[0]))
+        return run(ids, cache, keep, **kw)
+
+    monkeypatch.setattr(scorer.io, "run", spy)
+    return passes
+
+
+def test_the_continuation_pass_runs_in_chunks_under_the_token_budget(family, monkeypatch):
+    """Many multi-token words: each continuation chunk holds at most max_tokens (pairs x tokens); scores unchanged."""
+    words = {"negative": ["awful", "xylophone", "terrible"], "positive": ["superb", "wonderful", "marvellous"]}
+    lt = LabelWords(words).encode(family.tokenizer)
+    n_multi, width = int(lt.multi_token.sum()), max(len(w) for w in lt.word_ids) - 1
+    assert n_multi >= 4
+    prompts = prompts_of(TEXTS)
+    expected = naive_scores(family.model, [context_ids(family, p) for p in prompts], lt.word_ids)
+    for max_tokens in (40, None):
+        scorer = family.scorer(batch_size=64, max_tokens=max_tokens)
+        passes = record_passes(monkeypatch, scorer)
+        np.testing.assert_allclose(scorer.score_words(prompts, lt), expected, atol=1e-4, rtol=0)
+        chunks = [rows for kind, rows in passes if kind == "continuation"]
+        batches = [rows for kind, rows in passes if kind == "prompts"]
+        assert sum(chunks) == len(prompts) * n_multi  # every (prompt, word) pair once
+        if max_tokens is None:
+            assert chunks == [rows * n_multi for rows in batches]  # each batch's pairs at once
+        else:
+            longest = max(len(context_ids(family, p)) for p in prompts) - len(family.lead)
+            assert len(chunks) > len(batches) and max(chunks) * (longest + width) <= max_tokens + 64
+
+
+def test_identical_prompts_are_run_once_and_scored_identically(family, monkeypatch):
+    lt = LabelWords(WORDS["mixed"]).encode(family.tokenizer)
+    prompts = prompts_of(TEXTS)
+    scorer = family.scorer(batch_size=4)
+    distinct = scorer.score_words(prompts, lt, prefix=PREFIX)
+    passes = record_passes(monkeypatch, scorer)
+    order = [3, 0, 3, 3, 6, 0, 1, 2, 4, 5, 3]
+    repeated = scorer.score_words([prompts[i] for i in order], lt, prefix=PREFIX)
+    assert sum(rows for kind, rows in passes if kind == "prompts") == len(prompts)  # 11 prompts, 7 distinct
+    np.testing.assert_array_equal(repeated, distinct[order])
+    feats = scorer.features([prompts[i] for i in order])
+    assert feats.shape[0] == len(order)
+    np.testing.assert_array_equal(feats[0], feats[2])
