@@ -5,7 +5,11 @@
 Rows of the table (all in one run, same texts, same two labels "negative"/"positive"):
 - naive: one forward per (text, label) at batch 1, full-vocabulary logits at every position;
 - batched pairs: (text, label) sequences padded into batches (lm-evaluation-harness style);
-- verbalize: one forward per length-sorted batch, the output layer at each prompt's last position only;
+- verbalize: one forward per length-sorted batch, the output layer at each prompt's last position only,
+  once per logits path (--paths): "model" (the default: the model's own forward computes the logits, at
+  each row's last position via a per-row logits_to_keep), "hand" (the body, then the output embedding
+  and the known output transforms applied by verbalize), "full" (the model's own forward at every
+  position, the fallback for forwards without logits_to_keep);
 - FLOP bound: the matmul rate of this CPU, measured here on the model's own products (one block's
   q, k, v, o, gate, up, down on a batch of tokens, hot caches, best of 5), divided by the matmul
   FLOPs that the same tokens need (linear layers, causal attention, the output row).
@@ -102,6 +106,13 @@ def batched_pairs(scorer: Scorer, prompts: list[str], words: list[list[int]], ba
     return out
 
 
+PATHS = {
+    "model": "logits by the model's own forward at the last positions (default)",
+    "hand": "hand path: body + output embedding + known transforms",
+    "full": "logits by the model's own forward at every position (fallback)",
+}
+
+
 def timed(fn) -> tuple[float, object]:
     t = time.perf_counter()
     result = fn()
@@ -112,14 +123,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data folder (or $VERBALIZE_DATA)")
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M")
-    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--n", "--limit", type=int, default=512, help="texts to score")
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="logits paths to time")
     ap.add_argument("--naive-n", type=int, default=63, help="texts for the two naive baselines, spread over the rounds")
     ap.add_argument("--rounds", type=int, default=7, help="rounds of (scorer, matmul rate, naive share)")
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
 
     texts, _ = load("sst2", "test", data_dir(args.data), args.n)
-    scorer = Scorer.from_pretrained(args.model, "cpu", args.dtype)
+    base = Scorer.from_pretrained(args.model, "cpu", args.dtype)
+    scorers = {p: Scorer(base.model, base.tokenizer, logits=p) for p in args.paths}
+    scorer = scorers[args.paths[0]]
     template = load_template(template_path("sst2"))
     prompts, spans = template.spans(texts)
     tokens = LabelWords(LABELS).encode(scorer.tokenizer, template.label_prefix, template.render(texts[0]))
@@ -134,28 +148,33 @@ def main() -> None:
     # The naive baselines read evenly spaced texts (their lengths are those of the whole set), a
     # share in each round, so that they and the scorer sample the same stretch of this CPU's drift.
     sample = np.linspace(0, len(prompts) - 1, min(args.naive_n, len(prompts))).astype(int)
-    scorer.score_words(prompts[:64], tokens, spans[:64])  # warm-up
-    # This shared CPU's speed drifts by +-20% within minutes, so each round measures the scorer and
-    # the matmul rate back to back, and the ratio is taken per round (median over rounds).
-    rounds, ref, ref2 = [], np.zeros((len(sample), len(words))), np.zeros((len(sample), len(words)))
+    for s in scorers.values():
+        s.score_words(prompts[:64], tokens, spans[:64])  # warm-up
+    # This shared CPU's speed drifts by +-20% within minutes, so each round measures the scorer (each
+    # path) and the matmul rate back to back, and the ratio is taken per round (median over rounds).
+    rounds: dict[str, list[tuple[float, float, float]]] = {p: [] for p in scorers}
+    ours: dict[str, np.ndarray] = {}
+    ref, ref2 = np.zeros((len(sample), len(words))), np.zeros((len(sample), len(words)))
     slow_time = pairs_time = 0.0
     for r in range(args.rounds):
-        seconds, ours = timed(lambda: scorer.score_words(prompts, tokens, spans))
-        fast = len(prompts) / seconds
+        rates = {}
+        for p, s in scorers.items():
+            seconds, ours[p] = timed(lambda s=s: s.score_words(prompts, tokens, spans))
+            rates[p] = len(prompts) / seconds
         peak = matmul_rate(dtype, shapes, rows)
-        rounds.append((fast / (peak * 1e9 / flops), fast, peak))
+        for p, fast in rates.items():
+            rounds[p].append((fast / (peak * 1e9 / flops), fast, peak))
         share = np.arange(r, len(sample), args.rounds)
         part = [prompts[i] for i in sample[share]]
         seconds, ref[share] = timed(lambda: naive(scorer, part, words))  # noqa: B023
         slow_time += seconds
         seconds, ref2[share] = timed(lambda: batched_pairs(scorer, part, words))  # noqa: B023
         pairs_time += seconds
-    ratio, fast, peak = sorted(rounds)[len(rounds) // 2]
+    medians = {p: sorted(v)[len(v) // 2] for p, v in rounds.items()}
+    ratio, fast, peak = medians[args.paths[0]]
     bound = peak * 1e9 / flops
     square = matmul_rate(dtype, [(2048, 2048)], 2048)
     slow, pairs = len(sample) / slow_time, len(sample) / pairs_time
-    diff = float(np.abs(np.asarray(ours)[sample] - ref).max())
-    diff2 = float(np.abs(np.asarray(ours)[sample] - ref2).max())
 
     print(f"model: {cfg.model_type}, {args.dtype}, torch threads: {torch.get_num_threads()}")
     print(
@@ -163,8 +182,8 @@ def main() -> None:
         f"(the template's words before the text) are run once for all; labels {list(LABELS)}"
     )
     print(
-        "rounds (scorer texts/s, matmul GFLOP/s, % of bound): "
-        + ", ".join(f"({f:.2f}, {p:.1f}, {100 * r:.0f}%)" for r, f, p in rounds)
+        f"rounds of the {args.paths[0]!r} path (scorer texts/s, matmul GFLOP/s, % of bound): "
+        + ", ".join(f"({f:.2f}, {p:.1f}, {100 * r:.0f}%)" for r, f, p in rounds[args.paths[0]])
     )
     print(
         f"median round: matmul rate on this model's products ({rows} tokens) {peak:.1f} GFLOP/s "
@@ -172,14 +191,18 @@ def main() -> None:
     )
     print("| method | texts/s | x naive | % of FLOP bound |")
     print("|---|---:|---:|---:|")
-    for name, r in (
+    table = [
         (f"naive: forward per (text, label), batch 1 ({len(sample)} texts)", slow),
         (f"batched (text, label) pairs, lm-eval style ({len(sample)} texts)", pairs),
-        ("verbalize: one pass per batch, output layer at the last position (median round)", fast),
-        ("FLOP bound (matmul peak / FLOPs of these tokens)", bound),
-    ):
+    ]
+    table += [(f"verbalize, {PATHS[p]} (median round)", m[1]) for p, m in medians.items()]
+    table.append(("FLOP bound (matmul peak / FLOPs of these tokens)", bound))
+    for name, r in table:
         print(f"| {name} | {r:.2f} | {r / slow:.1f} | {100 * r / bound:.0f}% |")
-    print(f"\nmax |verbalize - naive| log-prob: {diff:.2e}; vs batched pairs: {diff2:.2e}")
+    for p, got in ours.items():
+        diff = float(np.abs(np.asarray(got)[sample] - ref).max())
+        diff2 = float(np.abs(np.asarray(got)[sample] - ref2).max())
+        print(f"{p} path: max |verbalize - naive| log-prob: {diff:.2e}; vs batched pairs: {diff2:.2e}")
 
 
 if __name__ == "__main__":

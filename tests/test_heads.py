@@ -114,7 +114,7 @@ def test_multi_head_outputs_come_from_one_forward_per_batch(family):
     def body_calls(fn):
         calls = []
         hook = family.model.base_model.register_forward_hook(
-            lambda m, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+            lambda m, a, kw, out: calls.append(tuple(kw.get("input_ids", a and a[0]).shape)), with_kwargs=True
         )
         try:
             return fn(), calls

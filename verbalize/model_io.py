@@ -113,7 +113,7 @@ class ModelIO:
         body = seen[-1] if seen else None  # None when the forward runs a part of base_model only (OPT)
         h = None if body is None else body.last_hidden_state if hasattr(body, "last_hidden_state") else body[0]
         logits = out.logits if self.path == "model" else _take(out.logits, keep)  # (b, K, V)
-        if logits.shape[:2] != keep.shape:
+        if logits.dim() != 3 or logits.shape[:2] != keep.shape:  # transformers < 5.x: 2-D keep not per row
             raise RuntimeError(f"logits_to_keep of shape {tuple(keep.shape)} gave logits {tuple(logits.shape)}")
         all_states = getattr(body, "hidden_states", None) if states else None
         return Pass(logits, h, list(all_states) if all_states else None, out.past_key_values)
