@@ -14,9 +14,11 @@ the transformers contracts that ``verbalize/model_io.py`` relies on (cache layer
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +88,20 @@ TEXTS = [
 # so the continuation of a right-padded prompt is off (8e-2 here); the probe catches it.
 REFUSED = {"mpt": dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=256)}
 DELTAS: dict[tuple[str, str], float] = {}  # (architecture, path) -> max |scorer - own forward|, for the report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _zoo_table() -> Iterator[None]:
+    """With $VERBALIZE_ZOO_TABLE set, write the architecture -> max |delta| table there (for the docs)."""
+    yield
+    target = os.environ.get("VERBALIZE_ZOO_TABLE")
+    if target and DELTAS:
+        rows = [
+            f"| {m} | {DELTAS.get((m, 'model'), float('nan')):.1e} | {DELTAS.get((m, 'hand'), float('nan')):.1e} |"
+            for m in ZOO
+        ]
+        head = "| architecture | max abs delta, model path | max abs delta, hand path |\n|---|---:|---:|\n"
+        Path(target).write_text(head + "\n".join(rows) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(autouse=True)

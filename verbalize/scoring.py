@@ -191,7 +191,7 @@ class Scorer:
             # The model's forward ran part of its body only (OPT): the features take a pass of their own.
             cache = model_io.expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
             out = self.io.run(batch.input_ids, cache, None, states=deep)
-        states = out.states or [out.hidden]
+        states = out.states or ([out.hidden] if out.hidden is not None else [])
         feats = [self._pool(states, batch, how, layers, n_prefix, prefix_states) for how, layers in pools]
         return words, feats
 
