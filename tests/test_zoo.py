@@ -318,3 +318,13 @@ def test_a_sliding_window_model_is_exact_past_its_window_or_refuses(gpt2_tokeniz
     np.testing.assert_allclose(got, own_log_probs(model, contexts, single.word_ids), atol=1e-4, rtol=0)
     with pytest.raises(InputError, match=r"mistral: .* exceeds the model's sliding attention window \(12 tokens\)"):
         scorer.score_words(c.prompts, c.tokens, spans=c.spans, prefix=c.prefix)
+
+
+def test_a_bfloat16_model_takes_the_models_own_path_and_stays_close(gpt2_tokenizer):
+    model = tiny("granite", len(gpt2_tokenizer)).to(torch.bfloat16)
+    assert model_io.tolerance(model) == 5e-2
+    scorer = Scorer(model, gpt2_tokenizer, batch_size=64)
+    assert scorer.io.path == "model"
+    c = case("granite", gpt2_tokenizer)
+    got = scorer.score_words(c.prompts, c.tokens, spans=c.spans, prefix=c.prefix)
+    assert np.abs(got - c.expected).max() < 0.2  # bfloat16 against the float32 model's own forward

@@ -194,8 +194,7 @@ def choose(
 
     ``score(io, prefix, rows, words)`` must give log p(word | prefix + row), shape (rows, words),
     the way scoring does it (a cached shared prefix, right-padded rows); the probe has two rows of
-    different lengths and a one- and a three-token word, with ids below ``n_ids``. The tolerance
-    on log-probs is 1e-4 in float32, 5e-2 in 16-bit floats (shapes change the rounding).
+    different lengths and a one- and a three-token word, with ids below ``n_ids``; see :func:`tolerance`.
 
     Raises
     ------
@@ -204,8 +203,7 @@ def choose(
     """
     ids = [(5 + 37 * i) % n_ids for i in range(12)]
     prefix, rows, words = ids[:3], [ids[3:8], ids[8:10]], ((ids[10],), (ids[11], ids[3], ids[9]))
-    full_precision = next(model.parameters()).dtype in (torch.float32, torch.float64)
-    tol = 1e-4 if full_precision else 5e-2
+    tol = tolerance(model)
     problems = []
     with torch.inference_mode():
         want = torch.tensor([[_own_log_prob(model, prefix + r, w) for w in words] for r in rows])  # (2, 2)
@@ -228,6 +226,15 @@ def choose(
         + "; ".join(problems)
         + ". verbalize refuses rather than return wrong scores; please report this model type"
     )
+
+
+def tolerance(model: Any) -> float:
+    """Largest |log-prob difference| a probe accepts: 1e-4 with float32 weights, 5e-2 with 16-bit or
+    quantized ones (tensor subclasses, ``is_quantized``), where other shapes round differently."""
+    params = list(model.parameters())
+    low = any(p.dtype in (torch.float16, torch.bfloat16) for p in params)
+    quantized = bool(getattr(model, "is_quantized", False)) or any(type(p.data) is not torch.Tensor for p in params)
+    return 5e-2 if low or quantized else 1e-4
 
 
 def _own_log_prob(model: Any, context: list[int], word: tuple[int, ...]) -> float:

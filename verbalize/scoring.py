@@ -8,7 +8,11 @@ attention never lets a real token see the padding after it, and positions of rea
 positions, correct under padding). Words of several tokens are scored exactly with a second,
 short pass that reuses the prompt's key/value cache. A prefix shared by all prompts (BOS,
 instruction, demonstrations, the template's words before the text) is run once and its key/value
-cache reused by every batch.
+cache reused by every batch. Identical prompts in one call are run once.
+
+How the logits are computed and the key/value cache handled is :mod:`verbalize.model_io`'s
+business; by default the model's own forward computes its logits (at the last positions only), and
+a probe at construction proves the chosen path equal to ``model(input_ids).logits`` or refuses.
 """
 
 from __future__ import annotations
