@@ -38,7 +38,11 @@ def two_token_words(tokenizer: object, texts: list[str], n: int) -> list[str]:
 
 
 def child(args: argparse.Namespace) -> None:
+    import torch
+
     from verbalize import Scorer, Template, Verbalizer
+
+    torch.set_num_threads(args.threads)  # on a busy shared CPU, 2 threads made the many small passes ~10x slower
 
     texts, _ = load("sst2", "test", data_dir(args.data), args.n)
     pool, _ = load("sst2", "train", data_dir(args.data), 5000)
@@ -61,6 +65,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, nargs="+", default=[8, 64, 256])
     ap.add_argument("--labels", type=int, default=200)
     ap.add_argument("--max-tokens", type=int, nargs="+", default=[0], help="0: the scorer's default budget")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (memory does not depend on it)")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
