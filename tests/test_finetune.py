@@ -15,8 +15,9 @@ from transformers import AutoModelForCausalLM
 from verbalize import FineTuneConfig, Head, Verbalizer
 from verbalize.batching import Batch, pad_batch
 from verbalize.demos import similar_demos
-from verbalize.finetune import Objective, _loss, _split, label_logits, lm_loss, perplexity
-from verbalize.scoring import aggregate
+from verbalize.lm_mixing import lm_loss, perplexity
+from verbalize.scoring import aggregate, label_logits
+from verbalize.training import Objective, _loss, _split
 
 LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
 X = ["good film", "bad film", "a great review", "terrible and bad", "good good", "bad bad", "fine", "awful"]
@@ -50,8 +51,8 @@ def test_training_loss_uses_the_scores_that_prediction_uses(family):
     """The training forward (no prefix cache, gradients on) gives the label scores of decision_function."""
     clf = make(family, n_demos=2).fit(X, Y)  # demonstrations make a shared prefix, cached at prediction
     scorer = clf.scorer_
-    prompts, spans = clf.template_.spans(X)
-    ids = scorer.encode(prompts, spans, clf._fitting_prefix(prompts), 3).ids
+    p = clf._prompts(X)
+    ids = scorer.encode(p.prompts, p.spans, p.prefix, 3).ids
     tokens = clf.label_tokens_
     obj = Objective(tokens, tokens.word_label, 2, "logsumexp", np.array([0, 1] * 4))
     rows = np.arange(len(X))
@@ -191,7 +192,7 @@ def test_save_pretrained_is_a_hugging_face_model_that_generates(family, tmp_path
 
 
 def test_fine_tuning_errors_say_what_to_fix(gpt2):
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="The 'method' parameter of FineTuneConfig must be one of"):
         FineTuneConfig(method="qlora")
     with pytest.raises(ValueError, match="validation_fraction"):
         FineTuneConfig(validation_fraction=1.5)
@@ -203,7 +204,7 @@ def test_fine_tuning_errors_say_what_to_fix(gpt2):
 
 def test_similar_demonstrations_in_training_prompts_never_show_the_text_itself(gpt2, monkeypatch):
     """With demo_selection="similar", training prompts carry demonstrations, never the text itself."""
-    import verbalize.estimator as estimator
+    import verbalize.finetune as finetune
 
     seen = {}
 
@@ -211,8 +212,8 @@ def test_similar_demonstrations_in_training_prompts_never_show_the_text_itself(g
         seen["prompts"] = [scorer.tokenizer.decode(x) for x in ids]
         return real(scorer, ids, *args, **kwargs)
 
-    real = estimator.fine_tune
-    monkeypatch.setattr(estimator, "fine_tune", capture)
+    real = finetune.fine_tune
+    monkeypatch.setattr(finetune, "fine_tune", capture)
     cfg = FineTuneConfig(**(FAST | {"epochs": 1}))
     clf = make(gpt2, n_demos=1, demo_selection="similar", fine_tuning=cfg).fit(X, Y)
     others = {x: [(o, y) for o, y in zip(X, Y, strict=True) if o != x] for x in X}

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TemplateError, VerbalizeError
-from .estimator import Verbalizer, _resolve_template
+from .estimator import Verbalizer
 from .finetune import FineTuneConfig
 from .inputs import read_table, text_problem, write_table
+from .prompts import resolve_template
 from .scoring import Scorer
 
 CHUNK = 512
@@ -94,7 +95,7 @@ def _classifier(args: argparse.Namespace, **params: object) -> Verbalizer:
 
 
 def _check(args: argparse.Namespace) -> int:
-    template = _resolve_template(args.template, None)
+    template = resolve_template(args.template, None)
     text = args.text or template.sample_text
     print(f"template: {template.source}" + (f"  ({template.description})" if template.description else ""))
     print("prompt for a sample text (shown with escapes):")
@@ -176,7 +177,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     texts, rows = read_table(args.train, args.column)
-    template = _resolve_template(args.template, None)
+    template = resolve_template(args.template, None)
     labels = list(template.labels)
     good, problems = [], []
     for i, (text, row) in enumerate(zip(texts, rows, strict=True)):

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import check_choice
+
 SELECTIONS = ("balanced", "random", "first", "similar")
 
 
@@ -18,8 +20,7 @@ def select_demos(
     not a multiple), then shuffles their order; ``random`` samples uniformly; ``first`` takes the
     first rows. All randomness comes from ``random_state``.
     """
-    if strategy not in SELECTIONS or strategy == "similar":
-        raise ValueError(f"select_demos strategy must be one of {SELECTIONS[:3]}, got {strategy!r}")
+    check_choice(strategy, SELECTIONS[:3], "strategy", "select_demos")
     y_arr = np.asarray(y)
     n = min(int(n_demos), len(y_arr))
     rng = np.random.default_rng(random_state)

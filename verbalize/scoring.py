@@ -23,9 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import Batch, Encoded, encode_prompts, pad_id_of
-from .errors import InputError
+from .errors import InputError, check_choice
 from .labels import LabelTokens, _ids
 from .models import load_model
+from .prompts import leading_special_ids, reserved_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Scorer:
         self._body = model.base_model
         self._out = model.get_output_embeddings()
         self._softcap = getattr(config, "final_logit_softcapping", None)
-        self._lead = _leading_special_ids(tokenizer)
+        self._lead = leading_special_ids(tokenizer)
         self.last_n_truncated = 0
 
     @classmethod
@@ -139,7 +140,7 @@ class Scorer:
         widths = ([len(label_tokens.word_ids)] if label_tokens is not None else []) + [
             self.model.config.hidden_size * layers for _, layers in pools
         ]
-        room = max((len(ids) for ids in label_tokens.word_ids), default=1) - 1 if label_tokens is not None else 0
+        room = reserved_tokens(label_tokens)
         want_states = any(how == "mean" for how, _ in pools)
 
         def step(batch: Batch, cache: Any, n_prefix: int, prefix_states: Any) -> list[torch.Tensor]:
@@ -189,8 +190,7 @@ class Scorer:
         n_prefix: int,
         prefix_states: list[torch.Tensor] | None,
     ) -> torch.Tensor:
-        if how not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
+        check_choice(how, POOLINGS, "pooling", "Head")
         if layers > len(states):
             raise ValueError(f"layers={layers} but the model returned {len(states)} hidden layers")
         picked = states[-layers:]
@@ -347,8 +347,7 @@ def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, ho
 
 def label_logits(words: torch.Tensor, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> torch.Tensor:
     """:func:`aggregate` on a tensor, differentiable (training uses it): (b, n_words) -> (b, n_labels)."""
-    if how not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+    check_choice(how, AGGREGATIONS, "aggregation", "Verbalizer")
     cols = []
     for k in range(n_labels):
         s = words[:, torch.as_tensor(np.flatnonzero(word_label == k), device=words.device)]  # (b, words of label k)
@@ -377,16 +376,6 @@ def _shared_length(rows: list[list[int]], prefix: list[int]) -> int:
         if row[:n] != prefix[:n]:
             n = next(i for i, (a, b) in enumerate(zip(row, prefix[:n], strict=False)) if a != b)
     return max(n, 0)
-
-
-def _leading_special_ids(tokenizer: Any) -> list[int]:
-    """The special tokens (BOS) a tokenizer puts before a text; trailing ones (EOS) are not wanted here."""
-    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
-    plain = _ids(tokenizer, "a")
-    for i in range(len(with_special) - len(plain) + 1):
-        if with_special[i : i + len(plain)] == plain:
-            return with_special[:i]
-    return []
 
 
 def _new_cache(config: Any) -> Any:
