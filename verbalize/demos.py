@@ -37,6 +37,27 @@ def select_demos(
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
+def choose_demos(
+    texts: Sequence[str],
+    y: Sequence[str] | None,
+    n_demos: int,
+    labels: Sequence[str],
+    selection: str = "balanced",
+    random_state: int | None = None,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(demonstrations shared by every prompt, pool of per-text demonstrations) from labeled rows.
+
+    ``selection="similar"`` gives the whole training set as the pool (see :func:`similar_demos`);
+    the other strategies pick shared demonstrations with :func:`select_demos`.
+    """
+    if y is None:
+        raise ValueError(f"n_demos={n_demos} needs labeled examples of the template's labels")
+    if selection == "similar":
+        return [], list(zip(texts, y, strict=True))
+    idx = select_demos(y, n_demos, labels, selection, random_state)
+    return [(texts[i], y[i]) for i in idx], []
+
+
 def similar_demos(
     train: Sequence[str], texts: Sequence[str], n_demos: int, leave_out_same: bool = False
 ) -> list[list[int]]:

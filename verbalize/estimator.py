@@ -8,9 +8,7 @@ is :mod:`verbalize.prompts`, calibration policy :mod:`verbalize.calibration`, he
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,17 +19,14 @@ from sklearn.exceptions import NotFittedError
 
 from . import persistence
 from .calibration import Calibrator, calibrate, fit_calibrator, get_calibrator, log_softmax
-from .demos import SELECTIONS, select_demos
+from .demos import SELECTIONS, choose_demos
 from .errors import ParameterError, check_choice
-from .finetune import FineTuneConfig, train_classifier
-from .heads import FittedHead, Head, as_heads, fit_probe, one_or_all, split_targets, tune_thresholds
+from .finetune import FineTuneConfig, replace_config, train_classifier
+from .heads import FittedHead, Head, as_heads, fit_probes, head_params, one_or_all, replace_head, split_targets
 from .inputs import check_texts
-from .labels import LabelTokens
 from .prompts import PromptBuilder, Prompts, reserved_tokens, resolve_template
 from .scoring import AGGREGATIONS, Scorer, aggregate
 from .template import Template
-
-logger = logging.getLogger(__name__)
 
 RUNTIME_PARAMS = ("batch_size", "progress")  # may change after fit: they do not change what was learned
 
@@ -82,14 +77,11 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     Notes
     -----
-    Nested parameters follow scikit-learn's ``<parameter>__<field>`` form: ``fine_tuning__epochs``
-    and ``heads__<head name>__C`` (any :class:`Head` field) work in ``set_params`` and in a
-    ``GridSearchCV`` grid; both put changed copies of the frozen config in place.
-
-    Parameters changed after a zero-shot ``predict`` take effect at the next call (the loaded model is
-    shared, never loaded again); after ``fit``, changing any but ``batch_size`` and ``progress``
-    needs ``fit`` again. Pickling a classifier that was not fine-tuned stores its parameters and fitted
-    state only; the model is loaded again (once per process) on first use.
+    Nested parameters ``fine_tuning__<field>`` and ``heads__<head name>__<field>`` work in
+    ``set_params`` and ``GridSearchCV`` grids (a changed copy of the frozen config is put in place).
+    Parameters changed after a zero-shot ``predict`` apply at the next call, sharing the loaded model;
+    after ``fit``, changing any but ``batch_size`` and ``progress`` needs ``fit`` again. A pickled
+    classifier that was not fine-tuned holds no model: the shared one is loaded again on first use.
 
     Attributes
     ----------
@@ -154,10 +146,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Parameters by name; with ``deep``, also ``fine_tuning__<field>`` and ``heads__<name>__<field>``."""
         params = super().get_params(deep)
-        if deep and self.heads is not None:
-            for h in as_heads(self.heads):
-                params |= {f"heads__{h.name}__{f.name}": getattr(h, f.name) for f in dataclasses.fields(h)}
-        return params
+        return params | head_params(self.heads) if deep else params
 
     def set_params(self, **params: Any) -> Verbalizer:
         """Set parameters; ``fine_tuning__epochs=3`` or ``heads__sentiment__C=0.1`` replace a copy of the config."""
@@ -165,25 +154,19 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         super().set_params(**params)
         for key, value in nested.items():
             if key.startswith("fine_tuning__"):
-                config = self.fine_tuning if self.fine_tuning is not None else FineTuneConfig()
-                field = key.removeprefix("fine_tuning__")
-                _check_field(config, field, "fine_tuning")
-                self.fine_tuning = dataclasses.replace(config, **{field: value})
+                self.fine_tuning = replace_config(self.fine_tuning, key, value)
             else:
-                self.heads = _replace_head(self.heads, key, value)
+                self.heads = replace_head(self.heads, key, value)
         return self
 
     # -- set-up ------------------------------------------------------------------------------
     def _setup(self) -> None:
         """Resolve parameters into template_, scorer_, label_tokens_, classes_ and clear fitted state."""
         self._check_params()
-        self.template_ = resolve_template(self.template, self.labels)
+        self.template_ = t = resolve_template(self.template, self.labels)
         self.scorer_ = self._load_scorer()
-        context = self.template_.render(self.template_.sample_text)
-        self.label_tokens_: LabelTokens = self.template_.labels.encode(
-            self.scorer_.tokenizer, self.template_.label_prefix, context
-        )
-        self.labels_ = np.array(list(self.template_.labels), dtype=object)  # the label words' classes
+        self.label_tokens_ = t.labels.encode(self.scorer_.tokenizer, t.label_prefix, t.render(t.sample_text))
+        self.labels_ = np.array(list(t.labels), dtype=object)  # the label words' classes
         self.classes_: Any = self.labels_
         self.demos_: list[tuple[str, str]] = []
         self.demo_pool_: list[tuple[str, str]] = []
@@ -249,33 +232,21 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         needs_y = self.fine_tuning is not None
         ys, head_ys = split_targets(self.head_specs_, y, len(texts), list(self.labels_), needs_y)
         if self.n_demos:
-            if ys is None:
-                raise ValueError(f"n_demos={self.n_demos} needs labeled examples of the template's labels")
-            if self.demo_selection == "similar":
-                self.demo_pool_ = list(zip(texts, ys, strict=True))
-            else:
-                idx = select_demos(ys, self.n_demos, list(self.labels_), self.demo_selection, self.random_state)
-                self.demos_ = [(texts[i], ys[i]) for i in idx]
+            args = (self.n_demos, list(self.labels_), self.demo_selection, self.random_state)
+            self.demos_, self.demo_pool_ = choose_demos(texts, ys, *args)
         joint = [h for h in self.head_specs_ if h.training == "joint"]
         config = self.fine_tuning or (FineTuneConfig() if joint else None)
         if config is not None:
             prompts = self._prompts(texts, leave_out_same=True)  # never a text's own row as its demonstration
-            args = (self.label_tokens_, list(self.labels_), ys, head_ys, self.head_specs_, self.aggregation, config)
+            what = (self.label_tokens_, list(self.labels_), ys, head_ys, self.head_specs_, self.aggregation, config)
             self.scorer_, self.training_, joint_heads = train_classifier(
-                self.scorer_, texts, prompts, *args, seed=self.random_state
+                self.scorer_, texts, prompts, *what, seed=self.random_state
             )
             self.heads_.update(joint_heads)
             self.fine_tuned_ = True
         probes = [h for h in self.head_specs_ if h.training == "probe" or h.multi_label]
         if probes:
-            feats = self._features(texts, [h.pool for h in probes])
-            for h, f in zip(probes, feats, strict=True):
-                classes, target = head_ys[h.name]
-                if h.training == "probe":
-                    self.heads_[h.name] = fit_probe(h, f, target, classes)
-                fitted = self.heads_[h.name]
-                if h.multi_label:
-                    fitted.threshold = tune_thresholds(fitted.predict_proba(f), target)
+            fit_probes(probes, self._features(texts, [h.pool for h in probes]), head_ys, self.heads_)
         if self.head_specs_:
             self.heads_ = {h.name: self.heads_[h.name] for h in self.head_specs_}
             self.classes_ = one_or_all({n: h.classes for n, h in self.heads_.items()})
@@ -301,9 +272,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         if not self.head_specs_:
             return self._word_log_proba(check_texts(X))
         proba = self.predict_proba(X)
-        if isinstance(proba, dict):
-            return {k: np.log(np.maximum(v, 1e-300)) for k, v in proba.items()}
-        return np.log(np.maximum(proba, 1e-300))
+        by_head = proba if isinstance(proba, dict) else {"": proba}
+        return one_or_all({k: np.log(np.maximum(v, 1e-300)) for k, v in by_head.items()})
 
     def predict_proba(self, X: Any) -> Any:
         """Calibrated probabilities, shape (n, n_classes), columns following ``classes_``
@@ -311,7 +281,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self._ready()
         texts = check_texts(X)
         if self.head_specs_:
-            return one_or_all(self._head_proba(texts))
+            return one_or_all({h.name: self.heads_[h.name].predict_proba(f) for h, f in self._head_features(texts)})
         return np.exp(self._word_log_proba(texts))
 
     def predict(self, X: Any) -> Any:
@@ -342,9 +312,6 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     def _word_log_proba(self, texts: list[str]) -> np.ndarray:
         return self._label_scores(texts) if texts else np.zeros((0, len(self.labels_)))
-
-    def _head_proba(self, texts: list[str]) -> dict[str, np.ndarray]:
-        return {h.name: self.heads_[h.name].predict_proba(f) for h, f in self._head_features(texts)}
 
     def _head_features(self, texts: list[str]) -> list[tuple[Head, np.ndarray]]:
         self._check_heads_fitted()
@@ -380,16 +347,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     def _prompts(self, texts: list[str], leave_out_same: bool = False) -> Prompts:
         """What the model reads for these texts; ``leave_out_same`` for training prompts (see PromptBuilder)."""
-        scorer = self.scorer_
-        builder = PromptBuilder(
-            self.template_,
-            self.demos_,
-            self.demo_pool_,
-            self.n_demos,
-            scorer.tokenizer,
-            scorer.context_length,
-            reserved_tokens(self.label_tokens_),
-        )
+        budget = (self.scorer_.tokenizer, self.scorer_.context_length, reserved_tokens(self.label_tokens_))
+        builder = PromptBuilder(self.template_, self.demos_, self.demo_pool_, self.n_demos, *budget)
         return builder.build(texts, leave_out_same)
 
     # -- persistence -----------------------------------------------------------------------------
@@ -411,8 +370,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         clf = cls(**(saved.params | overrides))
         clf._setup()
         clf.fine_tuned_, clf.demos_, clf.demo_pool_ = saved.fine_tuned, saved.demos, saved.demo_pool
-        if saved.calibrator is not None:
-            clf.calibrator_ = saved.calibrator
+        clf.calibrator_ = saved.calibrator if saved.calibrator is not None else clf.calibrator_
         if saved.heads:
             clf.heads_ = saved.heads
             clf.classes_ = one_or_all({n: h.classes for n, h in saved.heads.items()})
@@ -430,29 +388,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
 def _same(a: Any, b: Any) -> bool:
     """Whether a parameter still has the value it had at set-up (arrays and calibrators included)."""
-    if a is b:
-        return True
-    if isinstance(a, Calibrator) or isinstance(b, Calibrator):
-        return type(a) is type(b) and json.dumps(a.get_state(), default=str) == json.dumps(b.get_state(), default=str)
+    if isinstance(a, Calibrator) and type(a) is type(b):
+        a, b = json.dumps(a.get_state(), default=str), json.dumps(b.get_state(), default=str)
     try:
-        return type(a) is type(b) and bool(np.all(a == b))
+        return a is b or (type(a) is type(b) and bool(np.all(a == b)))
     except (TypeError, ValueError):
         return False
-
-
-def _check_field(obj: Any, field: str, where: str) -> None:
-    names = [f.name for f in dataclasses.fields(obj)]
-    check_choice(field, names, f"{where}__<field>", "Verbalizer.set_params")
-
-
-def _replace_head(heads: Head | Sequence[Head] | None, key: str, value: Any) -> Head | list[Head]:
-    """``heads`` with the head named in ``key`` (``heads__<name>__<field>``) replaced by a changed copy."""
-    parts = key.split("__")
-    listed = as_heads(heads)
-    names = [h.name for h in listed]
-    if len(parts) != 3:
-        raise ParameterError(f"{key!r}: nested head parameters are written heads__<head name>__<field>")
-    check_choice(parts[1], names, "heads__<name>", "Verbalizer.set_params")
-    _check_field(listed[0], parts[2], "heads__<name>")
-    out = [dataclasses.replace(h, **{parts[2]: value}) if h.name == parts[1] else h for h in listed]
-    return out[0] if isinstance(heads, Head) else out

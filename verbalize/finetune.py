@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import choice_problem
+from .errors import check_choice, choice_problem
 from .heads import FittedHead, Head, HeadTargets, JointHeads
 from .labels import LabelTokens
 from .prompts import Prompts, leading_special_ids, reserved_tokens
@@ -134,6 +134,14 @@ class FineTuneConfig:
         d = dataclasses.asdict(self)
         d["lm_texts"] = list(self.lm_texts) if self.lm_texts is not None else None
         return d
+
+
+def replace_config(config: FineTuneConfig | None, key: str, value: Any) -> FineTuneConfig:
+    """A copy of ``config`` (default: a new one) with the field that ``fine_tuning__<field>`` names changed."""
+    config = config if config is not None else FineTuneConfig()
+    name = key.removeprefix("fine_tuning__")
+    check_choice(name, list(config.get_params()), "fine_tuning__<field>", "Verbalizer.set_params")
+    return dataclasses.replace(config, **{name: value})
 
 
 def train_classifier(

@@ -12,6 +12,7 @@ safetensors and reloaded exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import choice_problem
+from .errors import ParameterError, check_choice, choice_problem
 from .inputs import check_labels
 from .scoring import POOLINGS
 
@@ -276,6 +277,36 @@ def fit_probe(head: Head, feats: np.ndarray, targets: np.ndarray, classes: Seque
     w = coef / sd
     b = intercept - w @ mu
     return FittedHead(head, np.array(classes, dtype=object), torch.tensor(w), torch.tensor(b))
+
+
+def fit_probes(
+    heads: Sequence[Head], feats: Sequence[np.ndarray], head_ys: HeadTargets, fitted: dict[str, FittedHead]
+) -> None:
+    """Fit each probe head on its features into ``fitted``, and tune multi-label thresholds (joint ones too)."""
+    for h, f in zip(heads, feats, strict=True):
+        classes, target = head_ys[h.name]
+        if h.training == "probe":
+            fitted[h.name] = fit_probe(h, f, target, classes)
+        if h.multi_label:
+            fitted[h.name].threshold = tune_thresholds(fitted[h.name].predict_proba(f), target)
+
+
+def head_params(heads: Head | Sequence[Head] | None) -> dict[str, Any]:
+    """Every head's fields as nested parameters ``heads__<head name>__<field>`` (for ``get_params(deep=True)``)."""
+    return {f"heads__{h.name}__{f.name}": getattr(h, f.name) for h in as_heads(heads) for f in dataclasses.fields(h)}
+
+
+def replace_head(heads: Head | Sequence[Head] | None, key: str, value: Any) -> Head | list[Head]:
+    """``heads`` with one field of one head changed, for ``set_params(heads__<name>__<field>=value)``."""
+    parts = key.split("__")
+    listed = as_heads(heads)
+    if len(parts) != 3:
+        raise ParameterError(f"{key!r}: nested head parameters are written heads__<head name>__<field>")
+    check_choice(parts[1], [h.name for h in listed], "heads__<name>", "Verbalizer.set_params")
+    fields = [f.name for f in dataclasses.fields(Head)]
+    check_choice(parts[2], fields, "heads__<name>__<field>", "Verbalizer.set_params")
+    out = [dataclasses.replace(h, **{parts[2]: value}) if h.name == parts[1] else h for h in listed]
+    return out[0] if isinstance(heads, Head) else out
 
 
 def tune_thresholds(proba: np.ndarray, targets: np.ndarray) -> np.ndarray:
