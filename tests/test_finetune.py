@@ -221,3 +221,20 @@ def test_similar_demonstrations_in_training_prompts_never_show_the_text_itself(g
         (demo,) = [others[text][i] for i in similar_demos([o for o, _ in others[text]], [text], 1)[0]]
         assert demo[0] != text
         assert prompt == clf.template_.render(text, [demo])
+
+
+def test_a_single_class_training_set_is_refused(gpt2):
+    with pytest.raises(ValueError, match=r"at least two classes of the template's labels in y; got only 'positive'"):
+        make(gpt2, fine_tuning=FineTuneConfig(**FAST)).fit(X[:4], ["positive"] * 4)
+    with pytest.raises(ValueError, match=r"at least two classes of head 'topic'"):
+        make(gpt2, heads=Head("topic", training="joint"), fine_tuning=FineTuneConfig(**FAST)).fit(X[:4], ["a"] * 4)
+
+
+def test_a_validation_split_with_one_class_is_reported(gpt2, caplog):
+    y = ["positive"] * 7 + ["negative"]  # one negative: the split cannot be stratified
+    seed = next(s for s in range(50) if len(set(np.array(y)[_split(8, np.array([1] * 7 + [0]), 0.25, s)[1]])) == 1)
+    config = FineTuneConfig(**(FAST | dict(epochs=1, validation_fraction=0.25)))
+    with caplog.at_level("WARNING"):
+        clf = make(gpt2, fine_tuning=config, random_state=seed).fit(X, y)
+    assert clf.training_.validation_classes == 1
+    assert "validation split holds 1 class" in caplog.text

@@ -134,9 +134,11 @@ def _replace(tmp: Path, path: Path) -> None:
         if old is not None and not path.exists():
             os.rename(old, path)  # put the earlier save back
         raise
-    _checkpoint("clean up")
-    if old is not None:
-        _discard(old)
+    try:
+        _checkpoint("clean up")
+    finally:
+        if old is not None:
+            _discard(old)
 
 
 def _discard(path: Path) -> None:
@@ -263,8 +265,11 @@ def _calibrator(file: Path, cal: Any) -> Calibrator | None:
 
 
 def _heads(path: Path, file: Path, saved: Any, heads: Sequence[Head]) -> dict[str, FittedHead]:
+    """The fitted heads (none when the classifier was saved before its heads were fitted)."""
     if not saved:
         return {}
+    with _reading(file, "heads"):
+        classes = {h.name: list(saved[h.name]["classes"]) for h in heads}
     heads_file = path / HEADS_FILE
     if not heads_file.is_file():
         raise SavedClassifierError(f"{heads_file}: missing; {file} lists heads {list(saved)}")
@@ -273,8 +278,8 @@ def _heads(path: Path, file: Path, saved: Any, heads: Sequence[Head]) -> dict[st
     tensors = load_file(str(heads_file))
     out = {}
     for h in heads:
-        with _reading(heads_file, f"heads.{h.name}"):
-            out[h.name] = FittedHead.from_tensors(h, saved[h.name]["classes"], tensors)
+        with _reading(heads_file, f"{h.name}.weight, {h.name}.bias"):
+            out[h.name] = FittedHead.from_tensors(h, classes[h.name], tensors)
     return out
 
 

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("logsumexp", "mean", "max")
 POOLINGS = ("last", "mean")
-_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_LOADED: dict[tuple[str, str, str, Any], tuple[Any, Any]] = {}
 
 
 class Scorer:
@@ -78,7 +78,11 @@ class Scorer:
         cls, name: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "float32", **kwargs: Any
     ) -> Scorer:
         """Load (once per process, per name/device/dtype) and wrap a model; see :func:`load_model`."""
-        key = (str(name), str(device), str(dtype))
+        # A local directory is also keyed by its inode and mtime: a classifier saved again to the same
+        # path (an atomic rename puts a new directory there) must not be served the old weights.
+        where = os.path.expanduser(os.fspath(name)) if name is not None else ""
+        stamp = (os.stat(where).st_ino, os.stat(where).st_mtime_ns) if where and os.path.isdir(where) else None
+        key = (str(name), str(device), str(dtype), stamp)
         if key not in _LOADED:
             _LOADED[key] = load_model(name, device, dtype)
         return cls(*_LOADED[key], **kwargs)
