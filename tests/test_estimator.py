@@ -289,8 +289,11 @@ def test_pickle_of_a_fine_tuned_classifier_carries_its_weights(scorer):
 
     config = FineTuneConfig(epochs=2, learning_rate=1e-3, batch_size=4, validation_fraction=0.0, progress=False)
     clf = make(scorer, fine_tuning=config, random_state=0).fit(X, Y)
-    back = pickle.loads(pickle.dumps(clf))
-    np.testing.assert_allclose(back.predict_proba(X), clf.predict_proba(X), atol=1e-6)
+    blob = pickle.dumps(clf)
+    assert len(blob) > sum(p.numel() * 4 for p in clf.scorer_.model.parameters())  # the trained weights
+    back = pickle.loads(blob)
+    # unpickled tensors may sit at other memory alignments, where CPU kernels round differently (~1e-6)
+    np.testing.assert_allclose(back.predict_proba(X), clf.predict_proba(X), atol=1e-5)
     assert back.scorer_.model is not scorer.model
 
 
