@@ -70,7 +70,9 @@ class Calibrator(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    fitted_on: ClassVar[str] = "the texts given to fit"  # what it learns from, in words (docs, messages)
     needs_labels: ClassVar[bool] = False
+    unlabeled_texts_help: ClassVar[bool] = False  # fit(X) on unlabeled texts of the task improves it
 
     @abc.abstractmethod
     def fit(self, scores: np.ndarray, y: Any = None) -> Calibrator: ...
@@ -120,6 +122,7 @@ class ContextualCalibrator(Calibrator):
     """
 
     name = "contextual"
+    fitted_on = "content-free inputs ('N/A', '', '[MASK]') in the same prompt and demonstrations"
 
     def fit(self, scores: np.ndarray, y: Any = None) -> ContextualCalibrator:
         probs = np.exp(log_softmax(scores))  # (m, C)
@@ -146,6 +149,8 @@ class DomainCalibrator(ContextualCalibrator):
     """
 
     name = "domain"
+    fitted_on = "random bags of words drawn from fit's unlabeled texts (else from the predicted texts)"
+    unlabeled_texts_help = True
 
     def fit_inputs(self, texts: list[str], random_state: int | None) -> list[str] | None:
         return domain_texts(texts, random_state) if texts else None
@@ -165,6 +170,8 @@ class BatchCalibrator(ContextualCalibrator):
     """
 
     name = "batch"
+    fitted_on = "fit's unlabeled texts (else the batch being predicted)"
+    unlabeled_texts_help = True
 
     def fit_inputs(self, texts: list[str], random_state: int | None) -> list[str] | None:
         return texts or None
@@ -187,6 +194,7 @@ class TemperatureCalibrator(Calibrator):
     """
 
     name = "temperature"
+    fitted_on = "fit's labeled texts"
     needs_labels = True
 
     def fit(self, scores: np.ndarray, y: Any = None) -> TemperatureCalibrator:
@@ -248,6 +256,11 @@ def get_calibrator(name: str | Calibrator) -> Calibrator:
     check_choice(name, calibration_choices(), "calibration", "Verbalizer", hidden=aliases)
     key = name[: -len(VERSION)] if name.endswith(VERSION) else name
     return CALIBRATORS[key]()
+
+
+def unlabeled_texts_help(calibration: str | Calibrator | None) -> bool:
+    """Whether ``fit(X)`` on unlabeled texts of the task improves this calibration (domain, batch)."""
+    return calibration is not None and get_calibrator(calibration).unlabeled_texts_help
 
 
 def fit_calibrator(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import unlabeled_texts_help
 from .errors import TemplateError, VerbalizeError
 from .estimator import Verbalizer
 from .finetune import FineTuneConfig
@@ -133,7 +134,7 @@ def _predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress and len(texts) > 64,
     )
     good = [i for i, t in enumerate(texts) if text_problem(t) is None]
-    if clf.calibration in ("domain", "batch") and good:
+    if unlabeled_texts_help(clf.calibration) and good:
         clf.fit([texts[i] for i in good])
     usable = set(good)
     for i, row in enumerate(rows):
@@ -168,7 +169,7 @@ def _eval(args: argparse.Namespace) -> int:
     texts = texts[: len(rows)]
     y = [r.get("label") for r in rows]
     clf = _classifier(args, calibration=args.calibration, progress=True)
-    if clf.calibration in ("domain", "batch"):
+    if unlabeled_texts_help(clf.calibration):
         clf.fit(texts)
     pred = clf.predict(texts)
     print(f"n={len(y)}  accuracy={accuracy_score(y, pred):.4f}  macro_f1={f1_score(y, pred, average='macro'):.4f}")
