@@ -285,8 +285,9 @@ def test_pickle_of_a_zero_shot_classifier_carries_parameters_not_the_model(model
 def test_pickle_of_a_fine_tuned_classifier_carries_its_weights(scorer):
     import pickle
 
-    from verbalize import FineTuneConfig
+    from verbalize import FineTuneConfig, Head
 
+    make(scorer, heads=Head("deep", layers=2)).fit(X, Y)  # hidden states: transformers hooks the (shared) model
     config = FineTuneConfig(epochs=2, learning_rate=1e-3, batch_size=4, validation_fraction=0.0, progress=False)
     clf = make(scorer, fine_tuning=config, random_state=0).fit(X, Y)
     blob = pickle.dumps(clf)

@@ -378,12 +378,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         return clf
 
     def __getstate__(self) -> dict[str, Any]:
-        # A model that was not fine-tuned is the shared, cached one: pickle the parameters and fitted
-        # state only and load the model again (once per process) on first use.
-        state = dict(super().__getstate__())
-        if not state.get("fine_tuned_") and not isinstance(self.model, Scorer):
-            state.pop("scorer_", None)
-        return state
+        return persistence.pickle_state(super().__getstate__())
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -13,6 +13,7 @@ never from the working directory, and turns any malformed file into a
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import dataclasses
 import json
 import os
@@ -83,6 +84,34 @@ def save_model(scorer: Scorer, path: str | Path) -> Path:
         scorer.model.save_pretrained(path)
         scorer.tokenizer.save_pretrained(path)
     return path
+
+
+def pickle_state(state: dict[str, Any]) -> dict[str, Any]:
+    """What pickling a classifier keeps of its ``__dict__``: not the shared, cached model (it is loaded
+    again on first use), but a fine-tuned one (see :func:`reduce_scorer`)."""
+    state = dict(state)
+    if not state.get("fine_tuned_"):
+        state.pop("scorer_", None)
+    return state
+
+
+def reduce_scorer(scorer: Scorer) -> tuple[Any, tuple[Any, ...]]:
+    """Pickle a :class:`Scorer` as its model's class, config and tensors, and its tokenizer: the module itself
+    may not pickle (transformers puts local-function hooks on it once hidden states were asked for)."""
+    model = scorer.model
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    place = (str(scorer.device), next(model.parameters()).dtype)
+    sizes = (scorer.batch_size, scorer.context_length, scorer.max_tokens)
+    return _rebuild_scorer, (type(model), model.config, weights, scorer.tokenizer, place, sizes)
+
+
+def _rebuild_scorer(model_class: Any, config: Any, weights: Any, tokenizer: Any, place: Any, sizes: Any) -> Scorer:
+    model = model_class(config).to(dtype=place[1])
+    model.load_state_dict(weights)
+    return Scorer(model.to(place[0]).eval(), tokenizer, *sizes)
+
+
+copyreg.pickle(Scorer, reduce_scorer)
 
 
 def _state(clf: Verbalizer) -> dict[str, Any]:
