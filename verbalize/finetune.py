@@ -181,7 +181,7 @@ def train_classifier(
         copy.deepcopy(scorer.model), scorer.tokenizer, scorer.batch_size, scorer.context_length, scorer.max_tokens
     )
     hidden = tuned.model.config.hidden_size
-    objective = Objective(
+    objective = Objective(  # the label-word loss (when y is given) and the joint heads' losses
         label_tokens=label_tokens,
         word_label=label_tokens.word_label,
         n_labels=len(labels),
@@ -193,20 +193,23 @@ def train_classifier(
         prompt_weight=config.prompt_weight,
     )
     ids = tuned.encode(prompts.prompts, prompts.spans, prompts.prefix, reserved_tokens(label_tokens)).ids
-    lm_ids = None
-    if config.lm_weight:
-        lead = leading_special_ids(tuned.tokenizer)
-        source = list(config.lm_texts) if config.lm_texts is not None else list(texts)
-        tokens = tuned.tokenizer(source, add_special_tokens=False)["input_ids"]
-        lm_ids = [(lead + x)[: config.lm_max_tokens] for x in tokens]
-    result = fine_tune(tuned, ids, objective, config, lm_ids, seed)
+    result = fine_tune(tuned, ids, objective, config, _lm_ids(tuned, texts, config), seed)
     fitted = {}
-    if objective.joint is not None:
-        for h in joint:
-            layer = objective.joint.linear(h.name)
-            classes = np.array(head_ys[h.name][0], dtype=object)
-            fitted[h.name] = FittedHead(h, classes, layer.weight.detach().cpu(), layer.bias.detach().cpu())
+    for h in joint:  # the trained linear layers, as fitted heads
+        layer = objective.joint.linear(h.name)  # type: ignore[union-attr]
+        w, b = layer.weight.detach().cpu(), layer.bias.detach().cpu()
+        fitted[h.name] = FittedHead(h, np.array(head_ys[h.name][0], dtype=object), w, b)
     return tuned, result, fitted
+
+
+def _lm_ids(scorer: Scorer, texts: Sequence[str], config: FineTuneConfig) -> list[list[int]] | None:
+    """Token ids of the plain texts for the LM loss (``lm_texts``, else the training texts), BOS first."""
+    if not config.lm_weight:
+        return None
+    lead = leading_special_ids(scorer.tokenizer)
+    source = list(config.lm_texts) if config.lm_texts is not None else list(texts)
+    tokens = scorer.tokenizer(source, add_special_tokens=False)["input_ids"]
+    return [(lead + x)[: config.lm_max_tokens] for x in tokens]
 
 
 def _refuse_single_class(
