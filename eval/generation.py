@@ -24,7 +24,8 @@ from finetune import sample
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verbalize import FineTuneConfig, Scorer, Verbalizer, load_template
-from verbalize.finetune import perplexity
+from verbalize.lm_mixing import perplexity
+from verbalize.prompts import leading_special_ids
 
 PROMPT = "The history of the city begins"
 VARIANTS = ("none", "nll-train", "nll-unlabeled", "distill-train", "distill-unlabeled")
@@ -70,7 +71,7 @@ def main() -> None:
     unlabeled = tuple(pool[0][i] for i in free)
 
     base = Scorer.from_pretrained(args.model)
-    tok, lead, pad = base.tokenizer, list(base._lead), base.pad_id
+    tok, lead, pad = base.tokenizer, leading_special_ids(base.tokenizer), base.pad_id
     rows = []
     base_clf = Verbalizer(template=tpl, model=args.model)
     base_ppl = held_out_ppl(base.model, tok, plain, lead, pad)

@@ -85,3 +85,95 @@ def test_metrics_on_a_hand_made_case():
     assert brier_score(proba, y) == pytest.approx(brier)
     res = evaluate(proba, ["a", "b", "b", "b"], ["a", "b"])
     assert res["accuracy"] == 0.75 and res["confusion"] == [[1, 0], [1, 2]]
+
+
+# -- what each calibrator is fitted on, and adding one in one place ------------------------------------------------
+
+from verbalize.calibration import (  # noqa: E402
+    CALIBRATORS,
+    CONTENT_FREE,
+    Calibrator,
+    calibrate,
+    domain_texts,
+    fit_calibrator,
+    log_softmax,
+    unlabeled_texts_help,
+)
+
+
+def _recording_scores(seen):
+    def score_texts(texts):
+        seen.append(list(texts))
+        return np.log(np.tile([[0.7, 0.3]], (len(texts), 1)))
+
+    return score_texts
+
+
+def test_each_calibrator_says_what_it_is_fitted_on():
+    texts = ["good film", "bad film here"]
+    for name, want in [
+        ("contextual", list(CONTENT_FREE)),
+        ("domain", domain_texts(texts, 0)),
+        ("batch", texts),
+        ("temperature", texts),
+    ]:
+        seen = []
+        fit_calibrator(get_calibrator(name), _recording_scores(seen), texts, np.array([0, 1]), random_state=0)
+        assert seen == [want], name
+    assert all(len(t.split()) == 2 for t in domain_texts(texts, 0))  # as long as an average text
+    assert get_calibrator("temperature").needs_labels and not get_calibrator("domain").needs_labels
+    assert [n for n in CALIBRATORS if unlabeled_texts_help(n)] == ["domain", "batch"]  # the CLI fits these on X
+    assert not unlabeled_texts_help(None)
+    with pytest.raises(ValueError, match="needs labeled examples"):
+        fit_calibrator(get_calibrator("temperature"), _recording_scores([]), texts, None)
+
+
+def test_unfitted_calibrators_fit_on_first_use_or_refuse():
+    seen = []
+    scores = np.log([[0.6, 0.4]])
+    cal = get_calibrator("contextual")
+    out = calibrate(cal, scores, ["x"], _recording_scores(seen))
+    assert seen == [list(CONTENT_FREE)] and cal.is_fitted()  # fitted once, kept
+    np.testing.assert_allclose(out, ContextualCalibrator().fit(np.log([[0.7, 0.3]])).transform(scores))
+    domain = get_calibrator("domain")
+    calibrate(domain, scores, ["a b c"], _recording_scores(seen), random_state=0)
+    assert not domain.is_fitted()  # the predicted texts' domain serves this call only
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="needs fit"):
+        calibrate(get_calibrator("temperature"), scores, ["x"], _recording_scores([]))
+
+
+class ShiftCalibrator(Calibrator):
+    """A calibrator that exists in this test file only: subtract the median log-probability of fit's texts."""
+
+    name = "shift"
+
+    def fit(self, scores, y=None):
+        self.shift_ = np.median(log_softmax(scores), axis=0)
+        return self
+
+    def transform(self, scores):
+        return log_softmax(log_softmax(scores) - self.shift_)
+
+
+def test_a_calibrator_defined_outside_the_package_works_through_verbalizer(gpt2, monkeypatch, tmp_path):
+    """Adding a calibrator touches one place: a Calibrator subclass and its registry entry (here, this file)."""
+    from verbalize import Verbalizer
+
+    monkeypatch.setitem(CALIBRATORS, "shift", ShiftCalibrator)
+    texts = ["good film", "bad film", "a great review", "terrible and bad"]
+    params = dict(template="Review: {text}\nSentiment:", labels={"negative": ["bad"], "positive": ["good"]})
+    clf = Verbalizer(**params, model=gpt2.scorer(), calibration="shift").fit(texts)
+    raw = clf.decision_function(texts)
+    want = ShiftCalibrator().fit(raw).transform(raw)
+    np.testing.assert_allclose(clf.predict_log_proba(texts), want, atol=1e-6)
+    by_instance = Verbalizer(**params, model=gpt2.scorer(), calibration=ShiftCalibrator()).fit(texts)
+    np.testing.assert_allclose(by_instance.predict_log_proba(texts), want, atol=1e-6)
+    assert not by_instance.calibration.is_fitted()  # the parameter is copied, never fitted in place
+    clf.save(tmp_path / "clf")
+    back = Verbalizer.load(tmp_path / "clf", device="cpu")
+    assert isinstance(back.calibrator_, ShiftCalibrator)
+    np.testing.assert_allclose(back.predict_log_proba(texts), want, atol=1e-6)
+    with pytest.raises(ValueError, match="Did you mean 'shift'"):
+        get_calibrator("shfit")

@@ -184,3 +184,122 @@ def test_bad_parameters_are_explained(scorer):
 def test_unknown_model_name_is_explained():
     with pytest.raises(ModelLoadError, match="could not load model"):
         Verbalizer(template="templates/sst2.toml", model="/no/such/model/dir").predict(["x"])
+
+
+# -- the scikit-learn contract without surprises ------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_dir(gpt2_model, gpt2_tokenizer, tmp_path):
+    """The tiny GPT-2 as a directory, so that the classifier loads it by name (through the per-process cache)."""
+    path = tmp_path / "tiny-gpt2"
+    gpt2_model.save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Count the models really loaded (not served from the per-process cache)."""
+    import verbalize.scoring as scoring
+
+    calls = []
+    real = scoring.load_model
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "load_model", counting)
+    return calls
+
+
+def test_set_params_after_zero_shot_predict_takes_effect_without_loading_the_model_again(model_dir, loads):
+    clf = Verbalizer(template="Review: {text}\nSentiment:", labels=LABELS, model=model_dir, device="cpu")
+    before = clf.predict(X)
+    swapped = {"negative": LABELS["positive"], "positive": LABELS["negative"]}
+    clf.set_params(labels=swapped)
+    after = clf.predict(X)
+    fresh = Verbalizer(template="Review: {text}\nSentiment:", labels=swapped, model=model_dir, device="cpu")
+    np.testing.assert_array_equal(after, fresh.predict(X))
+    assert (after != before).all()  # the label words swapped sides, so every prediction flips
+    clf.set_params(calibration="contextual")
+    np.testing.assert_allclose(clf.predict_proba(X), fresh.set_params(calibration="contextual").predict_proba(X))
+    assert len(loads) == 1  # loaded once, shared by every set-up and by the fresh classifier
+
+
+def test_after_fit_changed_parameters_need_fit_again_except_runtime_ones(scorer):
+    clf = make(scorer, n_demos=2, random_state=0).fit(X, Y)
+    p = clf.predict_proba(X)
+    clf.set_params(batch_size=3, progress=False)
+    np.testing.assert_allclose(clf.predict_proba(X), p, atol=1e-6)
+    assert clf.scorer_.batch_size == 3
+    clf.set_params(n_demos=4)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match=r"\['n_demos'\] of this Verbalizer changed since fit"):
+        clf.predict(X)
+    assert len(clf.fit(X, Y).demos_) == 4
+
+
+def test_nested_parameters_are_addressable_the_scikit_learn_way(scorer):
+    from verbalize import FineTuneConfig, Head
+
+    clf = make(scorer, fine_tuning=FineTuneConfig(epochs=2), heads=[Head("a"), Head("b", C=2.0)])
+    params = clf.get_params(deep=True)
+    assert params["fine_tuning__epochs"] == 2 and params["heads__b__C"] == 2.0
+    config = clf.fine_tuning
+    clf.set_params(fine_tuning__epochs=5, heads__a__C=0.5)
+    assert clf.fine_tuning.epochs == 5 and config.epochs == 2  # a changed copy, the original untouched
+    assert [h.C for h in clf.heads] == [0.5, 2.0]
+    twin = clone(clf)
+    assert twin.fine_tuning == clf.fine_tuning and twin.fine_tuning is not clf.fine_tuning
+    with pytest.raises(ValueError, match="Did you mean 'epochs'"):
+        clf.set_params(fine_tuning__epoch=3)
+    with pytest.raises(ValueError, match="Did you mean 'a'"):
+        clf.set_params(heads__aa__C=3.0)
+
+
+def test_grid_search_over_a_head_parameter(scorer):
+    from verbalize import Head
+
+    grid = GridSearchCV(make(scorer, heads=Head("sentiment")), {"heads__sentiment__C": [0.01, 10.0]}, cv=2)
+    grid.fit(X, Y)
+    assert grid.best_params_["heads__sentiment__C"] == grid.best_estimator_.heads.C
+    assert grid.best_params_["heads__sentiment__C"] == grid.best_estimator_.heads_["sentiment"].head.C
+
+
+def test_pickle_of_a_zero_shot_classifier_carries_parameters_not_the_model(model_dir, loads):
+    import pickle
+
+    clf = Verbalizer(template="Review: {text}\nSentiment:", labels=LABELS, model=model_dir, calibration="contextual")
+    want = clf.set_params(device="cpu").predict_proba(X)
+    blob = pickle.dumps(clf)
+    weights = sum(p.numel() * 4 for p in clf.scorer_.model.parameters())
+    assert len(blob) < weights / 10
+    back = pickle.loads(blob)
+    np.testing.assert_array_equal(back.predict_proba(X), want)
+    assert back.scorer_.model is clf.scorer_.model and len(loads) == 1  # the shared, cached model
+
+
+def test_pickle_of_a_fine_tuned_classifier_carries_its_weights(scorer):
+    import pickle
+
+    from verbalize import FineTuneConfig, Head
+
+    make(scorer, heads=Head("deep", layers=2)).fit(X, Y)  # hidden states: transformers hooks the (shared) model
+    config = FineTuneConfig(epochs=2, learning_rate=1e-3, batch_size=4, validation_fraction=0.0, progress=False)
+    clf = make(scorer, fine_tuning=config, random_state=0).fit(X, Y)
+    blob = pickle.dumps(clf)
+    assert len(blob) > sum(p.numel() * 4 for p in clf.scorer_.model.parameters())  # the trained weights
+    back = pickle.loads(blob)
+    # unpickled tensors may sit at other memory alignments, where CPU kernels round differently (~1e-6)
+    np.testing.assert_allclose(back.predict_proba(X), clf.predict_proba(X), atol=1e-5)
+    assert back.scorer_.model is not scorer.model
+
+
+def test_unordered_containers_are_refused(scorer):
+    with pytest.raises(TypeError, match="ordered sequence of texts.*got a set"):
+        make(scorer).predict(set(X))
+    with pytest.raises(TypeError, match="ordered sequence of texts.*got a dict"):
+        make(scorer).predict(dict.fromkeys(X, 1))

@@ -15,8 +15,9 @@ from transformers import AutoModelForCausalLM
 from verbalize import FineTuneConfig, Head, Verbalizer
 from verbalize.batching import Batch, pad_batch
 from verbalize.demos import similar_demos
-from verbalize.finetune import Objective, _loss, _split, label_logits, lm_loss, perplexity
-from verbalize.scoring import aggregate
+from verbalize.lm_mixing import lm_loss, perplexity
+from verbalize.scoring import aggregate, label_logits
+from verbalize.training import Objective, _loss, _split
 
 LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
 X = ["good film", "bad film", "a great review", "terrible and bad", "good good", "bad bad", "fine", "awful"]
@@ -50,8 +51,8 @@ def test_training_loss_uses_the_scores_that_prediction_uses(family):
     """The training forward (no prefix cache, gradients on) gives the label scores of decision_function."""
     clf = make(family, n_demos=2).fit(X, Y)  # demonstrations make a shared prefix, cached at prediction
     scorer = clf.scorer_
-    prompts, spans = clf.template_.spans(X)
-    ids = scorer.encode(prompts, spans, clf._fitting_prefix(prompts), 3).ids
+    p = clf._prompts(X)
+    ids = scorer.encode(p.prompts, p.spans, p.prefix, 3).ids
     tokens = clf.label_tokens_
     obj = Objective(tokens, tokens.word_label, 2, "logsumexp", np.array([0, 1] * 4))
     rows = np.arange(len(X))
@@ -191,7 +192,7 @@ def test_save_pretrained_is_a_hugging_face_model_that_generates(family, tmp_path
 
 
 def test_fine_tuning_errors_say_what_to_fix(gpt2):
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="The 'method' parameter of FineTuneConfig must be one of"):
         FineTuneConfig(method="qlora")
     with pytest.raises(ValueError, match="validation_fraction"):
         FineTuneConfig(validation_fraction=1.5)
@@ -203,7 +204,7 @@ def test_fine_tuning_errors_say_what_to_fix(gpt2):
 
 def test_similar_demonstrations_in_training_prompts_never_show_the_text_itself(gpt2, monkeypatch):
     """With demo_selection="similar", training prompts carry demonstrations, never the text itself."""
-    import verbalize.estimator as estimator
+    import verbalize.finetune as finetune
 
     seen = {}
 
@@ -211,8 +212,8 @@ def test_similar_demonstrations_in_training_prompts_never_show_the_text_itself(g
         seen["prompts"] = [scorer.tokenizer.decode(x) for x in ids]
         return real(scorer, ids, *args, **kwargs)
 
-    real = estimator.fine_tune
-    monkeypatch.setattr(estimator, "fine_tune", capture)
+    real = finetune.fine_tune
+    monkeypatch.setattr(finetune, "fine_tune", capture)
     cfg = FineTuneConfig(**(FAST | {"epochs": 1}))
     clf = make(gpt2, n_demos=1, demo_selection="similar", fine_tuning=cfg).fit(X, Y)
     others = {x: [(o, y) for o, y in zip(X, Y, strict=True) if o != x] for x in X}
@@ -220,3 +221,20 @@ def test_similar_demonstrations_in_training_prompts_never_show_the_text_itself(g
         (demo,) = [others[text][i] for i in similar_demos([o for o, _ in others[text]], [text], 1)[0]]
         assert demo[0] != text
         assert prompt == clf.template_.render(text, [demo])
+
+
+def test_a_single_class_training_set_is_refused(gpt2):
+    with pytest.raises(ValueError, match=r"at least two classes of the template's labels in y; got only 'positive'"):
+        make(gpt2, fine_tuning=FineTuneConfig(**FAST)).fit(X[:4], ["positive"] * 4)
+    with pytest.raises(ValueError, match=r"at least two classes of head 'topic'"):
+        make(gpt2, heads=Head("topic", training="joint"), fine_tuning=FineTuneConfig(**FAST)).fit(X[:4], ["a"] * 4)
+
+
+def test_a_validation_split_with_one_class_is_reported(gpt2, caplog):
+    y = ["positive"] * 7 + ["negative"]  # one negative: the split cannot be stratified
+    seed = next(s for s in range(50) if len(set(np.array(y)[_split(8, np.array([1] * 7 + [0]), 0.25, s)[1]])) == 1)
+    config = FineTuneConfig(**(FAST | dict(epochs=1, validation_fraction=0.25)))
+    with caplog.at_level("WARNING"):
+        clf = make(gpt2, fine_tuning=config, random_state=seed).fit(X, y)
+    assert clf.training_.validation_classes == 1
+    assert "validation split holds 1 class" in caplog.text

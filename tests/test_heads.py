@@ -149,7 +149,7 @@ def test_heads_reload_exactly(family, tmp_path):
 
 
 def test_head_errors_say_what_to_fix(family):
-    with pytest.raises(ValueError, match="pooling must be one of"):
+    with pytest.raises(ValueError, match="The 'pooling' parameter of Head must be one of"):
         Head(pooling="max")
     with pytest.raises(ValueError, match="distinct names"):
         make(family, heads=[Head("a"), Head("a")]).fit(X, Y)

@@ -303,7 +303,9 @@ def test_aggregate_of_single_words_is_identity():
 
 
 def test_aggregate_unknown_name():
-    message = "aggregation must be one of ('logsumexp', 'mean', 'max'), got 'sum'"
+    message = (
+        "The 'aggregation' parameter of Verbalizer must be one of ['logsumexp', 'mean', 'max']. Got 'sum' instead."
+    )
     with pytest.raises(ValueError, match=re.escape(message)):
         aggregate(WORD_SCORES, WORD_LABEL, 3, "sum")
 

@@ -8,6 +8,7 @@ array(['positive', 'negative'], dtype=object)
 
 from .calibration import (
     BatchCalibrator,
+    Calibrator,
     ContextualCalibrator,
     DomainCalibrator,
     TemperatureCalibrator,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchCalibrator",
+    "Calibrator",
     "ContextualCalibrator",
     "DomainCalibrator",
     "FineTuneConfig",

@@ -17,16 +17,32 @@ batch           mean probabilities of the unlabeled batch    helps on large, rou
 temperature     a few labeled examples (Guo et al. 2017)     fixes over/under-confidence (ECE) only:
                                                              it never changes the predicted label
 ==============  ===========================================  ==========================================
+
+Each calibrator also says what it is fitted on (:meth:`Calibrator.fit_inputs`: content-free
+inputs, in-domain unlabeled texts, the texts themselves) and whether it needs labels
+(``needs_labels``); :func:`fit_calibrator` and :func:`calibrate` run that policy for the classifier,
+which only supplies a function from texts to their raw label scores. Adding a calibrator is a
+change to this file only: a subclass of :class:`Calibrator` and an entry in ``CALIBRATORS``
+(or :func:`register_calibrator`).
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.exceptions import NotFittedError
 
-from .errors import did_you_mean
+from .errors import check_choice
+
+CONTENT_FREE = ("N/A", "", "[MASK]")
+N_DOMAIN_SAMPLES = 20
+
+ScoreTexts = Callable[[list[str]], np.ndarray]
+"""Texts -> their raw label scores (n, n_classes), rendered with the classifier's prompt and demonstrations."""
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
@@ -35,22 +51,53 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     return s - m - np.log(np.exp(s - m).sum(axis=1, keepdims=True))
 
 
-class _Calibrator(abc.ABC):
-    """Shared persistence: every fitted attribute ends in '_' and is a float or an array."""
+def domain_texts(texts: Sequence[str], random_state: int | None, n: int = N_DOMAIN_SAMPLES) -> list[str]:
+    """Random bags of in-domain words, each as long as an average text (Fei et al. 2023)."""
+    words = [w for t in texts for w in t.split()]
+    if not words:
+        return list(CONTENT_FREE)
+    rng = np.random.default_rng(random_state)
+    length = max(1, round(len(words) / max(len(texts), 1)))
+    return [" ".join(rng.choice(words, size=length)) for _ in range(n)]
 
-    name = ""
+
+class Calibrator(abc.ABC):
+    """Base of every calibrator: arithmetic on (n, n_classes) arrays plus what it is fitted on.
+
+    Subclasses set ``name`` and ``needs_labels``, implement :meth:`fit` and :meth:`transform`, and
+    override :meth:`fit_inputs` / :meth:`transform_unfitted` when they are fitted on something else
+    than the training texts. Fitted attributes end in ``_`` and are floats or arrays (saved as JSON).
+    """
+
+    name: ClassVar[str] = ""
+    fitted_on: ClassVar[str] = "the texts given to fit"  # what it learns from, in words (docs, messages)
+    needs_labels: ClassVar[bool] = False
+    unlabeled_texts_help: ClassVar[bool] = False  # fit(X) on unlabeled texts of the task improves it
 
     @abc.abstractmethod
-    def fit(self, scores: np.ndarray, y: Any = None) -> _Calibrator: ...
+    def fit(self, scores: np.ndarray, y: Any = None) -> Calibrator: ...
 
     @abc.abstractmethod
     def transform(self, scores: np.ndarray) -> np.ndarray: ...
+
+    def fit_inputs(self, texts: list[str], random_state: int | None) -> list[str] | None:
+        """The texts whose label scores :meth:`fit` takes, given ``fit``'s texts; None: do not fit now."""
+        return texts or None
+
+    def transform_unfitted(
+        self, scores: np.ndarray, texts: list[str], score_texts: ScoreTexts, random_state: int | None
+    ) -> np.ndarray:
+        """Calibrated scores when ``fit`` gave this calibrator nothing to fit on (default: an error)."""
+        raise NotFittedError(f"calibration={self.name!r} needs fit(X, y) before predict")
+
+    def is_fitted(self) -> bool:
+        return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
 
     def get_state(self) -> dict[str, Any]:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items() if k.endswith("_")}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> _Calibrator:
+    def from_state(cls, state: dict[str, Any]) -> Calibrator:
         obj = cls()
         for k, v in state.items():
             setattr(obj, k, np.asarray(v) if isinstance(v, list) else v)
@@ -60,11 +107,12 @@ class _Calibrator(abc.ABC):
         return f"{type(self).__name__}()"
 
 
-class ContextualCalibrator(_Calibrator):
+class ContextualCalibrator(Calibrator):
     """Divide probabilities by the mean probability the prompt gives content-free inputs, then renormalize.
 
     ``fit(scores)`` takes the scores of the content-free inputs; the correction is
-    ``W = diag(p_cf)^-1``: ``transform(s) = log_softmax(log_softmax(s) - log p_cf)``.
+    ``W = diag(p_cf)^-1``: ``transform(s) = log_softmax(log_softmax(s) - log p_cf)``. It needs no
+    data: unfitted, it fits itself on the content-free inputs on first use.
 
     Examples
     --------
@@ -74,6 +122,7 @@ class ContextualCalibrator(_Calibrator):
     """
 
     name = "contextual"
+    fitted_on = "content-free inputs ('N/A', '', '[MASK]') in the same prompt and demonstrations"
 
     def fit(self, scores: np.ndarray, y: Any = None) -> ContextualCalibrator:
         probs = np.exp(log_softmax(scores))  # (m, C)
@@ -83,35 +132,70 @@ class ContextualCalibrator(_Calibrator):
     def transform(self, scores: np.ndarray) -> np.ndarray:
         return log_softmax(log_softmax(scores) - self.log_prior_)
 
+    def fit_inputs(self, texts: list[str], random_state: int | None) -> list[str] | None:
+        return list(CONTENT_FREE)
+
+    def transform_unfitted(
+        self, scores: np.ndarray, texts: list[str], score_texts: ScoreTexts, random_state: int | None
+    ) -> np.ndarray:
+        return self.fit(score_texts(list(CONTENT_FREE))).transform(scores)
+
 
 class DomainCalibrator(ContextualCalibrator):
-    """Contextual calibration whose content-free inputs are random words of the task's domain."""
+    """Contextual calibration whose content-free inputs are random words of the task's domain.
+
+    Fitted on bags of words drawn from ``fit``'s unlabeled texts; unfitted, it draws them from the
+    texts being predicted (for that call only).
+    """
 
     name = "domain"
+    fitted_on = "random bags of words drawn from fit's unlabeled texts (else from the predicted texts)"
+    unlabeled_texts_help = True
+
+    def fit_inputs(self, texts: list[str], random_state: int | None) -> list[str] | None:
+        return domain_texts(texts, random_state) if texts else None
+
+    def transform_unfitted(
+        self, scores: np.ndarray, texts: list[str], score_texts: ScoreTexts, random_state: int | None
+    ) -> np.ndarray:
+        prior = DomainCalibrator().fit(score_texts(domain_texts(texts, random_state)))
+        return prior.transform(scores)
 
 
 class BatchCalibrator(ContextualCalibrator):
     """Subtract the log of the mean probability over a batch of unlabeled texts.
 
-    When not fitted, ``transform`` estimates the prior from the batch it is given, so that a
-    text's calibrated score depends on the other texts of that batch (by design).
+    Fitted on ``fit``'s texts; unfitted, ``transform`` estimates the prior from the batch it is
+    given, so that a text's calibrated score depends on the other texts of that batch (by design).
     """
 
     name = "batch"
+    fitted_on = "fit's unlabeled texts (else the batch being predicted)"
+    unlabeled_texts_help = True
+
+    def fit_inputs(self, texts: list[str], random_state: int | None) -> list[str] | None:
+        return texts or None
 
     def transform(self, scores: np.ndarray) -> np.ndarray:
         if not hasattr(self, "log_prior_"):
             return ContextualCalibrator().fit(scores).transform(scores)
         return super().transform(scores)
 
+    def transform_unfitted(
+        self, scores: np.ndarray, texts: list[str], score_texts: ScoreTexts, random_state: int | None
+    ) -> np.ndarray:
+        return self.transform(scores)
 
-class TemperatureCalibrator(_Calibrator):
+
+class TemperatureCalibrator(Calibrator):
     """Scale scores by 1/T, with T chosen to minimise the log-loss on labeled examples.
 
     ``fit(scores, y)`` needs ``y`` as class indices (0..C-1). The argmax never changes.
     """
 
     name = "temperature"
+    fitted_on = "fit's labeled texts"
+    needs_labels = True
 
     def fit(self, scores: np.ndarray, y: Any = None) -> TemperatureCalibrator:
         if y is None:
@@ -136,28 +220,74 @@ class TemperatureCalibrator(_Calibrator):
         return log_softmax(log_softmax(scores) / self.temperature_)
 
 
-CALIBRATORS: dict[str, type[_Calibrator]] = {
+CALIBRATORS: dict[str, type[Calibrator]] = {
     "contextual": ContextualCalibrator,
     "domain": DomainCalibrator,
     "batch": BatchCalibrator,
     "temperature": TemperatureCalibrator,
 }
-ALIASES = {f"{name}.v1": name for name in CALIBRATORS}
+VERSION = ".v1"  # every name also answers to its versioned alias, e.g. "contextual.v1"
 
 
-def get_calibrator(name: str) -> _Calibrator:
-    """A new, unfitted calibrator by name ("contextual", "contextual.v1", ...).
+def register_calibrator(cls: type[Calibrator]) -> type[Calibrator]:
+    """Make ``cls`` available by its ``name`` (as ``calibration=name``, and when loading a saved classifier)."""
+    if not (isinstance(cls, type) and issubclass(cls, Calibrator)) or not cls.name:
+        raise TypeError(f"register_calibrator needs a Calibrator subclass with a name, got {cls!r}")
+    CALIBRATORS[cls.name] = cls
+    return cls
+
+
+def calibration_choices() -> list[Any]:
+    """The values the ``calibration`` parameter accepts by name (None included)."""
+    return [None, *CALIBRATORS]
+
+
+def get_calibrator(name: str | Calibrator) -> Calibrator:
+    """A new, unfitted calibrator by name ("contextual", "contextual.v1", ...); an instance is copied.
+
+    Raises
+    ------
+    ParameterError
+        For an unknown name, with the closest known name.
+    """
+    if isinstance(name, Calibrator):
+        return copy.deepcopy(name)
+    aliases = [f"{n}{VERSION}" for n in CALIBRATORS]
+    check_choice(name, calibration_choices(), "calibration", "Verbalizer", hidden=aliases)
+    key = name[: -len(VERSION)] if name.endswith(VERSION) else name
+    return CALIBRATORS[key]()
+
+
+def unlabeled_texts_help(calibration: str | Calibrator | None) -> bool:
+    """Whether ``fit(X)`` on unlabeled texts of the task improves this calibration (domain, batch)."""
+    return calibration is not None and get_calibrator(calibration).unlabeled_texts_help
+
+
+def fit_calibrator(
+    cal: Calibrator,
+    score_texts: ScoreTexts,
+    texts: list[str],
+    y: np.ndarray | None = None,
+    random_state: int | None = None,
+) -> None:
+    """Fit ``cal`` on what it is fitted on, given ``fit``'s texts and label indices ``y`` (or None).
 
     Raises
     ------
     ValueError
-        For an unknown name, with the closest known name.
+        When the calibrator needs labels and ``y`` is None.
     """
-    key = ALIASES.get(name, name)
-    if key not in CALIBRATORS:
-        known = sorted(CALIBRATORS)
-        raise ValueError(
-            f"The 'calibration' parameter must be None or one of {known}. Got {name!r} instead."
-            f"{did_you_mean(str(name), known + list(ALIASES))}"
-        )
-    return CALIBRATORS[key]()
+    if cal.needs_labels and y is None:
+        raise ValueError(f"calibration={cal.name!r} needs labeled examples: call fit(X, y) with y")
+    inputs = cal.fit_inputs(texts, random_state)
+    if inputs is not None:
+        cal.fit(score_texts(inputs), y if cal.needs_labels else None)
+
+
+def calibrate(
+    cal: Calibrator, scores: np.ndarray, texts: list[str], score_texts: ScoreTexts, random_state: int | None = None
+) -> np.ndarray:
+    """Calibrated log-probabilities of ``scores`` (the raw label scores of ``texts``)."""
+    if cal.is_fitted():
+        return cal.transform(scores)
+    return cal.transform_unfitted(scores, texts, score_texts, random_state)

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import unlabeled_texts_help
 from .errors import TemplateError, VerbalizeError
-from .estimator import Verbalizer, _resolve_template
+from .estimator import Verbalizer
 from .finetune import FineTuneConfig
 from .inputs import read_table, text_problem, write_table
+from .prompts import resolve_template
 from .scoring import Scorer
 
 CHUNK = 512
@@ -94,7 +96,7 @@ def _classifier(args: argparse.Namespace, **params: object) -> Verbalizer:
 
 
 def _check(args: argparse.Namespace) -> int:
-    template = _resolve_template(args.template, None)
+    template = resolve_template(args.template, None)
     text = args.text or template.sample_text
     print(f"template: {template.source}" + (f"  ({template.description})" if template.description else ""))
     print("prompt for a sample text (shown with escapes):")
@@ -132,7 +134,7 @@ def _predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress and len(texts) > 64,
     )
     good = [i for i, t in enumerate(texts) if text_problem(t) is None]
-    if clf.calibration in ("domain", "batch") and good:
+    if unlabeled_texts_help(clf.calibration) and good:
         clf.fit([texts[i] for i in good])
     usable = set(good)
     for i, row in enumerate(rows):
@@ -167,7 +169,7 @@ def _eval(args: argparse.Namespace) -> int:
     texts = texts[: len(rows)]
     y = [r.get("label") for r in rows]
     clf = _classifier(args, calibration=args.calibration, progress=True)
-    if clf.calibration in ("domain", "batch"):
+    if unlabeled_texts_help(clf.calibration):
         clf.fit(texts)
     pred = clf.predict(texts)
     print(f"n={len(y)}  accuracy={accuracy_score(y, pred):.4f}  macro_f1={f1_score(y, pred, average='macro'):.4f}")
@@ -176,7 +178,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     texts, rows = read_table(args.train, args.column)
-    template = _resolve_template(args.template, None)
+    template = resolve_template(args.template, None)
     labels = list(template.labels)
     good, problems = [], []
     for i, (text, row) in enumerate(zip(texts, rows, strict=True)):

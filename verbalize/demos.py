@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import check_choice
+
 SELECTIONS = ("balanced", "random", "first", "similar")
 
 
@@ -18,8 +20,7 @@ def select_demos(
     not a multiple), then shuffles their order; ``random`` samples uniformly; ``first`` takes the
     first rows. All randomness comes from ``random_state``.
     """
-    if strategy not in SELECTIONS or strategy == "similar":
-        raise ValueError(f"select_demos strategy must be one of {SELECTIONS[:3]}, got {strategy!r}")
+    check_choice(strategy, SELECTIONS[:3], "strategy", "select_demos")
     y_arr = np.asarray(y)
     n = min(int(n_demos), len(y_arr))
     rng = np.random.default_rng(random_state)
@@ -34,6 +35,27 @@ def select_demos(
             if pools[lab] and len(chosen) < n:
                 chosen.append(int(pools[lab].pop()))
     return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def choose_demos(
+    texts: Sequence[str],
+    y: Sequence[str] | None,
+    n_demos: int,
+    labels: Sequence[str],
+    selection: str = "balanced",
+    random_state: int | None = None,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(demonstrations shared by every prompt, pool of per-text demonstrations) from labeled rows.
+
+    ``selection="similar"`` gives the whole training set as the pool (see :func:`similar_demos`);
+    the other strategies pick shared demonstrations with :func:`select_demos`.
+    """
+    if y is None:
+        raise ValueError(f"n_demos={n_demos} needs labeled examples of the template's labels")
+    if selection == "similar":
+        return [], list(zip(texts, y, strict=True))
+    idx = select_demos(y, n_demos, labels, selection, random_state)
+    return [(texts[i], y[i]) for i in idx], []
 
 
 def similar_demos(

@@ -12,20 +12,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from .batching import pad_batch
-from .heads import Head, JointHeads, head_loss
+from .errors import check_choice, choice_problem
+from .heads import FittedHead, Head, HeadTargets, JointHeads
 from .labels import LabelTokens
-from .scoring import Scorer, label_logits
+from .prompts import Prompts, leading_special_ids, reserved_tokens
+from .scoring import Scorer
+from .training import Objective, TrainingResult, fine_tune
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +102,9 @@ class FineTuneConfig:
         if not isinstance(self.lora_target_modules, str):
             object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
         problems = []
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.lm_loss not in LM_LOSSES:
-            problems.append(f"lm_loss must be one of {LM_LOSSES}, got {self.lm_loss!r}")
+        for name, allowed in (("method", METHODS), ("lm_loss", LM_LOSSES)):
+            if problem := choice_problem(getattr(self, name), allowed, name, "FineTuneConfig"):
+                problems.append(problem)
         if not 0 <= self.validation_fraction < 1:
             problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         for name in ("epochs", "batch_size", "lm_max_tokens", "lora_r"):
@@ -125,291 +122,109 @@ class FineTuneConfig:
     def lr(self) -> float:
         return self.learning_rate or (2e-5 if self.method == "full" else 5e-4)
 
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The fields by name, so that scikit-learn addresses them as ``fine_tuning__<field>``.
+
+        The config is frozen: ``Verbalizer.set_params(fine_tuning__epochs=3)`` puts a changed copy in
+        its place (``dataclasses.replace``), and ``clone`` builds a new config from these values.
+        """
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lm_texts"] = list(self.lm_texts) if self.lm_texts is not None else None
         return d
 
 
-@dataclass
-class Objective:
-    """What the classifier is trained on: label-word targets and/or joint heads with their targets."""
-
-    label_tokens: LabelTokens | None
-    word_label: np.ndarray | None
-    n_labels: int
-    aggregation: str
-    y: np.ndarray | None  # (n,) label indices for the label-word loss, or None
-    heads: list[Head] = field(default_factory=list)
-    head_targets: list[np.ndarray] = field(default_factory=list)
-    joint: JointHeads | None = None
-    prompt_weight: float = 1.0
-
-    @property
-    def use_words(self) -> bool:
-        return self.y is not None and self.label_tokens is not None and self.prompt_weight > 0
+def replace_config(config: FineTuneConfig | None, key: str, value: Any) -> FineTuneConfig:
+    """A copy of ``config`` (default: a new one) with the field that ``fine_tuning__<field>`` names changed."""
+    config = config if config is not None else FineTuneConfig()
+    name = key.removeprefix("fine_tuning__")
+    check_choice(name, list(config.get_params()), "fine_tuning__<field>", "Verbalizer.set_params")
+    return dataclasses.replace(config, **{name: value})
 
 
-@dataclass
-class TrainingResult:
-    history: list[dict[str, float]]
-    best_epoch: int
-    seconds: float
-    steps: int
-
-
-def fine_tune(
+def train_classifier(
     scorer: Scorer,
-    ids: list[list[int]],
-    objective: Objective,
+    texts: Sequence[str],
+    prompts: Prompts,
+    label_tokens: LabelTokens,
+    labels: Sequence[str],
+    ys: Sequence[str] | None,
+    head_ys: HeadTargets,
+    heads: Sequence[Head],
+    aggregation: str,
     config: FineTuneConfig,
-    lm_ids: list[list[int]] | None = None,
     seed: int | None = None,
-) -> TrainingResult:
-    """Train ``scorer.model`` (in place) on prompts already tokenized (``ids``, BOS and prefix included)."""
-    t0 = time.perf_counter()
-    seed = 0 if seed is None else int(seed)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = scorer.model
-    device = scorer.device
-    train_idx, val_idx = _split(len(ids), _strata(objective), config.validation_fraction, seed)
-    peft_model = _wrap_lora(model, config) if config.method == "lora" else None
-    if objective.joint is not None:
-        objective.joint.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups: list[dict[str, Any]] = [{"params": params}]
-    if objective.joint is not None:
-        head_params = list(objective.joint.parameters())
-        groups.append({"params": head_params, "lr": config.head_learning_rate})
-        params = params + head_params
-    try:  # the fused kernel makes the step ~5x cheaper on CPU (0.7 s -> 0.15 s for 135M parameters)
-        opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = math.ceil(len(train_idx) / config.batch_size)
-    total = per_epoch * config.epochs
-    warm = max(1, int(config.warmup_ratio * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
-    )
-    lm_weight = config.lm_weight if lm_ids else 0.0
-    teacher = _teacher(model, peft_model) if lm_weight and config.lm_loss == "distill" else None
-    history: list[dict[str, float]] = []
-    best: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, stale, step = 0, 0, 0
-    bar = tqdm(total=total, disable=not config.progress, desc="fine-tuning", unit="step")
-    try:
-        for epoch in range(1, config.epochs + 1):
-            model.train()
-            if objective.joint is not None:
-                objective.joint.train()
-            order = rng.permutation(train_idx)
-            losses = []
-            for start in range(0, len(order), config.batch_size):
-                rows = order[start : start + config.batch_size]
-                loss, _ = _loss(scorer, ids, rows, objective, device)
-                if lm_weight:
-                    pick = rng.choice(len(lm_ids), size=min(config.batch_size, len(lm_ids)), replace=False)  # type: ignore[arg-type]
-                    rows_lm = [lm_ids[i] for i in pick]  # type: ignore[index]
-                    loss = loss + lm_weight * lm_loss(model, rows_lm, scorer.pad_id, device, teacher)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                opt.step()
-                sched.step()
-                step += 1
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-            record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-            if len(val_idx):
-                val_loss, val_acc = _evaluate(scorer, ids, val_idx, objective, device, config.batch_size)
-                record |= {"val_loss": val_loss, "val_accuracy": val_acc}
-                key = (val_acc, -val_loss)
-                if best is None or key > best:
-                    best, best_epoch, stale = key, epoch, 0
-                    best_state = _snapshot(model, objective.joint)
-                else:
-                    stale += 1
-            else:
-                best_epoch = epoch
-            history.append(record)
-            logger.info("epoch %d: %s", epoch, record)
-            if len(val_idx) and stale >= config.patience:
-                break
-    finally:
-        bar.close()
-    if best_state is not None:
-        _restore(model, objective.joint, best_state)
-    model.eval()
-    if objective.joint is not None:
-        objective.joint.eval()
-    if peft_model is not None:
-        merged = peft_model.merge_and_unload()
-        assert merged is model, "LoRA merge must give back the same model object"
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return TrainingResult(history, best_epoch, time.perf_counter() - t0, step)
+) -> tuple[Scorer, TrainingResult, dict[str, FittedHead]]:
+    """Fine-tune a copy of ``scorer``'s model on the ``prompts`` of ``texts``; the shared model is never changed.
 
+    ``ys`` are the template-label targets (or None), ``head_ys`` the targets of the joint ``heads``.
+    Returns the scorer of the trained copy, the run's history and the jointly trained heads.
 
-def lm_loss(
-    model: Any, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device, teacher: Any = None
-) -> torch.Tensor:
-    """Mean next-token cross-entropy over the real tokens of right-padded rows; with a ``teacher``
-    (a callable giving the frozen model's logits), the mean KL(teacher || model) over those tokens."""
-    batch = pad_batch([list(r) for r in rows], np.arange(len(rows)), pad_id)
-    ids = batch.input_ids.to(device)
-    mask = batch.attention_mask.to(device)
-    if teacher is None:
-        return model(input_ids=ids, labels=ids.masked_fill(mask == 0, -100)).loss
-    training = model.training
-    model.eval()  # no dropout here: with it the KL from the (eval-mode) teacher never reaches 0 and its
-    try:  # gradient mostly fights the dropout noise (measured on GPT-2: no pull towards the base at all)
-        logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)  # (b, L, V)
-    finally:
-        model.train(training)
-    with torch.no_grad():
-        ref = torch.log_softmax(teacher(ids).float(), dim=-1)  # (b, L, V)
-    kl = (ref.exp() * (ref - logp)).sum(-1)  # (b, L)
-    return (kl * mask).sum() / mask.sum()
-
-
-@torch.no_grad()
-def perplexity(model: Any, rows: Sequence[Sequence[int]], pad_id: int, batch_size: int = 16) -> float:
-    """exp of the mean next-token loss over all real tokens of the rows (each row scored on its own)."""
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        chunk = [r for r in rows[start : start + batch_size] if len(r) > 1]
-        if not chunk:
-            continue
-        n = sum(len(r) - 1 for r in chunk)  # predicted tokens: all but each row's first
-        total += float(lm_loss(model, chunk, pad_id, device)) * n
-        count += n
-    return math.exp(total / max(count, 1))
-
-
-def _loss(
-    scorer: Scorer, ids: list[list[int]], rows: np.ndarray, obj: Objective, device: torch.device
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Weighted classification loss of these rows, and each objective's logits (label words first)."""
-    batch = pad_batch([ids[i] for i in rows], rows, scorer.pad_id)
-    batch = batch.to(device)
-    use_words = obj.use_words
-    words, feats = scorer.forward(batch, None, 0, obj.label_tokens if use_words else None, [h.pool for h in obj.heads])
-    loss = torch.zeros((), device=device)
-    logits: list[torch.Tensor] = []
-    if use_words:
-        assert words is not None and obj.word_label is not None and obj.y is not None
-        z = label_logits(words, obj.word_label, obj.n_labels, obj.aggregation)
-        logits.append(z)
-        loss = loss + obj.prompt_weight * torch.nn.functional.cross_entropy(
-            z, torch.as_tensor(obj.y[rows], device=device)
+    Raises
+    ------
+    ValueError
+        When there is nothing to train on, or the targets hold a single class.
+    """
+    joint = [h for h in heads if h.training == "joint"]
+    index = {c: i for i, c in enumerate(labels)}
+    y = np.array([index[v] for v in ys]) if ys is not None else None
+    if y is None and not joint:
+        raise ValueError(
+            "fine-tuning needs labels of the template's labels, or a head with training='joint'; "
+            f"the template's labels are {list(labels)}"
         )
-    if obj.heads:
-        assert obj.joint is not None
-        for head, z, target in zip(obj.heads, obj.joint(feats), obj.head_targets, strict=True):
-            logits.append(z)
-            loss = loss + head.weight * head_loss(head, z, torch.as_tensor(target[rows], device=device))
-    return loss, logits
-
-
-@torch.no_grad()
-def _evaluate(
-    scorer: Scorer, ids: list[list[int]], rows: np.ndarray, obj: Objective, device: torch.device, batch_size: int
-) -> tuple[float, float]:
-    """Validation loss and accuracy (mean over objectives; multi-label heads count exact-match accuracy)."""
-    scorer.model.eval()
-    if obj.joint is not None:
-        obj.joint.eval()
-    losses, correct = [], []
-    targets: list[np.ndarray] = ([obj.y] if obj.use_words and obj.y is not None else []) + list(obj.head_targets)
-    multi = ([False] if len(targets) > len(obj.heads) else []) + [h.multi_label for h in obj.heads]
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        loss, logits = _loss(scorer, ids, chunk, obj, device)
-        losses.append(float(loss) * len(chunk))
-        row_ok = np.ones(len(chunk))
-        for logit, t, is_multi in zip(logits, targets, multi, strict=True):
-            z = logit.float().cpu().numpy()
-            if is_multi:
-                row_ok *= ((z > 0) == (t[chunk] > 0.5)).all(axis=1)
-            else:
-                row_ok *= z.argmax(axis=1) == t[chunk]
-        correct.append(row_ok)
-    return float(np.sum(losses) / len(rows)), float(np.concatenate(correct).mean())
-
-
-def _strata(obj: Objective) -> np.ndarray | None:
-    if obj.y is not None:  # stratify on the template's labels even when only heads are trained
-        return obj.y
-    for head, t in zip(obj.heads, obj.head_targets, strict=True):
-        if not head.multi_label:
-            return t
-    return None
-
-
-def _split(n: int, strata: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/validation indices; no validation when there are too few examples for it."""
-    idx = np.arange(n)
-    n_val = int(round(n * fraction))
-    n_classes = len(np.unique(strata)) if strata is not None else 1
-    if fraction == 0 or n_val < n_classes or n - n_val < n_classes:
-        if fraction:
-            logger.warning("too few examples (%d) for a validation split: training without early stopping", n)
-        return idx, idx[:0]
-    from sklearn.model_selection import train_test_split
-
-    counts = np.unique(strata, return_counts=True)[1] if strata is not None else np.array([n])
-    stratify = strata if strata is not None and counts.min() >= 2 else None
-    tr, va = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
-    return np.sort(tr), np.sort(va)
-
-
-def _teacher(model: Any, peft_model: Any) -> Any:
-    """The model as it was before fine-tuning, as a function ids -> logits (LoRA: adapters switched off)."""
-    if peft_model is not None:
-
-        def adapters_off(ids: torch.Tensor) -> torch.Tensor:
-            with peft_model.disable_adapter():
-                return model(input_ids=ids).logits
-
-        return adapters_off
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    return lambda ids: frozen(input_ids=ids).logits
-
-
-def _wrap_lora(model: Any, config: FineTuneConfig) -> Any:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as exc:
-        raise ImportError("method='lora' needs the optional peft package: pip install 'verbalize[peft]'") from exc
-    targets = config.lora_target_modules
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=targets if isinstance(targets, str) else list(targets),
-        task_type="CAUSAL_LM",
-        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),  # GPT-2 stores weights (in, out)
+    _refuse_single_class(y, labels, [(h, *head_ys[h.name]) for h in joint])
+    # Train a copy: the loaded model is shared (cached per process) with other classifiers.
+    tuned = Scorer(
+        copy.deepcopy(scorer.model), scorer.tokenizer, scorer.batch_size, scorer.context_length, scorer.max_tokens
     )
-    return get_peft_model(model, lora)
+    hidden = tuned.model.config.hidden_size
+    objective = Objective(  # the label-word loss (when y is given) and the joint heads' losses
+        label_tokens=label_tokens,
+        word_label=label_tokens.word_label,
+        n_labels=len(labels),
+        aggregation=aggregation,
+        y=y,
+        heads=joint,
+        head_targets=[head_ys[h.name][1] for h in joint],
+        joint=JointHeads(joint, [len(head_ys[h.name][0]) for h in joint], hidden) if joint else None,
+        prompt_weight=config.prompt_weight,
+    )
+    ids = tuned.encode(prompts.prompts, prompts.spans, prompts.prefix, reserved_tokens(label_tokens)).ids
+    result = fine_tune(tuned, ids, objective, config, _lm_ids(tuned, texts, config), seed)
+    fitted = {}
+    for h in joint:  # the trained linear layers, as fitted heads
+        layer = objective.joint.linear(h.name)  # type: ignore[union-attr]
+        w, b = layer.weight.detach().cpu(), layer.bias.detach().cpu()
+        fitted[h.name] = FittedHead(h, np.array(head_ys[h.name][0], dtype=object), w, b)
+    return tuned, result, fitted
 
 
-def _snapshot(model: Any, joint: JointHeads | None) -> dict[str, torch.Tensor]:
-    state = {f"model.{n}": p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    if joint is not None:
-        state |= {f"joint.{n}": p.detach().clone() for n, p in joint.named_parameters()}
-    return state
+def _lm_ids(scorer: Scorer, texts: Sequence[str], config: FineTuneConfig) -> list[list[int]] | None:
+    """Token ids of the plain texts for the LM loss (``lm_texts``, else the training texts), BOS first."""
+    if not config.lm_weight:
+        return None
+    lead = leading_special_ids(scorer.tokenizer)
+    source = list(config.lm_texts) if config.lm_texts is not None else list(texts)
+    tokens = scorer.tokenizer(source, add_special_tokens=False)["input_ids"]
+    return [(lead + x)[: config.lm_max_tokens] for x in tokens]
 
 
-@torch.no_grad()
-def _restore(model: Any, joint: JointHeads | None, state: dict[str, torch.Tensor]) -> None:
-    params = {f"model.{n}": p for n, p in model.named_parameters()}
-    if joint is not None:
-        params |= {f"joint.{n}": p for n, p in joint.named_parameters()}
-    for name, value in state.items():
-        params[name].copy_(value)
+def _refuse_single_class(
+    y: np.ndarray | None, labels: Sequence[str], heads: Sequence[tuple[Head, list[str], np.ndarray]]
+) -> None:
+    """Training on one class teaches the model to always answer it (and validation then reads 1.0)."""
+    targets = ([("the template's labels", list(labels), y)] if y is not None else []) + [
+        (f"head {h.name!r}", classes, t) for h, classes, t in heads if not h.multi_label
+    ]
+    for what, classes, t in targets:
+        present = np.unique(t)
+        if len(present) < 2:
+            only = classes[int(present[0])] if len(present) else None
+            raise ValueError(
+                f"fine-tuning needs at least two classes of {what} in y; got only {only!r} in {len(t)} rows. "
+                f"A single-class training set teaches the model to always answer {only!r}: add examples of "
+                f"the other labels {[c for c in classes if c != only]}"
+            )

@@ -12,13 +12,16 @@ safetensors and reloaded exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .errors import ParameterError, check_choice, choice_problem
+from .inputs import check_labels
 from .scoring import POOLINGS
 
 TRAININGS = ("probe", "joint")
@@ -65,10 +68,9 @@ class Head:
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
         problems = []
-        if self.pooling not in POOLINGS:
-            problems.append(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.training not in TRAININGS:
-            problems.append(f"training must be one of {TRAININGS}, got {self.training!r}")
+        for name, allowed in (("pooling", POOLINGS), ("training", TRAININGS)):
+            if problem := choice_problem(getattr(self, name), allowed, name, "Head"):
+                problems.append(problem)
         if not isinstance(self.layers, int) or self.layers < 1:
             problems.append(f"layers must be an int >= 1, got {self.layers!r}")
         if self.weight < 0 or self.C <= 0:
@@ -132,6 +134,74 @@ class FittedHead:
             tensors[f"{head.name}.bias"],
             threshold.numpy() if threshold is not None else None,
         )
+
+
+def as_heads(heads: Head | Sequence[Head] | None) -> list[Head]:
+    """The ``heads`` parameter as a list of distinctly named :class:`Head` objects."""
+    if heads is None:
+        return []
+    out = [heads] if isinstance(heads, Head) else list(heads)
+    bad = [h for h in out if not isinstance(h, Head)]
+    if bad:
+        raise TypeError(f"heads must be Head objects, got {type(bad[0]).__name__}: use verbalize.Head(...)")
+    names = [h.name for h in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"heads need distinct names; {dupes} repeats: e.g. Head(name='coarse'), Head(name='fine')")
+    return out
+
+
+def one_or_all(by_head: dict[str, Any]) -> Any:
+    """A single head's value as it is; with several heads, the dict {head name: value}."""
+    return next(iter(by_head.values())) if len(by_head) == 1 else by_head
+
+
+HeadTargets = dict[str, tuple[list[str], np.ndarray]]
+"""Head name -> (its classes, its targets: class indices (n,) or a 0/1 matrix (n, K))."""
+
+
+def split_targets(
+    heads: Sequence[Head], y: Any, n: int, template_labels: Sequence[str], needs_y: bool = False
+) -> tuple[list[str] | None, HeadTargets]:
+    """Split ``fit``'s ``y`` into template-label targets (label words, demos, calibration) and each head's.
+
+    With several heads ``y`` is a dict {head name: labels}. With heads, the label words are trained
+    on the first single-label head whose classes are the template's labels (None when there is none).
+
+    Raises
+    ------
+    ValueError, TypeError
+        When ``y`` is missing (heads or ``needs_y``), has the wrong shape, or has unknown labels.
+    """
+    if y is None:
+        if heads or needs_y:
+            raise ValueError("fit needs labels y for heads and fine-tuning")
+        return None, {}
+    if len(heads) > 1:
+        if not isinstance(y, Mapping):
+            raise TypeError(
+                f"with {len(heads)} heads, y must be a dict {{head name: labels}} with keys {[h.name for h in heads]}"
+            )
+        missing = [h.name for h in heads if h.name not in y]
+        if missing:
+            raise ValueError(f"y has no labels for heads {missing}; its keys are {list(y)}")
+    head_ys: HeadTargets = {}
+    for h in heads:
+        values = y[h.name] if len(heads) > 1 else y
+        values = list(values) if not hasattr(values, "shape") or np.asarray(values).ndim == 1 else values
+        if len(values) != n:
+            raise ValueError(f"X and y of head {h.name!r} have different lengths: {n} texts, {len(values)} labels")
+        classes = head_classes(h, values, template_labels)
+        head_ys[h.name] = (classes, head_targets(h, values, classes))
+    ys = check_labels(y, template_labels) if not heads else None
+    for h in heads:
+        classes, target = head_ys[h.name]
+        if not h.multi_label and classes == list(template_labels):
+            ys = [classes[i] for i in target]
+            break
+    if ys is not None and len(ys) != n:
+        raise ValueError(f"X and y have different lengths: {n} texts, {len(ys)} labels")
+    return ys, head_ys
 
 
 def head_classes(head: Head, y: Any, template_labels: Sequence[str]) -> list[str]:
@@ -207,6 +277,36 @@ def fit_probe(head: Head, feats: np.ndarray, targets: np.ndarray, classes: Seque
     w = coef / sd
     b = intercept - w @ mu
     return FittedHead(head, np.array(classes, dtype=object), torch.tensor(w), torch.tensor(b))
+
+
+def fit_probes(
+    heads: Sequence[Head], feats: Sequence[np.ndarray], head_ys: HeadTargets, fitted: dict[str, FittedHead]
+) -> None:
+    """Fit each probe head on its features into ``fitted``, and tune multi-label thresholds (joint ones too)."""
+    for h, f in zip(heads, feats, strict=True):
+        classes, target = head_ys[h.name]
+        if h.training == "probe":
+            fitted[h.name] = fit_probe(h, f, target, classes)
+        if h.multi_label:
+            fitted[h.name].threshold = tune_thresholds(fitted[h.name].predict_proba(f), target)
+
+
+def head_params(heads: Head | Sequence[Head] | None) -> dict[str, Any]:
+    """Every head's fields as nested parameters ``heads__<head name>__<field>`` (for ``get_params(deep=True)``)."""
+    return {f"heads__{h.name}__{f.name}": getattr(h, f.name) for h in as_heads(heads) for f in dataclasses.fields(h)}
+
+
+def replace_head(heads: Head | Sequence[Head] | None, key: str, value: Any) -> Head | list[Head]:
+    """``heads`` with one field of one head changed, for ``set_params(heads__<name>__<field>=value)``."""
+    parts = key.split("__")
+    listed = as_heads(heads)
+    if len(parts) != 3:
+        raise ParameterError(f"{key!r}: nested head parameters are written heads__<head name>__<field>")
+    check_choice(parts[1], [h.name for h in listed], "heads__<name>", "Verbalizer.set_params")
+    fields = [f.name for f in dataclasses.fields(Head)]
+    check_choice(parts[2], fields, "heads__<name>__<field>", "Verbalizer.set_params")
+    out = [dataclasses.replace(h, **{parts[2]: value}) if h.name == parts[1] else h for h in listed]
+    return out[0] if isinstance(heads, Head) else out
 
 
 def tune_thresholds(proba: np.ndarray, targets: np.ndarray) -> np.ndarray:

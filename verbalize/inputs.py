@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,11 @@ def check_texts(X: Any, name: str = "X") -> list[str]:
     """
     if isinstance(X, str | bytes):
         raise TypeError(f"{name} must be a list of texts, got a single {type(X).__name__}; wrap it in a list: [text]")
+    if isinstance(X, Set | Mapping):
+        raise TypeError(
+            f"{name} must be an ordered sequence of texts (list, tuple, array), got a {type(X).__name__}: its "
+            "order is not the order of the predictions. Pass list(...) of the texts in the order you want"
+        )
     if hasattr(X, "ndim") and X.ndim != 1:
         raise TypeError(f"{name} must be 1-D (one text per row), got an array of shape {X.shape}")
     if hasattr(X, "tolist"):

@@ -29,16 +29,17 @@ from tqdm.auto import tqdm
 
 from . import model_io
 from .batching import Batch, Encoded, encode_prompts, pad_batch, pad_id_of
-from .errors import InputError
+from .errors import InputError, check_choice
 from .labels import LabelTokens, _ids
 from .model_io import ModelIO
 from .models import load_model
+from .prompts import leading_special_ids, reserved_tokens
 
 logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("logsumexp", "mean", "max")
 POOLINGS = ("last", "mean")
-_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_LOADED: dict[tuple[str, str, str, Any], tuple[Any, Any]] = {}
 _PATH_OF: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # model -> its exact logits path
 
 
@@ -80,7 +81,7 @@ class Scorer:
         window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.context_length = min(x for x in (window, max_length, 10**9) if x)
         self.pad_id = pad_id_of(tokenizer)
-        self._lead = _leading_special_ids(tokenizer)
+        self._lead = leading_special_ids(tokenizer)
         self.last_n_truncated = 0
         self.io = self._choose(logits)
 
@@ -89,7 +90,11 @@ class Scorer:
         cls, name: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "float32", **kwargs: Any
     ) -> Scorer:
         """Load (once per process, per name/device/dtype) and wrap a model; see :func:`load_model`."""
-        key = (str(name), str(device), str(dtype))
+        # A local directory is also keyed by its inode and mtime: a classifier saved again to the same
+        # path (an atomic rename puts a new directory there) must not be served the old weights.
+        where = os.path.expanduser(os.fspath(name)) if name is not None else ""
+        stamp = (os.stat(where).st_ino, os.stat(where).st_mtime_ns) if where and os.path.isdir(where) else None
+        key = (str(name), str(device), str(dtype), stamp)
         if key not in _LOADED:
             _LOADED[key] = load_model(name, device, dtype)
         return cls(*_LOADED[key], **kwargs)
@@ -151,7 +156,7 @@ class Scorer:
         widths = ([len(label_tokens.word_ids)] if label_tokens is not None else []) + [
             self.model.config.hidden_size * layers for _, layers in pools
         ]
-        room = max((len(ids) for ids in label_tokens.word_ids), default=1) - 1 if label_tokens is not None else 0
+        room = reserved_tokens(label_tokens)
         want_states = any(how == "mean" for how, _ in pools)
 
         def step(batch: Batch, cache: Any, n_prefix: int, prefix_states: Any) -> list[torch.Tensor]:
@@ -209,8 +214,7 @@ class Scorer:
         n_prefix: int,
         prefix_states: list[torch.Tensor] | None,
     ) -> torch.Tensor:
-        if how not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
+        check_choice(how, POOLINGS, "pooling", "Head")
         if layers > len(states):
             raise ValueError(f"layers={layers} but the model returned {len(states)} hidden layers")
         picked = states[-layers:]
@@ -339,8 +343,7 @@ def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, ho
 
 def label_logits(words: torch.Tensor, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> torch.Tensor:
     """:func:`aggregate` on a tensor, differentiable (training uses it): (b, n_words) -> (b, n_labels)."""
-    if how not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+    check_choice(how, AGGREGATIONS, "aggregation", "Verbalizer")
     cols = []
     for k in range(n_labels):
         s = words[:, torch.as_tensor(np.flatnonzero(word_label == k), device=words.device)]  # (b, words of label k)
@@ -371,11 +374,3 @@ def _shared_length(rows: list[list[int]], prefix: list[int]) -> int:
     return max(n, 0)
 
 
-def _leading_special_ids(tokenizer: Any) -> list[int]:
-    """The special tokens (BOS) a tokenizer puts before a text; trailing ones (EOS) are not wanted here."""
-    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
-    plain = _ids(tokenizer, "a")
-    for i in range(len(with_special) - len(plain) + 1):
-        if with_special[i : i + len(plain)] == plain:
-            return with_special[:i]
-    return []
