@@ -115,3 +115,84 @@ def test_finetune_trains_saves_and_predict_uses_the_saved_classifier(tmp_path, t
     assert main(["predict", str(out), str(src)]) == 0
     got = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [r["prediction"] for r in got] == ["positive", "negative"]
+
+
+def test_check_loads_the_tokenizer_only(tmp_template, model_dir, monkeypatch, capsys):
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("verbalize check must not load model weights")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    assert main(["check", str(tmp_template(TEMPLATE)), "--model", model_dir]) == 0
+    out = capsys.readouterr().out
+    assert "ok: no problems found" in out and "of model" in out and "64 tokens" in out  # tiny GPT-2: n_positions 64
+
+
+def test_check_finds_a_shipped_template_by_name(model_dir, capsys):
+    assert main(["check", "sst2", "--model", model_dir]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("template: ") and out.splitlines()[0].split()[1].endswith("sst2.toml")
+    assert main(["check", "sst", "--model", model_dir]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'sst2'?" in err and "agnews" in err and "trec" in err
+
+
+def test_check_refuses_an_instruction_longer_than_the_context_window(tmp_template, model_dir, capsys):
+    long = "Read the review and answer with one word. " * 20  # far more than the tiny model's 64 positions
+    path = tmp_template(f'instruction = "{long.strip()}"\n' + TEMPLATE)
+    assert main(["check", str(path), "--model", model_dir]) == 1
+    captured = capsys.readouterr()
+    assert "context window of 64" in captured.err and "shorten the instruction" in captured.err
+    assert "ok: no problems found" not in captured.out
+
+
+def _labeled(tmp_path, texts, labels):
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels, strict=True)))
+    return str(src)
+
+
+EVAL_TEXTS = ["good film", "bad film", "a great review", "terrible and bad", "the plot was bad", "good good"]
+LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
+
+
+def _naive_predictions(gpt2_model, gpt2_tokenizer, calibrated):
+    import numpy as np
+    import reference
+
+    prompts = [f"Review: {t}\nSentiment:" for t in EVAL_TEXTS]
+    scores = reference.label_scores(gpt2_model, gpt2_tokenizer, prompts, LABELS)
+    if calibrated:  # batch calibration (Zhou et al. 2024): the prior is the mean probability over the texts
+        scores = reference.prior_corrected(scores, scores)
+    return [list(LABELS)[i] for i in np.argmax(scores, axis=1)]
+
+
+def _accuracy(out):
+    line = [x for x in out.splitlines() if x.startswith("n=")][-1]
+    fields = dict(f.split("=") for f in line.split())
+    return int(fields["n"]), float(fields["accuracy"])
+
+
+def test_eval_limit_uses_the_first_rows_only(tmp_path, tmp_template, model_dir, gpt2_model, gpt2_tokenizer, capsys):
+    pred = _naive_predictions(gpt2_model, gpt2_tokenizer, calibrated=False)
+    flip = {"negative": "positive", "positive": "negative"}
+    labels = pred[:3] + [flip[p] for p in pred[3:]]  # right on the first 3 rows, wrong on the rest
+    data = _labeled(tmp_path, EVAL_TEXTS, labels)
+    assert main(["eval", str(tmp_template(TEMPLATE)), data, "--model", model_dir, "--limit", "3"]) == 0
+    assert _accuracy(capsys.readouterr().out) == (3, 1.0)
+    assert main(["eval", str(tmp_template(TEMPLATE)), data, "--model", model_dir]) == 0
+    assert _accuracy(capsys.readouterr().out) == (6, 0.5)
+
+
+def test_eval_calibration_is_applied(tmp_path, tmp_template, model_dir, gpt2_model, gpt2_tokenizer, capsys):
+    raw = _naive_predictions(gpt2_model, gpt2_tokenizer, calibrated=False)
+    cal = _naive_predictions(gpt2_model, gpt2_tokenizer, calibrated=True)
+    assert raw != cal  # binary batch calibration flips every text whose p(positive) is below the mean
+    data = _labeled(tmp_path, EVAL_TEXTS, cal)  # labels: what batch calibration predicts
+    args = ["eval", str(tmp_template(TEMPLATE)), data, "--model", model_dir]
+    assert main([*args, "--calibration", "batch"]) == 0
+    assert _accuracy(capsys.readouterr().out) == (6, 1.0)
+    assert main(args) == 0
+    agree = sum(a == b for a, b in zip(raw, cal, strict=True)) / len(raw)
+    assert _accuracy(capsys.readouterr().out) == (6, round(agree, 4))

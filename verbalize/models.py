@@ -132,6 +132,46 @@ def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str 
     return model, tokenizer
 
 
+def load_tokenizer(name: str | os.PathLike | None) -> Any:
+    """Load only the tokenizer of a model (no weights), e.g. to show how label words tokenize.
+
+    ``name`` is resolved as in :func:`load_model`: None for the embedded default (read from the converted
+    cache; a cold cache is converted once first), a ``.gguf`` file, a local directory or a hub id. When the
+    tokenizer does not state the context window, ``model_max_length`` is set from the model's config
+    (``max_position_embeddings`` or ``n_positions``, the window the scorer uses), so callers can check fit.
+
+    Raises
+    ------
+    ModelLoadError
+        When ``name`` resolves to no tokenizer.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = default_gguf() if name is None else Path(os.fspath(name)).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {str(path)!r} not found")
+        path = convert_gguf(path)
+    source = str(path) if path.exists() else os.fspath(name)  # type: ignore[arg-type]
+    try:
+        with _quiet():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not load the tokenizer of {source!r}: not a local directory or GGUF file, and the Hugging Face "
+            f"hub did not provide it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
+    if not 0 < getattr(tokenizer, "model_max_length", 0) < 10**9:  # transformers' "unknown" is ~1e30
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError):
+            config = None
+        window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if window:
+            tokenizer.model_max_length = int(window)
+    return tokenizer
+
+
 @torch.no_grad()
 def _realign(model: torch.nn.Module) -> None:
     """Give every weight its own, aligned memory.

@@ -207,24 +207,62 @@ def _value_issues(data: Mapping[str, Any], source: str, prefix: str = "") -> lis
     return issues
 
 
+def shipped_templates() -> dict[str, Path]:
+    """The templates shipped with verbalize: name -> file.
+
+    An installed wheel carries them as package data in ``verbalize/templates/`` (pyproject maps the
+    checkout's top-level ``templates/`` folder there); a source checkout reads that folder itself.
+
+    Examples
+    --------
+    >>> sorted(shipped_templates())[:3]
+    ['agnews', 'sst2', 'trec']
+    """
+    here = Path(__file__).resolve().parent
+    for folder in (here / "templates", here.parent / "templates"):  # installed wheel, then source checkout
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+    return {}
+
+
+def _find(path: str | Path) -> Path:
+    """A template file: ``path`` when it exists, else the shipped template of that name ("sst2" or "sst2.toml")."""
+    file = Path(path)
+    if file.is_file():
+        return file
+    shipped = shipped_templates()
+    name = file.stem if file.suffix == ".toml" else file.name
+    if len(file.parts) == 1 and name in shipped:  # a bare name, no folder: a shipped template
+        return shipped[name]
+    raise FileNotFoundError(
+        f"template file {str(path)!r} not found.{did_you_mean(name, shipped)} "
+        f"Shipped templates, usable by name: {', '.join(shipped) or 'none found'}."
+    )
+
+
 def load_template(path: str | Path) -> Template:
     """Read a TOML template file and validate it, reporting every problem at once.
+
+    Parameters
+    ----------
+    path : str or Path
+        A template file, or the name of a shipped template (``"sst2"``, see :func:`shipped_templates`),
+        used when no file of that name exists.
 
     Raises
     ------
     FileNotFoundError
-        When ``path`` does not exist.
+        When ``path`` is neither a file nor a shipped template's name; the message lists the shipped names.
     TemplateError
         With one line per problem, each ``file: key: what; how to fix``.
+
+    Examples
+    --------
+    >>> load_template("sst2").prompt
+    'Review: {text}\\nSentiment:'
     """
-    path = Path(path)
+    path = _find(path)
     source = str(path)
-    if not path.is_file():
-        hint = ""
-        shipped = Path(__file__).resolve().parent.parent / "templates"
-        if shipped.is_dir():
-            hint = f" Shipped templates: {', '.join(sorted(p.name for p in shipped.glob('*.toml')))}."
-        raise FileNotFoundError(f"template file {source!r} not found.{hint}")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
