@@ -45,8 +45,9 @@ PREDICTION_FIELDS = ("prediction", "probability", "error")
 STATE_VERSION = 1
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; ``signum`` says which."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; ``signum`` says which (a BaseException, as KeyboardInterrupt: no
+    ``except Exception`` in the per-row fallback may swallow it)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
