@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         "--engine", choices=["local", "ray"], default="local", help="ray: Ray Data (pip install verbalize[ray])"
     )
     r.add_argument("--concurrency", type=_positive, default=None, help="ray: number of actors (default: 2)")
-    r.add_argument("--threads-per-actor", type=_positive, default=1, help="ray: CPUs (torch threads) per actor")
+    r.add_argument("--threads-per-actor", type=_positive, default=1, help="ray: torch threads per actor")
+    r.add_argument("--cpus-per-actor", type=float, default=None, help="ray: CPUs reserved per actor (default: threads)")
     r.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs per actor")
     r.set_defaults(func=_predict)
 
@@ -257,8 +258,9 @@ def _predict_ray(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"--output {out} exists and is not an empty folder; choose a new folder for the Parquet files")
     source = open_source(args.input, args.column)
-    _ready_classifier(args, source)  # every setup error here, before Ray starts
+    clf = _ready_classifier(args, source)  # every setup error here, before Ray starts
     saved = _saved(args)
+    fit = clf.calibration in ("domain", "batch") and not saved
     n = predict_file(
         source,
         out,
@@ -268,8 +270,10 @@ def _predict_ray(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
         concurrency=args.concurrency or 2,
-        num_cpus=args.threads_per_actor,
+        threads=args.threads_per_actor,
+        num_cpus=args.cpus_per_actor,
         num_gpus=args.gpus_per_actor,
+        fit_texts=sample_texts(source, CALIBRATION_SAMPLE) if fit else None,
     )
     print(f"{n} rows written to {out} (Parquet)", file=sys.stderr)
     return EXIT_OK
