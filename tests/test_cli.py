@@ -138,6 +138,10 @@ def test_setup_errors_exit_2_once_before_any_row(tmp_path, tmp_template, model_d
     broken = tmp_template('prompt = "Review: {txt}"\n[labels]\na = ["x"]\n', name="broken.toml")
     assert main(["predict", str(broken), str(empty), "--model", model_dir]) == 2
     assert "unknown placeholder {txt}" in capsys.readouterr().err
+    long = tmp_template(TEMPLATE.replace('name = "t"', f'instruction = "{"many words here " * 60}"'), name="long.toml")
+    assert main(["predict", str(long), str(src), "--model", model_dir, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "the template alone takes" in err and not out.exists()
 
 
 def test_saved_classifier_refuses_model_and_calibration(tmp_path, tmp_template, model_dir, gpt2_model, gpt2_tokenizer):

@@ -252,11 +252,9 @@ def _predict_ray(args: argparse.Namespace) -> int:
 
     if args.resume:
         raise InputError("--resume works with --engine local only; a Ray job reruns from the start")
-    if args.output is None:
-        raise InputError("--engine ray needs --output DIR: a folder that receives the Parquet files")
-    out = Path(args.output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"--output {out} exists and is not an empty folder; choose a new folder for the Parquet files")
+    out = check_output(args.output)
+    if out is None or out.suffix.lower() != ".parquet":
+        raise InputError("--engine ray writes Parquet: give --output FILE.parquet")
     source = open_source(args.input, args.column)
     clf = _ready_classifier(args, source)  # every setup error here, before Ray starts
     saved = _saved(args)
@@ -275,7 +273,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
         num_gpus=args.gpus_per_actor,
         fit_texts=sample_texts(source, CALIBRATION_SAMPLE) if fit else None,
     )
-    print(f"{n} rows written to {out} (Parquet)", file=sys.stderr)
+    print(f"{n} rows written to {out}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -3,7 +3,8 @@
 :func:`classify_dataset` adds ``prediction``, ``probability`` and ``error`` columns to any
 ``ray.data.Dataset`` (read from Parquet / CSV / JSONL, local or object-store paths) with ``map_batches``
 over a pool of actors; each actor loads the model once. :func:`predict_file` is what
-``verbalize predict --engine ray`` runs: read a file, classify, write Parquet (one row per input row).
+``verbalize predict --engine ray`` runs: read a file, classify, write one Parquet file (one row per input
+row, in input order).
 
 The dataset is cut into blocks of exactly ``chunk_size`` rows in input order and each actor classifies one
 block at a time with :func:`verbalize.jobs.classify_rows`, so every text is scored in the same group of
@@ -125,7 +126,11 @@ def classify_dataset(
     >>> out.write_parquet("s3://bucket/predictions/")  # doctest: +SKIP
     """
     ray = _ray()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    # Chunks equal to the local job's need blocks in input order. A Dataset binds the DataContext current
+    # when it was created, so set the flag there too (no public setter in Ray 2.60).
+    for ctx in (ray.data.DataContext.get_current(), getattr(ds, "_context", None)):
+        if ctx is not None:
+            ctx.execution_options.preserve_order = True
     params = {"template": str(template), "model": model, "calibration": calibration, "batch_size": batch_size}
     blocks = ds.repartition(target_num_rows_per_block=chunk_size, strict=True)
     return blocks.map_batches(
@@ -158,8 +163,11 @@ def read_dataset(source: Source) -> Any:
 
 
 def predict_file(source: Source, output: str | Path, **options: Any) -> int:
-    """Read ``source`` with Ray Data, classify it (see :func:`classify_dataset`), write Parquet files
-    into the folder ``output``; returns the number of rows written."""
+    """Read ``source`` with Ray Data, classify it (see :func:`classify_dataset`) and write one Parquet file
+    ``output`` in input order (streamed through the driver into a temporary sibling, renamed when complete);
+    returns the number of rows written."""
+    import pyarrow.parquet as pq
+
     ray = _ray()
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
@@ -168,8 +176,20 @@ def predict_file(source: Source, output: str | Path, **options: Any) -> int:
             ray.init(include_dashboard=False, log_to_driver=False)
     if source.kind not in FORMATS.values():
         logger.info("plain-text input is read in the driver; use Parquet or JSONL for large inputs")
-    import pyarrow.parquet as pq
-
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     out = classify_dataset(read_dataset(source), column=source.column or "text", **options)
-    out.write_parquet(str(output))
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in Path(output).glob("*.parquet"))
+    output = Path(output)
+    tmp = output.with_name(output.name + ".tmp")
+    writer, n = None, 0
+    try:
+        for table in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer = writer or pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            n += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"{source.path}: no rows to classify")
+    os.replace(tmp, output)
+    return n
