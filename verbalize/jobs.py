@@ -153,6 +153,7 @@ def classify_rows(clf: Any, rows: Sequence[Row]) -> list[dict[str, Any]]:
             row["prediction"], row["probability"] = classes[best], round(float(got[best]), 6)
             row.pop("error", None)
         else:
+            row.pop("prediction", None), row.pop("probability", None)  # e.g. verbalize's own output read back
             row["error"] = f"{r.unit} {r.line}: {got}" if r.line else str(got)  # line 0: position unknown (Ray)
         out.append(row)
     return out
