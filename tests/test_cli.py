@@ -107,7 +107,7 @@ def test_finetune_trains_saves_and_predict_uses_the_saved_classifier(tmp_path, t
     code = main([*args, "--epochs", "10", "--learning-rate", "1e-3", "--validation-fraction", "0", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1  # two rows were skipped, and each is reported; the others were used
-    assert "row 9: text is empty" in captured.err and "row 10: label 'neutral' is not one of" in captured.err
+    assert "line 9: text is empty" in captured.err and "line 10: label 'neutral' is not one of" in captured.err
     assert "fine-tuned on 8 rows" in captured.out
     assert (out / "verbalize.json").is_file() and (out / "model" / "config.json").is_file()
     src = tmp_path / "in.txt"
@@ -196,3 +196,95 @@ def test_eval_calibration_is_applied(tmp_path, tmp_template, model_dir, gpt2_mod
     assert main(args) == 0
     agree = sum(a == b for a, b in zip(raw, cal, strict=True)) / len(raw)
     assert _accuracy(capsys.readouterr().out) == (6, round(agree, 4))
+
+def test_setup_errors_exit_2_once_before_any_row(tmp_path, tmp_template, model_dir, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("good film\nbad film\n")
+    tpl = str(tmp_template(TEMPLATE))
+    out = tmp_path / "out.jsonl"
+    base = ["predict", tpl, str(src), "--model", model_dir]
+    assert main([*base, "-o", str(out), "--calibration", "contextal"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Did you mean 'contextual'" in err and not out.exists()
+    assert main([*base, "-o", str(tmp_path / "nodir" / "out.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main([*base, "--batch-size", "0"])
+    assert stop.value.code == 2 and "must be an integer >= 1" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    broken = tmp_template('prompt = "Review: {txt}"\n[labels]\na = ["x"]\n', name="broken.toml")
+    assert main(["predict", str(broken), str(empty), "--model", model_dir]) == 2
+    assert "unknown placeholder {txt}" in capsys.readouterr().err
+    long = tmp_template(TEMPLATE.replace('name = "t"', f'instruction = "{"many words here " * 60}"'), name="long.toml")
+    assert main(["predict", str(long), str(src), "--model", model_dir, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "the template alone takes" in err and not out.exists()
+
+
+def test_saved_classifier_refuses_model_and_calibration(tmp_path, tmp_template, model_dir, gpt2_model, gpt2_tokenizer):
+    from verbalize import Scorer, Verbalizer
+
+    saved = tmp_path / "clf"
+    Verbalizer(template=str(tmp_template(TEMPLATE)), model=Scorer(gpt2_model, gpt2_tokenizer)).save(saved)
+    src = tmp_path / "data.jsonl"
+    src.write_text('{"text": "good", "label": "positive"}\n')
+    for cmd in (["predict", str(saved), str(src)], ["eval", str(saved), str(src)]):
+        assert main([*cmd, "--calibration", "contextual"]) == 2
+        assert main([*cmd, "--model", model_dir]) == 2
+
+
+def test_eval_skips_a_bad_row_like_predict(tmp_path, tmp_template, model_dir, capsys):
+    src = tmp_path / "data.jsonl"
+    src.write_text(
+        '{"text": "good", "label": "positive"}\n{"text": "", "label": "negative"}\n'
+        '{"text": "bad", "label": "negative"}\n'
+    )
+    assert main(["eval", str(tmp_template(TEMPLATE)), str(src), "--model", model_dir]) == 1
+    captured = capsys.readouterr()
+    assert "n=2  accuracy=" in captured.out and "skipped line 2: text is empty" in captured.err
+
+
+def test_finetune_output_is_checked_before_training(tmp_path, tmp_template, model_dir, capsys):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"text": "good", "label": "positive"}\n')
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert main(["finetune", str(tmp_template(TEMPLATE)), str(train), "-o", str(taken), "--model", model_dir]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_sigterm_stops_cleanly_and_resume_gives_the_same_bytes(tmp_path, tmp_template, model_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"film number {i} was {'good' if i % 3 else 'bad'}\n" for i in range(600)))
+    tpl = str(tmp_template(TEMPLATE))
+    args = ["predict", tpl, str(src), "--model", model_dir, "--chunk-size", "16", "--no-progress"]
+    whole = tmp_path / "whole.jsonl"
+    assert main([*args, "-o", str(whole)]) == 0
+    out = tmp_path / "out.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verbalize.cli", *args, "-o", str(out)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    state = tmp_path / "out.jsonl.partial" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and '"rows_done": 0' not in state.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 143 and "Traceback" not in err and "--resume" in err and not out.exists()
+    assert main([*args, "-o", str(out), "--resume"]) == 0
+    assert out.read_bytes() == whole.read_bytes()

@@ -1,38 +1,66 @@
-"""`verbalize check | predict | eval | finetune`: a thin command line over the public API."""
+"""`verbalize check | predict | eval | finetune`: a thin command line over the public API.
+
+Exit codes: 0 every row done; 1 some rows could not be classified (each has an ``error`` field, or is
+listed on stderr for ``eval``/``finetune``); 2 a setup or usage error (template, model, calibration,
+options, input or output path), found before the first row; 128 + signal number when interrupted
+(130 for Ctrl-C, 143 for SIGTERM), with finished rows kept and a note on how to ``--resume``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
+from . import __version__
 from .calibration import unlabeled_texts_help
-from .errors import TemplateError, VerbalizeError
+from .errors import InputError, TemplateError, VerbalizeError
 from .estimator import Verbalizer
 from .finetune import FineTuneConfig
-from .inputs import read_table, text_problem, write_table
+from .inputs import Row, Source, open_source, read_table, text_problem
+from .jobs import (
+    EXIT_OK,
+    EXIT_ROWS_FAILED,
+    EXIT_SETUP,
+    Job,
+    check_output,
+    classify_rows,
+    file_digest,
+    run,
+    sample_texts,
+)
 from .prompts import resolve_template
 
 CHUNK = 512
+CALIBRATION_SAMPLE = 1000  # the first usable texts that domain and batch calibration are fitted on
+PROBE = "A short example text."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return int(args.func(args))
-    except TemplateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except (VerbalizeError, FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_SETUP
+    except KeyboardInterrupt:
+        print("interrupted before the first row; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,33 +76,49 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--text", default=None, help="sample text to render (default: the template's sample_text)")
     c.set_defaults(func=_check)
 
-    r = sub.add_parser("predict", help="classify the texts of a CSV / TSV / JSONL / plain-text file")
+    r = sub.add_parser("predict", help="classify the texts of a CSV / TSV / JSONL / Parquet / plain-text file")
     common(r)
-    r.add_argument("input", help="input file: .csv, .tsv, .jsonl, or one text per line")
-    r.add_argument("--output", "-o", default=None, help="output file (.jsonl, .csv or .tsv; default: stdout)")
+    r.add_argument("input", help="input file: .csv, .tsv, .jsonl, .parquet, or one text per line")
+    r.add_argument("--output", "-o", default=None, help="output file (.jsonl, .csv, .tsv or .parquet; default: stdout)")
     r.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
-    r.add_argument("--calibration", default=None, help="contextual, domain, batch (see docs)")
-    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument(
+        "--calibration",
+        default=None,
+        help=f"contextual, domain, batch (domain/batch: fitted on the first {CALIBRATION_SAMPLE} usable texts)",
+    )
+    r.add_argument("--batch-size", type=_positive, default=64)
+    r.add_argument("--chunk-size", type=_positive, default=CHUNK, help="rows classified and written at a time")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.partial")
     r.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    r.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="ray: Ray Data (pip install verbalize[ray])"
+    )
+    r.add_argument("--concurrency", type=_positive, default=None, help="ray: number of actors (default: 2)")
+    r.add_argument("--threads-per-actor", type=_positive, default=1, help="ray: torch threads per actor")
+    r.add_argument("--cpus-per-actor", type=float, default=None, help="ray: CPUs reserved per actor (default: threads)")
+    r.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs per actor")
     r.set_defaults(func=_predict)
 
     e = sub.add_parser("eval", help="accuracy and macro-F1 on a labeled JSONL/CSV file (columns text, label)")
     common(e)
     e.add_argument("data", help="labeled file")
+    e.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
+    e.add_argument("--label-column", default="label")
     e.add_argument("--calibration", default=None)
-    e.add_argument("--limit", type=int, default=None, help="use the first N rows")
+    e.add_argument("--batch-size", type=_positive, default=64)
+    e.add_argument("--limit", type=_positive, default=None, help="use the first N rows")
     e.set_defaults(func=_eval)
 
     f = sub.add_parser("finetune", help="prompt-based fine-tuning on a labeled file; saves a classifier directory")
     common(f)
-    f.add_argument("train", help="labeled file (.jsonl, .csv, .tsv) with a text and a label column")
+    f.add_argument("train", help="labeled file (.jsonl, .csv, .tsv, .parquet) with a text and a label column")
     f.add_argument("--output", "-o", required=True, help="directory to write (classifier + Hugging Face model/)")
     f.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
     f.add_argument("--label-column", default="label")
     f.add_argument("--method", choices=["full", "lora"], default="full")
-    f.add_argument("--epochs", type=int, default=FineTuneConfig.epochs)
+    f.add_argument("--epochs", type=_positive, default=FineTuneConfig.epochs)
     f.add_argument("--learning-rate", type=float, default=None, help="default 2e-5 (full), 5e-4 (lora)")
-    f.add_argument("--batch-size", type=int, default=FineTuneConfig.batch_size)
+    f.add_argument("--batch-size", type=_positive, default=FineTuneConfig.batch_size)
     f.add_argument("--validation-fraction", type=float, default=FineTuneConfig.validation_fraction)
     f.add_argument("--lm-weight", type=float, default=0.0, help="mix in the LM loss to keep generation intact")
     f.add_argument("--lm-texts", default=None, help="file of unlabeled plain text for the LM loss")
@@ -85,13 +129,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _classifier(args: argparse.Namespace, **params: object) -> Verbalizer:
-    """A saved classifier directory (``finetune --output``, ``Verbalizer.save``) or a template file."""
+def _saved(args: argparse.Namespace) -> Path | None:
     path = Path(args.template)
-    if path.is_dir() and (path / "verbalize.json").is_file():
-        overrides = {k: v for k, v in params.items() if k in ("batch_size", "progress")}
-        return Verbalizer.load(path, **overrides)
-    return Verbalizer(template=args.template, model=args.model, **params)  # type: ignore[arg-type]
+    return path if path.is_dir() and (path / "verbalize.json").is_file() else None
+
+
+def _classifier(args: argparse.Namespace, batch_size: int = 64) -> Verbalizer:
+    """A saved classifier directory (``finetune --output``, ``Verbalizer.save``) or a template file.
+
+    A saved directory carries its own model and calibration, so ``--model`` / ``--calibration`` with
+    one are refused rather than silently ignored.
+    """
+    saved = _saved(args)
+    calibration = getattr(args, "calibration", None)
+    if saved is not None:
+        given = [f"--{n} {v}" for n, v in (("model", args.model), ("calibration", calibration)) if v is not None]
+        if given:
+            raise InputError(
+                f"{saved} is a saved classifier: it uses its own model and calibration, so {' and '.join(given)} "
+                "cannot apply. Drop them, or pass the template file instead of the directory (or fine-tune "
+                "again with them)"
+            )
+        return Verbalizer.load(saved, batch_size=batch_size, progress=False)
+    return Verbalizer(template=args.template, model=args.model, calibration=calibration, batch_size=batch_size)
+
+
+def _ready_classifier(args: argparse.Namespace, source: Source) -> Verbalizer:
+    """Build the classifier and classify one probe text, so that every setup error shows before row 1."""
+    clf = _classifier(args, args.batch_size)
+    try:
+        if unlabeled_texts_help(clf.calibration):
+            texts = sample_texts(source, CALIBRATION_SAMPLE)
+            if texts:
+                clf.fit(texts)
+        clf.predict_proba([PROBE])
+    except (VerbalizeError, FileNotFoundError, ValueError, TypeError):
+        raise
+    except Exception as exc:  # a model that fails to load or run: one message, not one per row
+        raise VerbalizeError(f"setup failed before the first row: {type(exc).__name__}: {exc}") from exc
+    return clf
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -145,75 +221,154 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    texts, rows = read_table(args.input, args.column)
-    clf = _classifier(
-        args,
+    if args.engine == "ray":
+        return _predict_ray(args)
+    output = check_output(args.output)
+    source = open_source(args.input, args.column)
+    clf = _ready_classifier(args, source)
+    options = {
+        "template": _template_digest(args),
+        "model": args.model,
+        "calibration": args.calibration,
+        "column": source.column,
+        "verbalize": __version__,
+    }
+    job = Job(source, output, options, args.chunk_size, args.resume, progress=not args.no_progress)
+    result = run(job, clf)
+    if result.interrupted is not None:
+        print(_interrupted_note(args, job, result.rows, result.interrupted), file=sys.stderr)
+        return 128 + result.interrupted
+    where = f"to {output}" if output else "to stdout"
+    resumed = f" (resumed after {result.resumed_from})" if result.resumed_from else ""
+    print(f"{result.rows} rows written {where}{resumed}", file=sys.stderr)
+    if result.failed:
+        print(
+            f"{result.failed} of {result.rows} rows could not be classified; see their 'error' field", file=sys.stderr
+        )
+    return EXIT_ROWS_FAILED if result.failed else EXIT_OK
+
+
+def _template_digest(args: argparse.Namespace) -> str:
+    saved = _saved(args)
+    path = saved / "verbalize.json" if saved else Path(args.template)
+    return file_digest(path) if path.is_file() else str(args.template)
+
+
+def _interrupted_note(args: argparse.Namespace, job: Job, rows: int, signum: int) -> str:
+    import signal
+
+    name = signal.Signals(signum).name
+    if job.output is None:
+        return f"interrupted by {name} after {rows} rows (written to stdout); to resume a run, write it to a file (-o)"
+    again = [a for a in args.argv if a != "--resume"]
+    command = "verbalize " + shlex.join([*again, "--resume"])
+    return (
+        f"interrupted by {name}: {rows} finished rows are kept in {job.partial}; {job.output} was not touched.\n"
+        f"continue with: {command}"
+    )
+
+
+def _predict_ray(args: argparse.Namespace) -> int:
+    from .ray import predict_file
+
+    if args.resume:
+        raise InputError("--resume works with --engine local only; a Ray job reruns from the start")
+    out = check_output(args.output)
+    if out is None or out.suffix.lower() != ".parquet":
+        raise InputError("--engine ray writes Parquet: give --output FILE.parquet")
+    source = open_source(args.input, args.column)
+    clf = _ready_classifier(args, source)  # every setup error here, before Ray starts
+    saved = _saved(args)
+    fit = unlabeled_texts_help(clf.calibration) and not saved
+    n = predict_file(
+        source,
+        out,
+        template=str(saved or args.template),
+        model=args.model,
         calibration=args.calibration,
         batch_size=args.batch_size,
-        progress=not args.no_progress and len(texts) > 64,
+        chunk_size=args.chunk_size,
+        concurrency=args.concurrency or 2,
+        threads=args.threads_per_actor,
+        num_cpus=args.cpus_per_actor,
+        num_gpus=args.gpus_per_actor,
+        fit_texts=sample_texts(source, CALIBRATION_SAMPLE) if fit else None,
     )
-    good = [i for i, t in enumerate(texts) if text_problem(t) is None]
-    if unlabeled_texts_help(clf.calibration) and good:
-        clf.fit([texts[i] for i in good])
-    usable = set(good)
-    for i, row in enumerate(rows):
-        problem = row.pop("_error", None) or (None if i in usable else f"text {text_problem(texts[i])}")
+    print(f"{n} rows written to {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _labeled_rows(args: argparse.Namespace, path: str, labels: list[str]) -> tuple[list[Row], list[str]]:
+    """Usable rows of a labeled file and one message per skipped row (same per-row policy as predict)."""
+    source = open_source(path, args.column)
+    good: list[Row] = []
+    problems: list[str] = []
+    for row in source.rows():
+        if args.limit is not None and row.line > 0 and len(good) + len(problems) >= args.limit:
+            break
+        label = row.fields.get(args.label_column)
+        problem = row.problem
+        if problem is None and label not in labels:
+            problem = f"{args.label_column} {label!r} is not one of the template's labels {labels}"
         if problem:
-            row["error"] = f"row {i + 1}: {problem}"
-    for start in range(0, len(good), CHUNK):
-        chunk = good[start : start + CHUNK]
-        try:
-            proba = clf.predict_proba([texts[i] for i in chunk])
-        except Exception as exc:  # one failed chunk must not lose the others: mark its rows, go on
-            for i in chunk:
-                rows[i]["error"] = f"row {i + 1}: {type(exc).__name__}: {exc}"
-            continue
-        for i, p in zip(chunk, proba, strict=True):
-            rows[i]["prediction"] = str(clf.classes_[int(np.argmax(p))])
-            rows[i]["probability"] = round(float(np.max(p)), 6)
-    text = write_table(args.output, rows)
-    if args.output is None:
-        sys.stdout.write(text)
-    failed = sum("error" in r for r in rows)
-    if failed:
-        print(f"{failed} of {len(rows)} rows could not be classified; see their 'error' field", file=sys.stderr)
-    return 1 if failed else 0
+            problems.append(f"{row.unit} {row.line}: {problem}")
+        else:
+            good.append(row)
+    return good, problems
 
 
 def _eval(args: argparse.Namespace) -> int:
     from sklearn.metrics import accuracy_score, f1_score
 
-    texts, rows = read_table(args.data)
-    rows = rows[: args.limit] if args.limit else rows
-    texts = texts[: len(rows)]
-    y = [r.get("label") for r in rows]
-    clf = _classifier(args, calibration=args.calibration, progress=True)
+    clf = _classifier(args, args.batch_size)
     if unlabeled_texts_help(clf.calibration):
-        clf.fit(texts)
-    pred = clf.predict(texts)
+        texts = sample_texts(open_source(args.data, args.column), CALIBRATION_SAMPLE)
+        clf.fit(texts or None)
+    clf.predict_proba([PROBE])
+    rows, problems = _labeled_rows(args, args.data, [str(c) for c in clf.classes_])
+    y, pred = [], []
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start : start + CHUNK]
+        for row, out in zip(chunk, classify_rows(clf, chunk), strict=True):
+            if "error" in out:
+                problems.append(out["error"])
+            else:
+                y.append(row.fields[args.label_column])
+                pred.append(out["prediction"])
+    for p in problems:
+        print(f"skipped {p}", file=sys.stderr)
+    if not y:
+        print(f"error: no usable rows in {args.data}", file=sys.stderr)
+        return EXIT_SETUP
     print(f"n={len(y)}  accuracy={accuracy_score(y, pred):.4f}  macro_f1={f1_score(y, pred, average='macro'):.4f}")
-    return 0
+    if problems:
+        print(f"{len(problems)} rows were skipped; see above", file=sys.stderr)
+    return EXIT_ROWS_FAILED if problems else EXIT_OK
+
+
+def _check_model_dir(path: str) -> Path:
+    """``finetune --output``: a new or empty folder, or an earlier classifier; checked before training."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output {out} is a file; finetune writes a folder: give a new folder name")
+    if out.is_dir() and any(out.iterdir()) and not (out / "verbalize.json").is_file():
+        raise InputError(f"--output {out} is a folder holding other files; give a new or empty folder")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not (parent.is_dir() and os.access(parent, os.W_OK)):
+        raise InputError(f"--output {out}: {parent} is not a writable folder; choose another --output")
+    return out
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    texts, rows = read_table(args.train, args.column)
+    out = _check_model_dir(args.output)
     template = resolve_template(args.template, None)
-    labels = list(template.labels)
-    good, problems = [], []
-    for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
-        label = row.get(args.label_column)
-        problem = row.get("_error") or (f"text {bad}" if (bad := text_problem(text)) else None)
-        if problem is None and label not in labels:
-            problem = f"{args.label_column} {label!r} is not one of the template's labels {labels}"
-        if problem:
-            problems.append(f"row {i + 1}: {problem}")
-        else:
-            good.append(i)
+    args.limit = None
+    rows, problems = _labeled_rows(args, args.train, list(template.labels))
     for p in problems:
         print(f"skipped {p}", file=sys.stderr)
-    if not good:
+    if not rows:
         print(f"error: no usable rows in {args.train}", file=sys.stderr)
-        return 2
+        return EXIT_SETUP
     lm_texts = None
     if args.lm_texts:
         lm_texts = tuple(t for t in read_table(args.lm_texts)[0] if text_problem(t) is None)
@@ -234,19 +389,19 @@ def _finetune(args: argparse.Namespace) -> int:
         fine_tuning=config,
         random_state=args.seed,
     )
-    clf.fit([texts[i] for i in good], [rows[i][args.label_column] for i in good])
-    out = clf.save(args.output)
+    clf.fit([r.text for r in rows], [r.fields[args.label_column] for r in rows])
+    out = clf.save(out)
     history = clf.training_.history
     best = history[clf.training_.best_epoch - 1] if history else {}
     print(
-        f"fine-tuned on {len(good)} rows in {clf.training_.seconds:.0f} s "
+        f"fine-tuned on {len(rows)} rows in {clf.training_.seconds:.0f} s "
         f"({len(history)} epochs, best epoch {clf.training_.best_epoch}"
         + (f", validation accuracy {best['val_accuracy']:.3f}" if "val_accuracy" in best else "")
         + f"); saved to {out} (Hugging Face model in {out / 'model'})"
     )
     if problems:
-        print(f"{len(problems)} of {len(rows)} rows were skipped; see above", file=sys.stderr)
-    return 1 if problems else 0
+        print(f"{len(problems)} rows were skipped; see above", file=sys.stderr)
+    return EXIT_ROWS_FAILED if problems else EXIT_OK
 
 
 if __name__ == "__main__":

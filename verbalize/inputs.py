@@ -1,8 +1,13 @@
-"""User input: validating texts and labels, reading and writing CSV / JSONL / plain-text files.
+"""User input: validating texts and labels; reading CSV / TSV / JSONL / plain-text / Parquet files row by row.
 
-Policy for empty text: a text that is empty or whitespace-only is rejected (there is nothing to
-classify). The Python API raises one error listing every bad position; the CLI writes such rows
-with an ``error`` column and still classifies all the others.
+Policy for unusable text: a text that is empty, whitespace-only, not a str, or holding a lone surrogate
+(which no tokenizer can encode) is rejected. The Python API raises one error listing every bad position;
+the CLI writes such rows with an ``error`` field at their own line number and classifies all the others.
+
+Files are read as a stream (:class:`Source`), one row per physical line for text and JSONL: lines are
+split on ``\\n`` (a ``\\r`` before it is dropped) and on nothing else, so that U+2028, form feed or NEL
+inside a text never change the row count. A UTF-8 byte-order mark is accepted. Bytes that are not UTF-8
+are kept as surrogate escapes and reported on their row.
 """
 
 from __future__ import annotations
@@ -10,13 +15,20 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence, Set
+import re
+from collections.abc import Iterator, Mapping, Sequence, Set
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, did_you_mean
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "question")
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+SCAN_ROWS = 1000  # JSONL rows read at setup to find the text column
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_UNSAFE = re.compile("[\u2028\u2029\x85\ud800-\udfff]")
+csv.field_size_limit(2**31 - 1)
 
 
 def text_problem(x: Any) -> str | None:
@@ -27,6 +39,12 @@ def text_problem(x: Any) -> str | None:
         return f"is a {type(x).__name__}, not a str"
     if not x.strip():
         return "is empty or whitespace-only"
+    bad = _SURROGATE.search(x)
+    if bad:
+        return (
+            f"holds U+{ord(bad.group()):04X} at character {bad.start()} (a lone surrogate, or bytes that are "
+            "not UTF-8), which no tokenizer can encode"
+        )
     return None
 
 
@@ -38,7 +56,7 @@ def check_texts(X: Any, name: str = "X") -> list[str]:
     TypeError
         For a bare string, a non-sequence, a 2-D array, or items that are not strings.
     InputError
-        For empty or whitespace-only texts.
+        For empty or whitespace-only texts, or texts holding lone surrogates.
     """
     if isinstance(X, str | bytes):
         raise TypeError(f"{name} must be a list of texts, got a single {type(X).__name__}; wrap it in a list: [text]")
@@ -63,7 +81,8 @@ def check_texts(X: Any, name: str = "X") -> list[str]:
             f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
         )
         fix = "drop those rows or replace them with text (the CLI skips them and reports each)"
-        cls = InputError if all(p.startswith("is empty") for _, p in bad) else TypeError
+        typed = any(p.startswith(("is a ", "is missing")) for _, p in bad)
+        cls = TypeError if typed else InputError
         raise cls(f"{len(bad)} of {len(X)} texts cannot be classified: {shown}. Fix: {fix}")
     return X
 
@@ -82,53 +101,199 @@ def check_labels(y: Any, labels: Sequence[str]) -> list[str]:
     return ys
 
 
-def read_table(path: str | Path, column: str | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Read texts from .csv, .tsv, .jsonl or plain text (one text per line).
+@dataclass
+class Row:
+    """One input row: ``line`` is where it starts in the file (1-based; the row number for Parquet)."""
 
-    Returns ``(texts, rows)``: the text of each row (possibly unusable, to be reported per row)
-    and the full rows, which are written back with the predictions.
+    line: int
+    text: Any
+    fields: dict[str, Any]
+    problem: str | None = None
+    unit: str = "line"
+
+
+@dataclass
+class Source:
+    """An input file opened for streaming: its format, text column and columns (checked at setup).
+
+    Use :func:`open_source` to build one; :meth:`rows` reads it again from the start each call.
+    """
+
+    path: Path
+    kind: str
+    column: str | None
+    columns: list[str] = field(default_factory=list)
+
+    def rows(self) -> Iterator[Row]:
+        """Every row of the file, in order, each with its text (possibly unusable) and problem."""
+        reader = {"jsonl": _jsonl_rows, "csv": _csv_rows, "tsv": _csv_rows, "parquet": _parquet_rows}
+        for row in reader.get(self.kind, _text_rows)(self):
+            if row.problem is None:
+                row.text = row.fields.get(self.column) if self.column else None
+                bad = text_problem(row.text)
+                row.problem = f"{self.column or 'text'} {bad}" if bad else None
+            yield row
+
+    def schema(self) -> Any:
+        """The Arrow schema of a Parquet input (its column types are kept in Parquet output), else None."""
+        if self.kind != "parquet":
+            return None
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.path).schema_arrow
+
+    def count(self) -> int:
+        """Number of rows (fast: newlines for text/JSONL, metadata for Parquet, a parse for CSV)."""
+        if self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(self.path).metadata.num_rows)
+        if self.kind in ("csv", "tsv"):
+            return sum(1 for _ in _csv_rows(self))
+        n, last = 0, b"\n"
+        with self.path.open("rb") as f:
+            while block := f.read(1 << 20):
+                n += block.count(b"\n")
+                last = block[-1:]
+        return n + (last != b"\n")
+
+
+def open_source(path: str | Path, column: str | None = None) -> Source:
+    """Open ``path`` for streaming and settle its text column, or raise naming the file and the fix.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist (or is a directory).
+    InputError
+        An unknown ``column`` (the message lists the columns found), no text column, or an unreadable header.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"input file {str(path)!r} not found")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                row = {"_error": f"line {n}: not valid JSON ({exc.msg})"}
-            rows.append(row if isinstance(row, dict) else {"text": row})
-    elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-    else:
-        rows = [{"text": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not rows:
-        return [], []
-    keys = [k for r in rows for k in r]
-    col = column or next((c for c in TEXT_COLUMNS if c in keys), None)
-    if col is None:
-        raise InputError(
-            f"{path}: no text column; found columns {sorted(set(keys))}. Name one with --column, "
-            f"or call it one of {TEXT_COLUMNS}"
+        raise FileNotFoundError(
+            f"input file {str(path)!r} not found" + (" (it is a directory)" if path.is_dir() else "")
         )
-    return [r.get(col) for r in rows], rows
+    kind = FORMATS.get(path.suffix.lower(), "text")
+    source = Source(path, kind, None)
+    if kind == "text":
+        if column not in (None, "text"):
+            raise InputError(
+                f"{path}: --column {column!r} does not apply to a plain-text file (one text per line); "
+                "drop --column, or use a .csv / .tsv / .jsonl / .parquet file"
+            )
+        source.column, source.columns = "text", ["text"]
+        return source
+    source.columns = _columns(source)
+    if column is not None:
+        if column not in source.columns:
+            where = f"in the first {SCAN_ROWS} rows" if kind == "jsonl" else "in the header"
+            raise InputError(
+                f"{path}: no column {column!r} {where}; found {source.columns}.{did_you_mean(column, source.columns)}"
+                " Fix: pass one of those to --column"
+            )
+        source.column = column
+    else:
+        source.column = next((c for c in TEXT_COLUMNS if c in source.columns), None)
+        if source.column is None and source.columns:
+            raise InputError(
+                f"{path}: no text column; found columns {source.columns}. Name one with --column, "
+                f"or call it one of {TEXT_COLUMNS}"
+            )
+    return source
 
 
-def write_table(path: str | Path | None, rows: list[dict[str, Any]]) -> str:
-    """Write rows as .jsonl/.csv/.tsv by the file's suffix; with no path return JSONL text."""
-    if path is None or Path(path).suffix.lower() not in (".csv", ".tsv"):
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with Path(path).open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t" if str(path).endswith(".tsv") else ",")
-        writer.writeheader()
-        writer.writerows(rows)
-    return ""
+def _columns(source: Source) -> list[str]:
+    if source.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(source.path).schema_arrow.names)
+    if source.kind in ("csv", "tsv"):
+        with source.path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+            header = next(csv.reader(f, delimiter="\t" if source.kind == "tsv" else ","), [])
+        return list(dict.fromkeys(header))
+    keys: dict[str, None] = {}
+    for n, (_, line) in enumerate(_lines(source.path)):
+        if n >= SCAN_ROWS:
+            break
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        keys.update(dict.fromkeys(value if isinstance(value, dict) else ["text"]))
+    return list(keys)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) split on b"\\n" only, "\\r\\n" accepted, BOM dropped, bad bytes kept as escapes."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if raw.endswith(b"\n"):
+                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            yield n, raw.decode("utf-8", errors="surrogateescape")
+
+
+def _text_rows(source: Source) -> Iterator[Row]:
+    for n, line in _lines(source.path):
+        yield Row(n, line, {"text": line})
+
+
+def _jsonl_rows(source: Source) -> Iterator[Row]:
+    for n, line in _lines(source.path):
+        if not line.strip():
+            yield Row(n, None, {}, "blank line (expected one JSON object per line)")
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            yield Row(n, None, {}, f"not valid JSON ({getattr(exc, 'msg', exc)})")
+            continue
+        yield Row(n, None, value if isinstance(value, dict) else {"text": value})
+
+
+def _csv_rows(source: Source) -> Iterator[Row]:
+    with source.path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f, delimiter="\t" if source.kind == "tsv" else ",")
+        header = next(reader, None)
+        if header is None:
+            return
+        start = reader.line_num + 1
+        for values in reader:
+            row = Row(start, None, dict(zip(header, values, strict=False)))
+            if not values:
+                row.problem = "blank line"
+            elif len(values) != len(header):
+                row.problem = f"has {len(values)} fields where the header has {len(header)}"
+            start = reader.line_num + 1
+            yield row
+
+
+def _parquet_rows(source: Source) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    n = 0
+    for batch in pq.ParquetFile(source.path).iter_batches(batch_size=1024):
+        for fields in batch.to_pylist():
+            n += 1
+            yield Row(n, None, fields, unit="row")
+
+
+def dumps_row(row: dict[str, Any]) -> str:
+    """One JSON line that any JSON reader, and verbalize's own line splitter, reads back as one row.
+
+    U+2028/U+2029/NEL (line breaks to some readers) and lone surrogates (not encodable in UTF-8) are
+    written as ``\\uXXXX`` escapes, which decode to the same string.
+    """
+    text = json.dumps(row, ensure_ascii=False, default=str)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
+def read_table(path: str | Path, column: str | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Read a whole (small, labeled) file: ``(texts, rows)``, a row's problem in its ``_error`` key."""
+    source = open_source(path, column)
+    texts, rows = [], []
+    for row in source.rows():
+        texts.append(row.text)
+        rows.append(row.fields | ({"_error": f"line {row.line}: {row.problem}"} if row.problem else {}))
+    return texts, rows

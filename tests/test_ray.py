@@ -1,0 +1,56 @@
+"""Ray Data path (verbalize.ray): a local 2-CPU Ray instance started here; output equals the single-process job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from verbalize.cli import main  # noqa: E402
+
+TEMPLATE = """
+name = "t"
+prompt = "Review: {text}\\nSentiment:"
+[labels]
+negative = ["bad", "negative"]
+positive = ["good", "positive"]
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024**2)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_ray_engine_output_equals_single_process_row_for_row(
+    tmp_path, tmp_template, gpt2_model, gpt2_tokenizer, local_ray
+):
+    model_dir = tmp_path / "model"
+    gpt2_model.save_pretrained(model_dir)
+    gpt2_tokenizer.save_pretrained(model_dir)
+    src = tmp_path / "in.jsonl"
+    texts = [f"film {i} was {'good' if i % 3 else 'bad'} " * (1 + i % 5) for i in range(150)]
+    texts[7] = "   "
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    tpl = str(tmp_template(TEMPLATE))
+    common = ["predict", tpl, str(src), "--model", str(model_dir), "--chunk-size", "32", "--no-progress"]
+    local = tmp_path / "local.parquet"
+    assert main([*common, "-o", str(local)]) == 1  # one blank text
+    out = tmp_path / "ray.parquet"
+    assert main([*common, "-o", str(out), "--engine", "ray", "--concurrency", "2", "--cpus-per-actor", "0.5"]) == 0
+    got = pq.read_table(out).to_pylist()
+    want = pq.read_table(local).to_pylist()
+    assert len(got) == len(want) == 150
+    assert [r["id"] for r in got] == list(range(150))
+    for g, w in zip(got, want, strict=True):
+        assert (g["prediction"], g["probability"]) == (w["prediction"], w["probability"])
+    assert got[7]["error"] == "text is empty or whitespace-only" and want[7]["error"].startswith(
+        "line 8: text is empty"
+    )
