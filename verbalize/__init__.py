@@ -13,6 +13,7 @@ from .calibration import (
     TemperatureCalibrator,
     get_calibrator,
 )
+from .client import Client
 from .errors import InputError, ModelLoadError, TemplateError, VerbalizeError
 from .estimator import Verbalizer
 from .finetune import FineTuneConfig
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchCalibrator",
+    "Client",
     "ContextualCalibrator",
     "DomainCalibrator",
     "FineTuneConfig",
