@@ -154,7 +154,7 @@ class Registry:
         self._entries: dict[str, Entry] = {}  # replaced, never mutated: readers need no lock
         self._by_source: dict[Source, str] = {}
         self._stamps: dict[Source, tuple[int, int] | None] = {}
-        self.problems: dict[str, list[str]] = {}
+        self.problems: dict[str, list[str]] = {}  # replaced, never mutated, as _entries
         self.ready = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -218,7 +218,7 @@ class Registry:
         old_name = self._by_source.get(source)
         old = self._entries.get(old_name) if old_name else None
         if old is not None and old.digest == digest:
-            self.problems.pop(key, None)  # edited back to the served content
+            self._clear(key)  # edited back to the served content
             return
         try:
             with self._exclusive():
@@ -235,7 +235,7 @@ class Registry:
         entry = Entry(name, source, clf, (old.version + 1) if old else 1, digest, time.time())
         self._entries = {**self._entries, name: entry}
         self._by_source[source] = name
-        self.problems.pop(key, None)
+        self._clear(key)
         if old is not None:
             logger.info("reloaded %s from %s (version %d)", name, key, entry.version)
             self._on_reload("ok")
@@ -252,12 +252,15 @@ class Registry:
 
     def _report(self, source: Source, issues: list[str]) -> None:
         served = source in self._by_source
-        self.problems[str(source.file)] = list(issues)
+        self.problems = {**self.problems, str(source.file): list(issues)}
         for issue in issues:
             logger.warning("template problem: %s", issue)
         if served:
             logger.warning("%s: invalid edit; version %d stays served", source.file, self._version(source))
             self._on_reload("invalid")
+
+    def _clear(self, key: str) -> None:
+        self.problems = {k: v for k, v in self.problems.items() if k != key}
 
     def _version(self, source: Source) -> int:
         entry = self._entries.get(self._by_source.get(source, ""))
