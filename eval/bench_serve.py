@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from data import ROOT, data_dir, load
 
 from verbalize import Verbalizer
@@ -246,13 +247,13 @@ def offline(folder: Path, texts: list[str], model: str | None) -> tuple[float, d
     return max(rates), want
 
 
-def start_server(folder: Path, model: str | None, window_ms: float) -> tuple[subprocess.Popen, int]:
+def start_server(folder: Path, model: str | None, window_ms: float, threads: int | None) -> tuple[Any, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "verbalize.cli", "serve", str(folder), "--port", str(port), "--log-level",
            "warning", "--reload-interval", "0.5", "--window-ms", str(window_ms)]  # fmt: skip
-    cmd += ["--model", model] if model else []
+    cmd += (["--model", model] if model else []) + (["--threads", str(threads)] if threads else [])
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 600
     while True:
@@ -277,9 +278,12 @@ def main() -> None:
     p.add_argument("--soak-seconds", type=float, default=120.0)
     p.add_argument("--soak-clients", type=int, default=64)
     p.add_argument("--window-ms", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads of offline and server (default: torch's)")
     p.add_argument("--out", default="results/bench_serve.json")
     args = p.parse_args()
     texts, _ = load("sst2", "test", data_dir(args.data), args.n_texts)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_serve-"))
     folder = work / "served"
     folder.mkdir()
@@ -289,7 +293,7 @@ def main() -> None:
     (folder / "live.toml").write_text(LIVE_V1, encoding="utf-8")
     offline_rate, want = offline(folder, texts, args.model)
     print(f"offline predict: {len(texts)} texts, {offline_rate:.1f} texts/s", flush=True)
-    proc, port = start_server(folder, args.model, args.window_ms)
+    proc, port = start_server(folder, args.model, args.window_ms, args.threads)
     try:
         levels = [asyncio.run(level(port, int(c), texts, want["sst2"][1], args.level_requests, args.level_seconds))
                   for c in args.clients.split(",")]  # fmt: skip

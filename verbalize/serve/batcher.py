@@ -80,7 +80,7 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._queued_texts = 0
         self._queued_tokens = 0
-        self.busy_texts = 0  # taken by the worker, not yet answered
+        self._exclusive_waiting = 0  # reloads waiting for the model: the worker takes no new batch
         self._stopping = False
         self._model_lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="verbalize-model", daemon=True)
@@ -100,9 +100,20 @@ class MicroBatcher:
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold the model between batches (template reloads warm up on the same model and tokenizer)."""
-        with self._model_lock:
-            yield
+        """Hold the model between batches (template reloads warm up on the same model and tokenizer).
+
+        A waiting holder goes first: the worker finishes its batch and takes no new one until the
+        holder is done, so a reload is never starved by a saturated queue.
+        """
+        with self._cond:
+            self._exclusive_waiting += 1
+        try:
+            with self._model_lock:
+                yield
+        finally:
+            with self._cond:
+                self._exclusive_waiting -= 1
+                self._cond.notify_all()
 
     @property
     def queued_texts(self) -> int:
@@ -143,7 +154,6 @@ class MicroBatcher:
                 return
             start = time.perf_counter()
             n = sum(len(j.texts) for j in jobs)
-            self.busy_texts = n
             with self._model_lock:
                 try:
                     self._run(jobs)
@@ -151,7 +161,6 @@ class MicroBatcher:
                     logger.exception("batch of %d requests failed", len(jobs))
                     for job in jobs:
                         _deliver(job, None, exc)
-            self.busy_texts = 0
             seconds = time.perf_counter() - start
             self._rate = 0.8 * self._rate + 0.2 * (n / max(seconds, 1e-6))
             self.metrics.batch_seconds.observe(seconds)
@@ -169,6 +178,8 @@ class MicroBatcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            while self._exclusive_waiting:  # a reload is waiting for the model: let it go first
+                self._cond.wait(0.1)
             jobs: list[Job] = []
             tokens = 0
             while self._queue and (not jobs or tokens + self._queue[0].tokens <= self.max_batch_tokens):

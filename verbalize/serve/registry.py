@@ -169,7 +169,6 @@ class Registry:
     def load(self) -> None:
         """Build every source once (startup); a source that fails is reported, the others served."""
         for source in self.sources:
-            self._stamps[source] = source.stamp()
             self._refresh(source)
         self.ready = bool(self._entries)
 
@@ -183,9 +182,7 @@ class Registry:
     def poll(self) -> None:
         """Reload every source whose watched file changed since the last look."""
         for source in self.sources:
-            stamp = source.stamp()
-            if stamp != self._stamps.get(source):
-                self._stamps[source] = stamp
+            if source.stamp() != self._stamps.get(source):
                 self._refresh(source)
 
     def start_polling(self, interval_s: float) -> None:
@@ -209,12 +206,13 @@ class Registry:
     def _refresh(self, source: Source) -> None:
         """(Re)build one source; on success swap its entry in, otherwise keep the old one and report."""
         key = str(source.file)
+        self._stamps[source] = source.stamp()
         try:
             data = source.file.read_bytes()
         except OSError as exc:
             self._report(source, [f"{key}: cannot read: {exc.strerror or exc}; the previous version stays served"])
             return
-        digest = hashlib.sha256(data).hexdigest()[:12]
+        digest = _digest(source, data)
         old_name = self._by_source.get(source)
         old = self._entries.get(old_name) if old_name else None
         if old is not None and old.digest == digest:
@@ -228,6 +226,9 @@ class Registry:
             return
         except Exception as exc:
             self._report(source, [f"{key}: {type(exc).__name__}: {exc}"])
+            return
+        if _digest(source) != digest:  # edited again while building: build the newest content next poll
+            self._stamps[source] = None
             return
         name = old_name or self._name(source, clf)
         if name is None:
@@ -265,3 +266,13 @@ class Registry:
     def _version(self, source: Source) -> int:
         entry = self._entries.get(self._by_source.get(source, ""))
         return entry.version if entry else 0
+
+
+def _digest(source: Source, data: bytes | None = None) -> str:
+    """Short content hash of the watched file ("" when it cannot be read)."""
+    if data is None:
+        try:
+            data = source.file.read_bytes()
+        except OSError:
+            return ""
+    return hashlib.sha256(data).hexdigest()[:12]
