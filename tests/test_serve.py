@@ -8,148 +8,41 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
+pytest_plugins = ["serve_support"]  # fixtures: tiny, files, server
+pytest.register_assert_rewrite("serve_support")
 
-import uvicorn  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from serve_support import (  # noqa: E402
+    TEXTS,
+    TIMEOUT,
+    Running,
+    call,
+    get,
+    offline,
+    post,
+    proba_of,
+    wait_for,
+)
 
 from verbalize import Client, Verbalizer  # noqa: E402
-from verbalize.cli import main as cli_main  # noqa: E402
 from verbalize.client import ServiceError  # noqa: E402
 from verbalize.serve import ServeConfig, create_app  # noqa: E402
-
-TIMEOUT = 30
-SENTIMENT = (
-    'name = "senti"\nprompt = "Review: {text}\\nSentiment:"\n'
-    '[labels]\nnegative = ["bad"]\npositive = ["good", "good film"]\n'
-)
-# Same prompt start as "senti", other label words (one of several tokens): fused into senti's scorer calls.
-VERDICT = (
-    'name = "verdict"\nprompt = "Review: {text}\\nAnswer:"\n'
-    '[labels]\nno = ["negative", "bad film"]\nyes = ["positive", "great film"]\n'
-)
-TOPIC = 'name = "topic"\nprompt = "Text: {text} Topic:"\n[labels]\nsports = ["sports"]\nbusiness = ["business"]\n'
-TEXTS = ["the acting is good", "the story is bad", "a great film", "I hated it", "the team won", "profits rose"]
-
-
-class Running:
-    """A uvicorn server in a thread, on a socket bound to a free loopback port."""
-
-    def __init__(self, app: Any):
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=TIMEOUT)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def start(self, ready: bool = True) -> Running:
-        self.thread.start()
-        deadline = time.monotonic() + TIMEOUT
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        while ready and get(self, "/readyz")[0] != 200:
-            assert time.monotonic() < deadline, f"server not ready: {get(self, '/readyz')}"
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(TIMEOUT)
-        assert not self.thread.is_alive(), "server did not stop"
-
-    @property
-    def service(self) -> Any:
-        return self.app.state.service
-
-
-def call(
-    srv: Running, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=TIMEOUT)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
-
-
-def get(srv: Running, path: str) -> tuple[int, Any]:
-    status, _, raw = call(srv, "GET", path)
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode()
-
-
-def post(srv: Running, body: Any) -> tuple[int, dict[str, str], Any]:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    status, headers, out = call(srv, "POST", "/v1/classify", raw, {"Content-Type": "application/json"})
-    return status, headers, json.loads(out)
-
-
-def proba_of(answer: dict[str, Any]) -> np.ndarray:
-    return np.array([[p["probabilities"][c] for c in answer["labels"]] for p in answer["predictions"]])
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def tiny(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The tiny GPT-2 scorer, on one torch thread for the module (shared busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield request.getfixturevalue("gpt2").scorer()
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("served")
-    out = {}
-    for name, text in (("senti", SENTIMENT), ("verdict", VERDICT), ("topic", TOPIC)):
-        out[name] = root / f"{name}.toml"
-        out[name].write_text(text, encoding="utf-8")
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(tiny: Any, files: dict[str, Path]) -> Iterator[Running]:
-    config = ServeConfig(window_ms=30, max_request_texts=8, max_request_bytes=4096, reload_interval_s=0)
-    srv = Running(create_app([str(p) for p in files.values()], model=tiny, config=config)).start()
-    yield srv
-    srv.stop()
-
-
-def offline(path: Path, tiny: Any, texts: list[str]) -> np.ndarray:
-    return Verbalizer(template=str(path), model=tiny).predict_proba(texts)
 
 
 # -- answers ------------------------------------------------------------------------------------
@@ -362,114 +255,3 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny: Any, files: dict[st
     assert status == 200
     np.testing.assert_allclose(proba_of(answer), offline(files["senti"], tiny, TEXTS[:3]), atol=1e-5, rtol=0)
     srv.stop()
-
-
-# -- hot reload --------------------------------------------------------------------------------------------
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # as editors save: never a half-written file
-    now = time.time_ns()
-    os.utime(path, ns=(now, now))
-
-
-def test_hot_reload_valid_then_invalid_edit(tiny: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    path = tmp_path / "live.toml"
-    path.write_text(SENTIMENT.replace("senti", "live"), encoding="utf-8")
-    v1 = SENTIMENT.replace("senti", "live")
-    v2 = v1.replace('["good", "good film"]', '["good", "great film"]')
-    srv = Running(create_app([str(path)], model=tiny, config=ServeConfig(reload_interval_s=0.05))).start()
-    texts = TEXTS[:3]
-    want = {1: offline(path, tiny, texts)}
-    stop, seen = threading.Event(), []
-
-    def hammer() -> None:
-        while not stop.is_set():
-            seen.append(post(srv, {"template": "live", "texts": texts}))
-
-    worker = threading.Thread(target=hammer)
-    worker.start()
-    try:
-        time.sleep(0.2)
-        (tmp_path / "v2.toml").write_text(v2, encoding="utf-8")
-        want[2] = offline(tmp_path / "v2.toml", tiny, texts)
-        _write(path, v2)
-        wait_for(lambda: get(srv, "/v1/templates")[1]["templates"][0]["version"] == 2, "the valid edit to load")
-        _write(path, v2.replace("{text}", "{txt}"))
-        wait_for(lambda: get(srv, "/v1/templates")[1]["problems"], "the invalid edit to be reported")
-        time.sleep(0.2)
-    finally:
-        stop.set()
-        worker.join(TIMEOUT)
-    listing = get(srv, "/v1/templates")[1]
-    assert listing["templates"][0]["version"] == 2  # the invalid edit left version 2 serving
-    issues = listing["problems"][0]["issues"]
-    assert any(f"{path}: prompt: unknown placeholder {{txt}}" in i for i in issues), issues
-    assert f"{path}: prompt: unknown placeholder" in caplog.text
-    versions = [answer["version"] for status, _, answer in seen]
-    assert all(status == 200 for status, _, _ in seen) and versions == sorted(versions) and set(versions) == {1, 2}
-    for _, _, answer in seen:
-        np.testing.assert_allclose(proba_of(answer), want[answer["version"]], atol=1e-5, rtol=0)
-    assert not np.allclose(want[1], want[2])
-    _write(path, v1)  # fixed: problems clear, the file's content is served again
-    wait_for(lambda: get(srv, "/v1/templates")[1]["templates"][0]["version"] == 3, "the fix to load")
-    assert get(srv, "/v1/templates")[1]["problems"] == []
-    srv.stop()
-
-
-# -- command line ------------------------------------------------------------------------------------------
-def test_cli_registers_serve_and_checks_templates_first(tmp_template: Callable[..., Path], capsys: Any):
-    with pytest.raises(SystemExit) as info:
-        cli_main(["serve", "--help"])
-    assert info.value.code == 0 and "--window-ms" in capsys.readouterr().out
-    bad = tmp_template('prompt = "no slot"\n[labels]\na = ["x"]\nb = ["y"]\n')
-    assert cli_main(["serve", str(bad), "--port", "1"]) == 2
-    assert f"{bad}: prompt: must contain {{text}} exactly once" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_cli_serves_in_a_subprocess_and_stops_on_sigterm(gpt2: Any, files: dict[str, Path], tmp_path: Path):
-    gpt2.model.save_pretrained(tmp_path / "m")
-    gpt2.tokenizer.save_pretrained(tmp_path / "m")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "verbalize.cli", "serve", str(files["senti"]), "--model", str(tmp_path / "m"),
-           "--port", str(port), "--threads", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}")
-        wait_for(client.ready, "the subprocess to be ready", timeout=120)
-        assert client.predict(["the acting is good"], template="senti")[0] in ("negative", "positive")
-        proc.terminate()
-        assert proc.wait(TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(TIMEOUT)
-
-
-def test_reload_swaps_in_only_the_content_it_built(tiny: Any, tmp_path: Path):
-    """A file edited again while its new version warms up is rebuilt from the newest content."""
-    from verbalize.serve.registry import Registry, build_classifier, expand_sources
-
-    path = tmp_path / "r.toml"
-    path.write_text(SENTIMENT, encoding="utf-8")
-    edits = [SENTIMENT.replace('["bad"]', '["bad film"]')]
-
-    def build(source: Any) -> Verbalizer:
-        clf = build_classifier(source, tiny)
-        if edits and clf.template_.labels["negative"] == ("bad film",):
-            _write(path, SENTIMENT.replace('["bad"]', '["awful"]'))  # the analyst saves again meanwhile
-            edits.clear()
-        return clf
-
-    registry = Registry(expand_sources([str(path)]), build)
-    registry.load()
-    _write(path, edits[0])
-    registry.poll()
-    entry = registry.get("senti")
-    assert entry is not None and entry.version == 1  # the "bad film" build is stale: not served
-    registry.poll()
-    entry = registry.get("senti")
-    assert entry is not None and entry.version == 2 and entry.clf.template_.labels["negative"] == ("awful",)
