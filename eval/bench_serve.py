@@ -170,7 +170,12 @@ async def soak(port: int, pid: int, live: Path, texts: list[str], want: dict, se
         edits = [(start + seconds / 3, "valid", LIVE_V2), (start + 2 * seconds / 3, "invalid", LIVE_BAD)]
         while time.perf_counter() < end:
             rss.append((time.perf_counter() - start, rss_mb(pid)))
-            if edits and time.perf_counter() >= edits[0][0]:
+            now = time.perf_counter()
+            due = bool(edits) and now >= edits[0][0]
+            # The invalid edit waits for the valid one to be served (at most until the soak's last tenth).
+            if due and edits[0][1] == "invalid" and "seen_v2" not in marks and now < end - seconds / 10:
+                due = False
+            if due:
                 _, kind, text = edits.pop(0)
                 write(live, text)
                 marks[kind] = time.perf_counter()

@@ -86,7 +86,7 @@ class Client:
         """Whether ``GET /readyz`` answers 200 (model and templates loaded)."""
         try:
             self.request("GET", "/readyz", retry=False)
-        except (ServiceError, OSError):
+        except (ServiceError, OSError, http.client.HTTPException):
             return False
         return True
 
@@ -127,10 +127,11 @@ class Client:
                 resp = conn.getresponse()
                 raw = resp.read()
                 return resp.status, {k.lower(): v for k, v in resp.getheaders()}, raw
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()  # a failed exchange leaves the connection unusable: open a fresh one next time
                 self._local.conn = None
-                if attempt:
+                stale = isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError)
+                if attempt or not stale:
                     raise
         raise AssertionError("unreachable")
 
