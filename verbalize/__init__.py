@@ -14,6 +14,7 @@ from .calibration import (
     TemperatureCalibrator,
     get_calibrator,
 )
+from .client import Client
 from .errors import InputError, ModelLoadError, TemplateError, VerbalizeError
 from .estimator import Verbalizer
 from .finetune import FineTuneConfig
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchCalibrator",
     "Calibrator",
+    "Client",
     "ContextualCalibrator",
     "DomainCalibrator",
     "FineTuneConfig",

@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=_finetune)
+    from .serve.cli import add_parser as add_serve_parser  # `verbalize serve` (needs the [serve] extra to run)
+
+    add_serve_parser(sub)
     return p
 
 

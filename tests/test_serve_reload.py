@@ -1,0 +1,141 @@
+"""`verbalize serve`: hot reload of edited template files, and the command line."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+pytest_plugins = ["serve_support"]  # fixtures: tiny, files, server
+pytest.register_assert_rewrite("serve_support")
+
+from serve_support import (  # noqa: E402
+    SENTIMENT,
+    TEXTS,
+    TIMEOUT,
+    Running,
+    get,
+    offline,
+    post,
+    proba_of,
+    wait_for,
+)
+from serve_support import write_atomically as _write  # noqa: E402
+
+from verbalize import Client, Verbalizer  # noqa: E402
+from verbalize.cli import main as cli_main  # noqa: E402
+from verbalize.serve import ServeConfig, create_app  # noqa: E402
+
+
+def test_hot_reload_valid_then_invalid_edit(tiny: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    path = tmp_path / "live.toml"
+    path.write_text(SENTIMENT.replace("senti", "live"), encoding="utf-8")
+    v1 = SENTIMENT.replace("senti", "live")
+    v2 = v1.replace('["good", "good film"]', '["good", "great film"]')
+    srv = Running(create_app([str(path)], model=tiny, config=ServeConfig(reload_interval_s=0.05))).start()
+    texts = TEXTS[:3]
+    want = {1: offline(path, tiny, texts)}
+    stop, seen = threading.Event(), []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            seen.append(post(srv, {"template": "live", "texts": texts}))
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        (tmp_path / "v2.toml").write_text(v2, encoding="utf-8")
+        want[2] = offline(tmp_path / "v2.toml", tiny, texts)
+        _write(path, v2)
+        wait_for(lambda: get(srv, "/v1/templates")[1]["templates"][0]["version"] == 2, "the valid edit to load")
+        _write(path, v2.replace("{text}", "{txt}"))
+        wait_for(lambda: get(srv, "/v1/templates")[1]["problems"], "the invalid edit to be reported")
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        worker.join(TIMEOUT)
+    listing = get(srv, "/v1/templates")[1]
+    assert listing["templates"][0]["version"] == 2  # the invalid edit left version 2 serving
+    issues = listing["problems"][0]["issues"]
+    assert any(f"{path}: prompt: unknown placeholder {{txt}}" in i for i in issues), issues
+    assert f"{path}: prompt: unknown placeholder" in caplog.text
+    versions = [answer["version"] for status, _, answer in seen]
+    assert all(status == 200 for status, _, _ in seen) and versions == sorted(versions) and set(versions) == {1, 2}
+    for _, _, answer in seen:
+        np.testing.assert_allclose(proba_of(answer), want[answer["version"]], atol=1e-5, rtol=0)
+    assert not np.allclose(want[1], want[2])
+    _write(path, v1)  # fixed: problems clear, the file's content is served again
+    wait_for(lambda: get(srv, "/v1/templates")[1]["templates"][0]["version"] == 3, "the fix to load")
+    assert get(srv, "/v1/templates")[1]["problems"] == []
+    srv.stop()
+
+
+# -- command line ------------------------------------------------------------------------------------------
+def test_cli_registers_serve_and_checks_templates_first(tmp_template: Callable[..., Path], capsys: Any):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["serve", "--help"])
+    assert info.value.code == 0 and "--window-ms" in capsys.readouterr().out
+    bad = tmp_template('prompt = "no slot"\n[labels]\na = ["x"]\nb = ["y"]\n')
+    assert cli_main(["serve", str(bad), "--port", "1"]) == 2
+    assert f"{bad}: prompt: must contain {{text}} exactly once" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_serves_in_a_subprocess_and_stops_on_sigterm(gpt2: Any, files: dict[str, Path], tmp_path: Path):
+    gpt2.model.save_pretrained(tmp_path / "m")
+    gpt2.tokenizer.save_pretrained(tmp_path / "m")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "verbalize.cli", "serve", str(files["senti"]), "--model", str(tmp_path / "m"),
+           "--port", str(port), "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}")
+        wait_for(client.ready, "the subprocess to be ready", timeout=120)
+        assert client.predict(["the acting is good"], template="senti")[0] in ("negative", "positive")
+        proc.terminate()
+        assert proc.wait(TIMEOUT) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after its graceful shutdown
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+
+
+def test_reload_swaps_in_only_the_content_it_built(tiny: Any, tmp_path: Path):
+    """A file edited again while its new version warms up is rebuilt from the newest content."""
+    from verbalize.serve.registry import Registry, build_classifier, expand_sources
+
+    path = tmp_path / "r.toml"
+    path.write_text(SENTIMENT, encoding="utf-8")
+    edits = [SENTIMENT.replace('["bad"]', '["bad film"]')]
+
+    def build(source: Any) -> Verbalizer:
+        clf = build_classifier(source, tiny)
+        if edits and clf.template_.labels["negative"] == ("bad film",):
+            _write(path, SENTIMENT.replace('["bad"]', '["awful"]'))  # the analyst saves again meanwhile
+            edits.clear()
+        return clf
+
+    registry = Registry(expand_sources([str(path)]), build)
+    registry.load()
+    _write(path, edits[0])
+    registry.poll()
+    entry = registry.get("senti")
+    assert entry is not None and entry.version == 1  # the "bad film" build is stale: not served
+    registry.poll()
+    entry = registry.get("senti")
+    assert entry is not None and entry.version == 2 and entry.clf.template_.labels["negative"] == ("awful",)

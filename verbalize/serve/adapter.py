@@ -1,0 +1,96 @@
+"""The one place where the service reads a :class:`~verbalize.Verbalizer`'s internals.
+
+Cross-request and cross-template batching needs what ``predict_proba`` computes on the way to
+the model: the prompts, where each text lies in them, the prefix shared by all, and the label
+words as tokens. Everything else in ``verbalize.serve`` uses the public API only, so when the
+estimator's internals move (prompts / calibration / persistence split), only :func:`scoring_plan`
+and :func:`merge_label_tokens` need re-pointing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..estimator import Verbalizer
+from ..prompts import reserved_tokens
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one request's texts need from the model, and how word scores become probabilities.
+
+    Requests whose ``key`` is equal read the same model with the same settings, prefix and
+    template start, so their prompts can go through one ``Scorer.score_words`` call and every
+    text still gets exactly the scores it would get alone (the scorer is batch-invariant).
+    ``key`` is None when the classifier must be run on its own (heads, per-text prefixes).
+    """
+
+    scorer: Any
+    prompts: list[str]
+    spans: list[tuple[int, int]]
+    prefix: str
+    label_tokens: Any
+    finish: Callable[[np.ndarray], np.ndarray]
+    key: tuple[Any, ...] | None
+
+
+def scoring_plan(clf: Verbalizer, texts: list[str]) -> Plan:
+    """The prompts, label tokens and finishing step that ``clf.predict_proba(texts)`` would use.
+
+    ``finish(words)`` maps word log-probabilities (n, n_words) to probabilities (n, n_classes)
+    through the classifier's own aggregation and calibration; calibrators that look at the
+    texts (domain, batch) see this request's texts, as offline ``predict_proba`` on them would.
+    """
+    clf._ready()
+    built = clf._prompts(texts)
+    prompts, spans, prefix = built.prompts, built.spans, built.prefix
+    scorer, tokens = clf.scorer_, clf.label_tokens_
+    room = reserved_tokens(tokens)
+    head = prompts[0][: spans[0][0]] if prompts else ""
+    shared_head = all(p[:a] == head for p, (a, _) in zip(prompts, spans, strict=True))
+    fusable = not clf.head_specs_ and not clf.demo_pool_ and shared_head
+    key = None
+    if fusable:
+        key = (id(scorer.model), scorer.batch_size, scorer.max_tokens, scorer.context_length, prefix, head, room)
+
+    def finish(words: np.ndarray) -> np.ndarray:
+        return np.exp(clf._from_words(words, texts))
+
+    return Plan(scorer, prompts, spans, prefix, tokens, finish, key)
+
+
+def merge_label_tokens(plans: Sequence[Plan]) -> tuple[Any, list[int]]:
+    """One label-token table holding every distinct table of ``plans``, and each plan's column offset.
+
+    The scorer's word columns are independent of each other (each is the log-probability of one
+    word after the prompt), so a union of words scores each word exactly as its own table would.
+    """
+    tables: dict[int, int] = {}
+    words: list[str] = []
+    ids: list[tuple[int, ...]] = []
+    offsets = []
+    for plan in plans:
+        t = plan.label_tokens
+        if id(t) not in tables:
+            tables[id(t)] = len(words)
+            words += list(t.words)
+            ids += list(t.word_ids)
+        offsets.append(tables[id(t)])
+    first = plans[0].label_tokens
+    if len(tables) == 1:
+        return first, offsets
+    # Each merged word is its own "label": the caller slices word columns, never aggregates here.
+    merged = dataclasses.replace(
+        first, labels=tuple(words), words=tuple(words), word_label=np.arange(len(words)), word_ids=tuple(ids)
+    )
+    return merged, offsets
+
+
+def n_words(plan: Plan) -> int:
+    """How many word columns a plan's label tokens have."""
+    return len(plan.label_tokens.word_ids)

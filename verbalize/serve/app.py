@@ -1,0 +1,303 @@
+"""The ASGI application: FastAPI routes over the registry and the micro-batcher.
+
+Routes: ``POST /v1/classify``, ``GET /v1/templates``, ``GET /healthz``, ``GET /readyz``,
+``GET /metrics`` (Prometheus text), ``GET /docs`` (OpenAPI). Every error answer is JSON
+``{"error": code, "message": ..., "location": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from ..errors import did_you_mean
+from .batcher import MicroBatcher, Overloaded
+from .metrics import Metrics
+from .registry import Entry, Registry, Source, build_classifier, expand_sources
+from .schemas import ClassifyRequest, ClassifyResponse, ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits and timings of the service (the CLI's options).
+
+    ``window_ms``: longest wait for more requests after the oldest queued one; ``max_batch_tokens``:
+    estimated tokens that close a batch early; ``max_queue_texts``: texts waiting before 429;
+    ``max_request_texts`` / ``max_request_bytes``: per request (413 beyond); ``reload_interval_s``:
+    how often template files are checked for edits (0 turns hot reload off).
+    """
+
+    window_ms: float = 5.0
+    max_batch_tokens: int = 8192
+    max_queue_texts: int = 4096
+    max_request_texts: int = 256
+    max_request_bytes: int = 1 << 20
+    reload_interval_s: float = 1.0
+    batch_size: int = 64
+
+
+class ServeError(Exception):
+    """An error answer: HTTP status, code, message (what, where, fix) and the request location."""
+
+    def __init__(self, status: int, code: str, message: str, location: str | None = None, retry_after: int = 0):
+        super().__init__(message)
+        self.status, self.code, self.message, self.location = status, code, message, location
+        self.headers = {"Retry-After": str(retry_after)} if retry_after else None
+
+    def response(self) -> JSONResponse:
+        body = {"error": self.code, "message": self.message, "location": self.location}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class Service:
+    """The parts one app holds: config, metrics, micro-batcher and registry."""
+
+    def __init__(self, sources: list[Source], model: Any, config: ServeConfig):
+        self.config = config
+        self.metrics = Metrics()
+        self.batcher = MicroBatcher(
+            self.metrics, config.window_ms / 1000, config.max_batch_tokens, config.max_queue_texts
+        )
+        build = partial(build_classifier, model=model, batch_size=config.batch_size)
+        self.registry = Registry(
+            sources, build, self.batcher.exclusive, lambda result: self.metrics.reloads.labels(result).inc()
+        )
+        self.load_error: str | None = None
+
+    def load(self) -> None:
+        """Build every served classifier (loads the model), then watch the files."""
+        try:
+            self.registry.load()
+        except Exception as exc:  # e.g. the model cannot be loaded: stay alive, not ready, and say why
+            logger.exception("loading the served templates failed")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            return
+        if not self.registry.ready:
+            self.load_error = "no template could be loaded: " + "; ".join(
+                i for issues in self.registry.problems.values() for i in issues
+            )
+            logger.error("%s", self.load_error)
+        if self.config.reload_interval_s > 0:
+            self.registry.start_polling(self.config.reload_interval_s)
+
+
+def create_app(paths: list[str], model: Any = None, config: ServeConfig | None = None) -> FastAPI:
+    """The service as an ASGI app; run it with uvicorn (``verbalize serve`` does).
+
+    Parameters
+    ----------
+    paths : list of str
+        Template files, directories of ``*.toml`` templates, or directories written by ``Verbalizer.save``.
+    model : str, Scorer or None
+        The model of the template files (None: the embedded default); shared by all of them.
+    config : ServeConfig, optional
+    """
+    service = Service(expand_sources(paths), model, config or ServeConfig())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.batcher.start()
+        threading.Thread(target=service.load, name="verbalize-load", daemon=True).start()
+        yield
+        # uvicorn runs this after in-flight requests have been answered (graceful shutdown).
+        service.registry.stop_polling()
+        await asyncio.to_thread(service.batcher.stop)
+
+    app = FastAPI(title="verbalize", summary="Prompt-based text classification service", lifespan=lifespan)
+    app.state.service = service
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        return exc.response()
+
+    _routes(app, service)
+    return app
+
+
+def _routes(app: FastAPI, service: Service) -> None:
+    registry, metrics = service.registry, service.metrics
+    errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 429, 503)}
+    body_doc = {"content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}}, "required": True}
+
+    @app.post(
+        "/v1/classify",
+        responses={200: {"model": ClassifyResponse}, **errors},
+        openapi_extra={"requestBody": body_doc},
+        summary="Classify texts with a served template",
+    )
+    async def classify(request: Request) -> JSONResponse:
+        start = time.perf_counter()
+        name = "-"
+        try:
+            entry, texts = await _admit(request, service)
+            name = entry.name
+            try:
+                proba = await service.batcher.submit(entry.clf, entry.name, texts)
+            except Overloaded as exc:
+                metrics.rejected.labels("stopping" if exc.stopping else "queue_full").inc()
+                status, code = (503, "stopping") if exc.stopping else (429, "queue_full")
+                raise ServeError(status, code, str(exc), retry_after=exc.retry_after) from None
+            body = _answer(entry, proba)
+        except ServeError as exc:
+            metrics.requests.labels(name, str(exc.status)).inc()
+            return exc.response()
+        metrics.requests.labels(name, "200").inc()
+        metrics.texts.labels(name).inc(len(texts))
+        metrics.latency.observe(time.perf_counter() - start)
+        return JSONResponse(body)
+
+    @app.get("/v1/templates", summary="Served templates with their labels and words, and reload problems")
+    async def templates() -> dict[str, Any]:
+        return registry.describe()
+
+    @app.get("/healthz", summary="The process is up (always 200 while it answers)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="200 once the model and templates are loaded, else 503")
+    async def readyz() -> JSONResponse:
+        if registry.ready:
+            return JSONResponse({"status": "ready", "templates": registry.names})
+        detail = service.load_error or "loading the model and templates"
+        return JSONResponse({"status": "not ready", "detail": detail}, status_code=503, headers={"Retry-After": "2"})
+
+    @app.get("/metrics", summary="Prometheus text exposition")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+
+async def _admit(request: Request, service: Service) -> tuple[Entry, list[str]]:
+    """Read and check a classify request: the served entry and the texts, or a ServeError."""
+    cfg, registry = service.config, service.registry
+    if not registry.ready:
+        detail = service.load_error or "the model and templates are still loading"
+        service.metrics.rejected.labels("not_ready").inc()
+        raise ServeError(503, "not_ready", f"not ready: {detail}; retry later (GET /readyz)", retry_after=2)
+    raw = await _read_body(request, cfg.max_request_bytes)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise ServeError(
+            400,
+            "malformed_json",
+            f'the body is not valid JSON: {exc.msg} at {where}; send {{"template": NAME, "texts": ["...", ...]}}',
+            location=where,
+        ) from None
+    except UnicodeDecodeError:
+        raise ServeError(400, "malformed_json", "the body is not UTF-8 JSON; send UTF-8", location="body") from None
+    try:
+        req = ClassifyRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _location(first["loc"])
+        raise ServeError(
+            422,
+            "invalid_request",
+            f"{where or 'body'}: {first['msg']} ({exc.error_count()} problem(s) in all); "
+            'expected {"template": NAME, "texts": ["...", ...]}',
+            location=where or None,
+        ) from None
+    entry = registry.get(req.template)
+    if entry is None:
+        served = registry.names
+        raise ServeError(
+            404,
+            "unknown_template",
+            f"template {req.template!r} is not served.{did_you_mean(req.template, served)} "
+            f"Served templates: {', '.join(served)} (GET /v1/templates)",
+            location="template",
+        )
+    return entry, _texts(req, cfg.max_request_texts)
+
+
+def _texts(req: ClassifyRequest, limit: int) -> list[str]:
+    """The request's texts, from ``texts`` or ``inputs``, with every problem located."""
+    if (req.texts is None) == (req.inputs is None):
+        raise ServeError(
+            422, "invalid_request", 'give exactly one of "texts" (list of strings) or "inputs"', location="texts"
+        )
+    key = "texts" if req.texts is not None else "inputs"
+    items: list[Any] = req.texts if req.texts is not None else req.inputs  # type: ignore[assignment]
+    if not items:
+        raise ServeError(422, "empty_request", f"{key} is empty; send at least one text", location=key)
+    if len(items) > limit:
+        raise ServeError(
+            413,
+            "too_many_texts",
+            f"{key} has {len(items)} items; at most {limit} per request: split it into several requests",
+            location=key,
+        )
+    texts = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            if set(item) != {"text"}:
+                raise ServeError(
+                    422,
+                    "unknown_field",
+                    f'{key}[{i}] has fields {sorted(item)}; this template has the one field "text": {{"text": "..."}}',
+                    location=f"{key}[{i}]",
+                )
+            item = item["text"]
+        if not item.strip():
+            loc = f"{key}[{i}]" + (".text" if key == "inputs" else "")
+            raise ServeError(
+                422, "empty_text", f"{loc} is empty or whitespace-only; drop it or send text", location=loc
+            )
+        texts.append(item)
+    return texts
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ServeError(
+            413,
+            "body_too_large",
+            f"the body has {declared} bytes; at most {limit} per request: send fewer or shorter texts per request",
+            location="body",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServeError(
+                413,
+                "body_too_large",
+                f"the body exceeds {limit} bytes; send fewer or shorter texts per request",
+                location="body",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _answer(entry: Entry, proba: np.ndarray) -> dict[str, Any]:
+    labels = [str(c) for c in entry.clf.classes_]
+    predictions = [
+        {"label": labels[int(np.argmax(row))], "probabilities": dict(zip(labels, map(float, row), strict=True))}
+        for row in proba
+    ]
+    return {"template": entry.name, "version": entry.version, "labels": labels, "predictions": predictions}

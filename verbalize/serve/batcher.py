@@ -1,0 +1,251 @@
+"""Dynamic micro-batching: requests from many clients, scored together in one model worker thread.
+
+The event loop only enqueues work and awaits a future; one worker thread runs the model (torch
+releases the GIL in its kernels, so the loop keeps answering while the model runs). The worker
+waits at most ``window_s`` after the oldest queued request, or until ``max_batch_tokens`` fill,
+then scores every queued request in as few ``Scorer.score_words`` calls as the requests allow:
+one per (model, prefix, template start), across clients and across templates. A request whose
+client has gone is skipped; a failure is delivered to the requests it concerns only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .adapter import Plan, merge_label_tokens, n_words, scoring_plan
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The queue is full (or the batcher is stopping); ``retry_after`` is a hint in seconds."""
+
+    def __init__(self, message: str, retry_after: int, stopping: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.stopping = stopping
+
+
+@dataclass
+class Job:
+    """One request's texts for one served template version, and where its answer goes."""
+
+    clf: Any
+    template: str
+    texts: list[str]
+    future: asyncio.Future[np.ndarray]
+    loop: asyncio.AbstractEventLoop
+    tokens: int
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def estimate_tokens(texts: list[str]) -> int:
+    """A cheap upper-side token estimate for the batch budget (UTF-8 bytes / 3, plus template words)."""
+    return sum(len(t.encode("utf-8")) // 3 + 16 for t in texts)
+
+
+class MicroBatcher:
+    """Collects requests and scores them together in one worker thread.
+
+    Parameters
+    ----------
+    metrics : Metrics
+    window_s : float, default 0.005
+        Longest wait after the oldest queued request before its batch is scored.
+    max_batch_tokens : int, default 8192
+        Estimated tokens (see :func:`estimate_tokens`) that close a batch before the window ends.
+    max_queue_texts : int, default 4096
+        Texts waiting at most; beyond it :meth:`submit` raises :class:`Overloaded` (HTTP 429).
+    """
+
+    def __init__(
+        self, metrics: Metrics, window_s: float = 0.005, max_batch_tokens: int = 8192, max_queue_texts: int = 4096
+    ):
+        self.metrics = metrics
+        self.window_s = window_s
+        self.max_batch_tokens = max_batch_tokens
+        self.max_queue_texts = max_queue_texts
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._queued_texts = 0
+        self._queued_tokens = 0
+        self._exclusive_waiting = 0  # reloads waiting for the model: the worker takes no new batch
+        self._stopping = False
+        self._model_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="verbalize-model", daemon=True)
+        self._rate = 50.0  # texts/s, refreshed after every batch (for Retry-After)
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new work, finish everything queued, and join the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model between batches (template reloads warm up on the same model and tokenizer).
+
+        A waiting holder goes first: the worker finishes its batch and takes no new one until the
+        holder is done, so a reload is never starved by a saturated queue.
+        """
+        with self._cond:
+            self._exclusive_waiting += 1
+        try:
+            with self._model_lock:
+                yield
+        finally:
+            with self._cond:
+                self._exclusive_waiting -= 1
+                self._cond.notify_all()
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    async def submit(self, clf: Any, template: str, texts: list[str]) -> np.ndarray:
+        """Queue ``texts`` for ``clf`` and wait for their probabilities (n, n_classes).
+
+        Raises
+        ------
+        Overloaded
+            When the queue holds ``max_queue_texts`` already, or the service is stopping.
+        """
+        loop = asyncio.get_running_loop()
+        job = Job(clf, template, texts, loop.create_future(), loop, estimate_tokens(texts))
+        with self._cond:
+            if self._stopping:
+                raise Overloaded("the service is shutting down", retry_after=5, stopping=True)
+            if self._queued_texts + len(texts) > self.max_queue_texts:
+                wait = max(1, round(self._queued_texts / max(self._rate, 1.0)))
+                raise Overloaded(
+                    f"queue full: {self._queued_texts} texts waiting (limit {self.max_queue_texts}); "
+                    f"retry after {wait} s",
+                    retry_after=wait,
+                )
+            self._queue.append(job)
+            self._queued_texts += len(texts)
+            self._queued_tokens += job.tokens
+            self.metrics.queue_depth.set(self._queued_texts)
+            self._cond.notify()
+        return await job.future
+
+    # -- worker thread -------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                return
+            start = time.perf_counter()
+            n = sum(len(j.texts) for j in jobs)
+            with self._model_lock:
+                try:
+                    self._run(jobs)
+                except Exception as exc:  # never let the worker die: fail this batch's requests only
+                    logger.exception("batch of %d requests failed", len(jobs))
+                    for job in jobs:
+                        _deliver(job, None, exc)
+            seconds = time.perf_counter() - start
+            self._rate = 0.8 * self._rate + 0.2 * (n / max(seconds, 1e-6))
+            self.metrics.batch_seconds.observe(seconds)
+
+    def _take(self) -> list[Job] | None:
+        """Wait for a batch: the window after the oldest job, or a full token budget; None when stopped."""
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait(0.5)
+            deadline = self._queue[0].enqueued + self.window_s
+            while not self._stopping and self._queued_tokens < self.max_batch_tokens:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            while self._exclusive_waiting:  # a reload is waiting for the model: let it go first
+                self._cond.wait(0.1)
+            jobs: list[Job] = []
+            tokens = 0
+            while self._queue and (not jobs or tokens + self._queue[0].tokens <= self.max_batch_tokens):
+                job = self._queue.popleft()
+                jobs.append(job)
+                tokens += job.tokens
+                self._queued_texts -= len(job.texts)
+                self._queued_tokens -= job.tokens
+            self.metrics.queue_depth.set(self._queued_texts)
+        return jobs
+
+    def _run(self, jobs: list[Job]) -> None:
+        live = [j for j in jobs if not j.future.done()]  # a client that went away cancelled its future
+        if len(live) < len(jobs):
+            self.metrics.abandoned.inc(len(jobs) - len(live))
+        groups: dict[Any, list[tuple[Job, Plan]]] = defaultdict(list)
+        for job in live:
+            try:
+                plan = scoring_plan(job.clf, job.texts)
+            except Exception as exc:
+                _deliver(job, None, exc)
+                continue
+            groups[plan.key if plan.key is not None else ("alone", id(job))].append((job, plan))
+        self.metrics.batch_requests.observe(len(live))
+        for members in groups.values():
+            self.metrics.batch_texts.observe(sum(len(j.texts) for j, _ in members))
+            try:
+                if members[0][1].key is None:
+                    job = members[0][0]
+                    _deliver(job, np.asarray(job.clf.predict_proba(job.texts)), None)
+                    continue
+                for (job, _), proba in zip(members, score_together([p for _, p in members]), strict=True):
+                    _deliver(job, proba, None)
+            except Exception as exc:
+                logger.exception("scoring %d requests failed", len(members))
+                for job, _ in members:
+                    _deliver(job, None, exc)
+
+
+def score_together(plans: list[Plan]) -> list[np.ndarray]:
+    """Probabilities for each plan, from one ``score_words`` call over all their prompts.
+
+    All plans share a key: the same model, settings, prefix and template start.
+    """
+    tokens, offsets = merge_label_tokens(plans)
+    prompts = [p for plan in plans for p in plan.prompts]
+    spans = [s for plan in plans for s in plan.spans]
+    words = plans[0].scorer.score_words(prompts, tokens, spans, plans[0].prefix)  # (n_all, n_merged_words)
+    out, row = [], 0
+    for plan, col in zip(plans, offsets, strict=True):
+        n = len(plan.prompts)
+        out.append(plan.finish(words[row : row + n, col : col + n_words(plan)]))  # (n, n_words of plan)
+        row += n
+    return out
+
+
+def _deliver(job: Job, result: np.ndarray | None, exc: BaseException | None) -> None:
+    """Hand a result to the job's event loop (the future belongs to the loop's thread)."""
+
+    def settle() -> None:
+        if job.future.done():  # cancelled: the client disconnected
+            return
+        if exc is not None:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)  # type: ignore[arg-type]
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed (shutdown): nobody is waiting
+        job.loop.call_soon_threadsafe(settle)
