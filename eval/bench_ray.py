@@ -61,7 +61,7 @@ def main() -> None:
             [
                 *common,
                 "-o",
-                str(tmp / "ray"),
+                str(tmp / "ray.parquet"),
                 "--engine",
                 "ray",
                 "--concurrency",
