@@ -75,7 +75,7 @@ def main() -> None:
         want = pq.read_table(tmp / "local.parquet").to_pylist()
         got = pq.read_table(tmp / "ray.parquet").to_pylist()
         same = [
-            (g["id"], g["prediction"], g["probability"]) == (w["id"], w["prediction"], w["probability"])
+            (str(g["id"]), g["prediction"], g["probability"]) == (str(w["id"]), w["prediction"], w["probability"])
             for g, w in zip(got, want, strict=False)
         ]
     print(
