@@ -5,7 +5,7 @@ Classifies the first N SST-2 test texts from ../shared/data (default 2,000) twic
 with 2 CPUs, compares prediction and probability row by row, and reports both wall times (set-up
 included) and the overhead of Ray.
 
-    python eval/bench_ray.py                                   # embedded model, 2,000 texts (the bar)
+    python eval/bench_ray.py --data ../shared/data             # embedded model, 2,000 texts (the bar)
     python eval/bench_ray.py --model tiny --n 300              # quick check of the machinery
 """
 
@@ -22,13 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "eval"))
 
 from bench_jobs import tiny_model  # noqa: E402
+from data import data_dir  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default' (embedded), 'tiny', or a model path/id")
     p.add_argument("--template", default=str(ROOT / "templates" / "sst2.toml"))
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2" / "test.jsonl"))
+    p.add_argument("--data", default=None, help="data folder (default: $VERBALIZE_DATA); reads sst2/test.jsonl")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--chunk-size", type=int, default=512)
     p.add_argument("--concurrency", type=int, default=2)
@@ -48,7 +49,7 @@ def main() -> None:
             else ["--model", tiny_model(tmp / "tiny") if args.model == "tiny" else args.model]
         )
         src = tmp / "sst2.jsonl"
-        lines = Path(args.data).read_text(encoding="utf-8").splitlines()[: args.n]
+        lines = (data_dir(args.data) / "sst2" / "test.jsonl").read_text(encoding="utf-8").splitlines()[: args.n]
         src.write_text("".join(json.dumps({"id": i} | json.loads(x)) + "\n" for i, x in enumerate(lines)))
         common = ["predict", args.template, str(src), *model, "--chunk-size", str(args.chunk_size), "--no-progress"]
         start = time.perf_counter()
@@ -60,7 +61,7 @@ def main() -> None:
             [
                 *common,
                 "-o",
-                str(tmp / "ray"),
+                str(tmp / "ray.parquet"),
                 "--engine",
                 "ray",
                 "--concurrency",
@@ -74,7 +75,7 @@ def main() -> None:
         want = pq.read_table(tmp / "local.parquet").to_pylist()
         got = pq.read_table(tmp / "ray.parquet").to_pylist()
         same = [
-            (g["id"], g["prediction"], g["probability"]) == (w["id"], w["prediction"], w["probability"])
+            (str(g["id"]), g["prediction"], g["probability"]) == (str(w["id"]), w["prediction"], w["probability"])
             for g, w in zip(got, want, strict=False)
         ]
     print(

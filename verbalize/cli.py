@@ -234,6 +234,7 @@ def _predict(args: argparse.Namespace) -> int:
         "model": args.model,
         "calibration": args.calibration,
         "column": source.column,
+        "batch_size": args.batch_size,  # batches inside a chunk: scores move at ~1e-7 with their composition
         "verbalize": __version__,
     }
     job = Job(source, output, options, args.chunk_size, args.resume, progress=not args.no_progress)
