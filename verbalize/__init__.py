@@ -17,6 +17,7 @@ from .errors import InputError, ModelLoadError, TemplateError, VerbalizeError
 from .estimator import Verbalizer
 from .finetune import FineTuneConfig
 from .heads import Head
+from .knn import KNNPrompting
 from .labels import LabelWords
 from .scoring import Scorer
 from .template import Template, load_template
@@ -30,6 +31,7 @@ __all__ = [
     "FineTuneConfig",
     "Head",
     "InputError",
+    "KNNPrompting",
     "LabelWords",
     "ModelLoadError",
     "Scorer",
