@@ -13,6 +13,7 @@ from .calibration import (
     TemperatureCalibrator,
     get_calibrator,
 )
+from .ensemble import TemplateEnsemble
 from .errors import InputError, ModelLoadError, TemplateError, VerbalizeError
 from .estimator import Verbalizer
 from .finetune import FineTuneConfig
@@ -20,6 +21,7 @@ from .heads import Head
 from .knn import KNNPrompting
 from .labels import LabelWords
 from .scoring import Scorer
+from .search import rank_templates, suggest_label_words
 from .template import Template, load_template
 
 __version__ = "0.1.0"
@@ -37,10 +39,13 @@ __all__ = [
     "Scorer",
     "TemperatureCalibrator",
     "Template",
+    "TemplateEnsemble",
     "TemplateError",
     "VerbalizeError",
     "Verbalizer",
     "get_calibrator",
     "load_template",
+    "rank_templates",
+    "suggest_label_words",
     "__version__",
 ]

@@ -16,6 +16,7 @@ from .estimator import Verbalizer, _resolve_template
 from .finetune import FineTuneConfig
 from .inputs import read_table, text_problem, write_table
 from .scoring import Scorer
+from .search import add_parser as _add_suggest
 
 CHUNK = 512
 
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=_finetune)
+    _add_suggest(sub)
     return p
 
 
