@@ -16,8 +16,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .calibration import log_softmax
+from .estimator import Verbalizer, _resolve_template
 from .inputs import check_texts
-from .knn import resolve_template
 from .scoring import Scorer
 from .template import Template
 
@@ -76,15 +76,13 @@ class TemplateEnsemble(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any = None, y: Any = None) -> TemplateEnsemble:
         """Fit every template's classifier on the same examples (demonstrations, calibrator); returns self."""
-        from .estimator import Verbalizer
-
         templates = list(self.templates)
         if len(templates) < 1:
             raise ValueError("TemplateEnsemble needs templates=[...]: one or more template files or Templates")
         weights = np.ones(len(templates)) if self.weights is None else np.asarray(self.weights, dtype=np.float64)
         if weights.shape != (len(templates),) or (weights < 0).any() or weights.sum() <= 0:
             raise ValueError(f"weights must be {len(templates)} non-negative numbers, not all 0; got {self.weights!r}")
-        resolved = [resolve_template(t, None) for t in templates]
+        resolved = [_resolve_template(t, None) for t in templates]
         self.classes_ = np.array(list(resolved[0].labels), dtype=object)
         self.columns_ = []
         for t in resolved:

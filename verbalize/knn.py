@@ -13,7 +13,6 @@ anchors take about 200 MB.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
 from .demos import select_demos
+from .estimator import _resolve_template
 from .inputs import check_labels, check_texts
-from .labels import LabelWords
 from .scoring import Scorer
-from .template import Template, load_template
+from .template import Template
 
 CHUNK = 256  # rows per vocabulary-sized block: bounds the (rows, V) float64 temporaries
 
@@ -104,21 +103,6 @@ def vote(distances: np.ndarray, anchor_labels: np.ndarray, k: int, n_classes: in
         first[np.arange(len(labels)), labels[:, rank]] = rank
     pred = np.lexsort((first, -counts), axis=1)[:, 0] if counts.size else np.zeros(0, dtype=int)
     return counts / max(k, 1), pred
-
-
-def resolve_template(template: str | Path | Template | None, labels: Mapping[str, Sequence[str]] | None) -> Template:
-    """A Template from a file, a Template, or an inline prompt with ``{text}`` (then ``labels`` is required)."""
-    words = LabelWords(labels) if labels is not None else None
-    if isinstance(template, Template):
-        return dataclasses.replace(template, labels=words) if words is not None else template
-    if template is None:
-        raise ValueError("template= is required: a TOML file, a Template, or a prompt string with {text}")
-    if isinstance(template, str) and "{text}" in template:
-        if words is None:
-            raise ValueError("an inline prompt needs labels=, e.g. labels={'spam': ['spam'], 'ham': ['ham']}")
-        return Template(prompt=template, labels=words)
-    loaded = load_template(template)
-    return dataclasses.replace(loaded, labels=words) if words is not None else loaded
 
 
 def resolve_scorer(
@@ -207,7 +191,7 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
         for name, value, low in (("k", self.k, 1), ("demos_per_class", self.demos_per_class, 0)):
             if not isinstance(value, int | np.integer) or value < low:
                 raise ValueError(f"The {name!r} parameter of KNNPrompting must be an int >= {low}. Got {value!r}.")
-        self.template_ = resolve_template(self.template, self.labels)
+        self.template_ = _resolve_template(self.template, self.labels)
         self.classes_ = np.array(list(self.template_.labels), dtype=object)
         texts = check_texts(X)
         ys = check_labels(y, list(self.classes_))
@@ -219,7 +203,8 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
             n = self.demos_per_class * len(self.classes_)
             demo_idx = select_demos(ys, n, list(self.classes_), "balanced", self.random_state)
         self.demos_ = [(texts[i], ys[i]) for i in demo_idx]
-        rest = [i for i in range(len(texts)) if i not in set(demo_idx)]
+        taken = set(demo_idx)
+        rest = [i for i in range(len(texts)) if i not in taken]
         if not rest:
             raise ValueError(
                 f"no anchors left: all {len(texts)} examples became demonstrations "

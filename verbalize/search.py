@@ -25,9 +25,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from .calibration import get_calibrator, log_softmax
-from .estimator import CONTENT_FREE
+from .estimator import CONTENT_FREE, _resolve_template
 from .inputs import check_labels, check_texts, read_table
-from .knn import next_token_log_probs, resolve_scorer, resolve_template
+from .knn import next_token_log_probs, resolve_scorer
 from .scoring import Scorer, aggregate
 from .template import Template, load_template
 
@@ -212,7 +212,7 @@ def suggest_label_words(
     """
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration for the search must be one of {CALIBRATIONS}, got {calibration!r}")
-    tpl = resolve_template(template, None)
+    tpl = _resolve_template(template, None)
     labels = list(tpl.labels)
     texts, ys = check_texts(X), check_labels(y, labels)
     if len(texts) != len(ys):
@@ -262,7 +262,7 @@ def rank_templates(
 ) -> list[Suggestion]:
     """Search label words for each candidate prompt (see :func:`candidate_templates`) and rank the
     results by cross-validated accuracy, best first; ``search`` goes to :func:`suggest_label_words`."""
-    tpl = resolve_template(template, None)
+    tpl = _resolve_template(template, None)
     scorer = resolve_scorer(model, "auto", "float32", 64, None)
     found = [suggest_label_words(X, y, t, scorer, **search) for t in candidate_templates(tpl, prompts)]
     return sorted(found, key=lambda s: -s.cv_accuracy)
