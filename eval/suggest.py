@@ -74,9 +74,16 @@ def run(args: argparse.Namespace) -> None:
                 X, y = [pool[0][i] for i in idx], [pool[1][i] for i in idx]
                 t0 = time.perf_counter()
                 kw = dict(calibration=args.search_calibration, random_state=seed)
-                found = {"words": suggest_label_words(X, y, shipped, scorer, **kw)}
-                if not args.words_only:
-                    found["words+prompt"] = rank_templates(X, y, shipped, scorer, **kw)[0]
+                if args.words_only:
+                    found = {"words": suggest_label_words(X, y, shipped, scorer, **kw)}
+                else:  # the shipped prompt is the first candidate: its entry is the words-only search
+                    ranked = rank_templates(X, y, shipped, scorer, **kw)
+                    same = [
+                        s
+                        for s in ranked
+                        if (s.template.prompt, s.template.instruction) == (shipped.prompt, shipped.instruction)
+                    ]
+                    found = {"words": same[0], "words+prompt": ranked[0]}
                 seconds = round(time.perf_counter() - t0, 1)
                 rows = [("shipped", shipped, found["words"].template_cv_accuracy)]
                 rows += [(name, s.template, s.cv_accuracy) for name, s in found.items()]

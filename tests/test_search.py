@@ -41,13 +41,16 @@ def _fake_log_probs(scorer: Any, template: Template, texts: list[str], demos: An
     return log_softmax(logits).astype(np.float32)
 
 
-def test_word_tokens_are_single_token_alphabetic_words(gpt2: Any) -> None:
-    cols, words = search.word_tokens(gpt2.tokenizer, " ", gpt2.model.config.vocab_size)
+def test_word_tokens_are_single_token_alphabetic_words(family: Any) -> None:
+    cols, words = search.word_tokens(family.tokenizer, " ", family.model.config.vocab_size)
     assert len(cols) == len(words) > 10
     for i, w in zip(cols, words, strict=True):
         assert w.isalpha() and len(w) >= 2
-        assert gpt2.tokenizer(" " + w, add_special_tokens=False)["input_ids"] == [i]
-    assert "sports" in words and "business" in words
+        assert family.tokenizer(" " + w, add_special_tokens=False)["input_ids"] == [i]
+    for w in ("sports", "business", "review", "the"):
+        single = len(family.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1
+        assert (w in words) == single, w
+    assert "the" in words
 
 
 def test_search_words_finds_the_discriminative_words_not_the_merely_likely() -> None:

@@ -59,7 +59,10 @@ def word_tokens(tokenizer: Any, prefix: str, vocab_size: int) -> tuple[np.ndarra
     A word is alphabetic, two letters or more, so punctuation, numbers and word pieces never become label words.
     """
     n = min(len(tokenizer), vocab_size)
-    decoded = tokenizer.batch_decode([[i] for i in range(n)])
+    # Decoded after another token: SentencePiece decoders drop the leading space of a text's first token.
+    anchor = tokenizer("x", add_special_tokens=False)["input_ids"][-1:]
+    skip = len(tokenizer.decode(anchor))
+    decoded = [s[skip:] for s in tokenizer.batch_decode([[*anchor, i] for i in range(n)])]
     cand = [
         (i, s[len(prefix) :])
         for i, s in enumerate(decoded)
