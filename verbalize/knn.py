@@ -69,6 +69,11 @@ def kl_divergence(anchors: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
     ``KL(a || q) = sum_v p_a(v) (log p_a(v) - log p_q(v))``: the anchor's negative entropy minus a
     matrix product, computed in float64 in blocks of rows.
+
+    Examples
+    --------
+    >>> kl_divergence(np.log([[0.5, 0.5]]), np.log([[0.9, 0.1]])).round(4)  # .5 log(.5/.9) + .5 log(.5/.1)
+    array([[0.5108]])
     """
     a = np.asarray(anchors)
     q = np.asarray(queries)
@@ -93,6 +98,12 @@ def vote(distances: np.ndarray, anchor_labels: np.ndarray, k: int, n_classes: in
     """Majority vote of the ``k`` nearest anchors: (vote shares (n, n_classes), predicted class index (n,)).
 
     A tie goes to the tied label with the nearest anchor.
+
+    Examples
+    --------
+    >>> shares, pred = vote(np.array([[0.1, 0.2, 0.3]]), np.array([1, 0, 0]), k=3, n_classes=2)
+    >>> shares.round(3).tolist(), pred.tolist()
+    ([[0.667, 0.333]], [0])
     """
     k = min(int(k), distances.shape[1])
     order = np.argsort(distances, axis=1, kind="stable")[:, :k]  # (n, k) nearest first
