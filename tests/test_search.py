@@ -75,9 +75,10 @@ def test_accuracy_of_equals_the_verbalizer_with_contextual_calibration(gpt2: Any
     cols, words = search.word_tokens(gpt2.tokenizer, " ", gpt2.model.config.vocab_size)
     template = Template(prompt="Review: {text}\nSentiment:", labels={"negative": ["bad"], "positive": ["good"]})
     scorer = gpt2.scorer()
-    logp, cf = search._log_probs(scorer, template, X, cols, False)
-    shipped = search._shipped_columns(template, scorer, cols)
-    assert shipped is not None and [words[c[0]] for c in shipped] == ["bad", "good"]
+    logp = search.next_token_log_probs(scorer, template, X)
+    cf = search.next_token_log_probs(scorer, template, ["N/A", "", "[MASK]"])
+    shipped = search._shipped_ids(template, scorer)
+    assert [words[list(cols).index(c[0])] for c in shipped] == ["bad", "good"]
     y = np.array([0, 1] * 8)
     clf = Verbalizer(template=template, model=scorer, calibration="contextual").fit()
     want = float(np.mean(clf.predict_log_proba(X).argmax(1) == y))
@@ -91,7 +92,7 @@ def test_suggest_label_words_on_a_task_where_the_right_words_are_known(gpt2: Any
     s = suggest_label_words(X, Y, TOPICS, gpt2.scorer(), n_words=(1, 2), cv=4)
     assert {k: v[0] for k, v in s.template.labels.items()} == WORDS
     assert s.template.prompt == TOPICS.prompt
-    assert s.cv_accuracy == 1.0 and s.template_cv_accuracy is not None and s.template_cv_accuracy < 1.0
+    assert s.cv_accuracy == 1.0 and s.template_cv_accuracy < 1.0
     assert s.candidates["sports"][0] == "sports" and "the" not in s.template.labels["sports"]
     ranked = rank_templates(X, Y, TOPICS, gpt2.scorer(), prompts=["{text}\nAnswer:"], n_words=(1,), cv=4)
     assert [r.template.prompt for r in ranked].count("{text}\nAnswer:") == 1

@@ -48,7 +48,7 @@ class Suggestion:
 
     template: Template
     cv_accuracy: float
-    template_cv_accuracy: float | None
+    template_cv_accuracy: float
     by_n_words: dict[int, float]
     candidates: dict[str, list[str]]
 
@@ -156,26 +156,13 @@ def search_words(
     return pick_words(ranked, best), best, by_n, ranked
 
 
-def _log_probs(
-    scorer: Scorer, template: Template, texts: list[str], cols: np.ndarray, progress: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate-word log-probs (n, W) of the examples and (m, W) of the content-free inputs: one pass each."""
-    logp = next_token_log_probs(scorer, template, texts, progress=progress)[:, cols]
-    cf = next_token_log_probs(scorer, template, list(CONTENT_FREE))[:, cols]
-    return logp, cf
-
-
-def _shipped_columns(template: Template, scorer: Scorer, cols: np.ndarray) -> list[np.ndarray] | None:
-    """The template's own words as columns of the candidate set (first token), or None if one is missing."""
+def _shipped_ids(template: Template, scorer: Scorer) -> list[np.ndarray]:
+    """The template's own words as token ids per label (a word of several tokens by its first token)."""
     tokens = template.labels.encode(scorer.tokenizer, template.label_prefix, template.render(template.sample_text))
-    where = {int(t): j for j, t in enumerate(cols)}
-    out = []
-    for c in range(len(template.labels)):
-        ids = [where.get(ids[0]) for ids, lab in zip(tokens.word_ids, tokens.word_label, strict=True) if lab == c]
-        if any(j is None for j in ids):
-            return None
-        out.append(np.array(ids, dtype=np.int64))
-    return out
+    return [
+        np.array([ids[0] for ids, lab in zip(tokens.word_ids, tokens.word_label, strict=True) if lab == c])
+        for c in range(len(template.labels))
+    ]
 
 
 def suggest_label_words(
@@ -195,13 +182,22 @@ def suggest_label_words(
 
     Parameters
     ----------
-    X, y : labeled texts; ``y`` holds the template's label names (a few examples per label, e.g. 16).
-    template : TOML file or Template; its prompt is kept, its words are the baseline.
-    model : as for :class:`Verbalizer`.
-    n_words : numbers of words per label to try; cross-validation picks one.
-    n_candidates : how many of each label's likeliest words are ranked.
-    cv : folds of the (stratified) cross-validation.
-    calibration : {None, "contextual", "batch"}, how scores are calibrated inside the search.
+    X : sequence of str
+        Labeled texts, a few per label (LM-BFF uses 16).
+    y : sequence of str
+        Their labels, names from the template.
+    template : str, Path or Template
+        Its prompt is kept; its own words are the baseline (``template_cv_accuracy``).
+    model : str, Path, Scorer or None
+        As for :class:`Verbalizer`.
+    n_words : sequence of int
+        Numbers of words per label to try; cross-validation picks one.
+    n_candidates : int
+        How many of each label's likeliest words are ranked.
+    cv : int
+        Folds of the stratified cross-validation.
+    calibration : {None, "contextual", "batch"}
+        How scores are calibrated inside the search (as they will be at prediction).
 
     Returns
     -------
@@ -223,15 +219,15 @@ def suggest_label_words(
     scorer = resolve_scorer(model, "auto", "float32", 64, None)
     y_idx = np.array([labels.index(v) for v in ys])
     cols, words = word_tokens(scorer.tokenizer, tpl.label_prefix, scorer.model.config.vocab_size)
-    logp, cf = _log_probs(scorer, tpl, texts, cols, progress)
+    full = next_token_log_probs(scorer, tpl, texts, progress=progress)  # (n, V)
+    full_cf = next_token_log_probs(scorer, tpl, list(CONTENT_FREE))  # (m, V)
+    logp, cf = full[:, cols], full_cf[:, cols]
     chosen, best, by_n, ranked = search_words(
         logp, y_idx, cf, len(labels), n_words, n_candidates, cv, calibration, random_state
     )
-    shipped = _shipped_columns(tpl, scorer, cols)
-    shipped_acc = None
-    if shipped is not None:
-        folds = _folds(y_idx, cv, random_state)
-        shipped_acc = float(np.mean([accuracy_of(shipped, logp[h], y_idx[h], cf, calibration) for _, h in folds]))
+    shipped = _shipped_ids(tpl, scorer)
+    folds = _folds(y_idx, cv, random_state)
+    shipped_acc = float(np.mean([accuracy_of(shipped, full[h], y_idx[h], full_cf, calibration) for _, h in folds]))
     new = {lab: [words[j] for j in chosen[c]] for c, lab in enumerate(labels)}
     return Suggestion(
         template=dataclasses.replace(tpl, labels=new),  # type: ignore[arg-type]
@@ -371,7 +367,7 @@ def run_suggest(args: argparse.Namespace) -> int:
     print(f"{len(texts)} labeled examples, {args.cv}-fold cross-validated accuracy ({args.calibration} calibration):")
     for s in ranked:
         t = s.template
-        shipped = f"{s.template_cv_accuracy:.3f}" if s.template_cv_accuracy is not None else "-"
+        shipped = f"{s.template_cv_accuracy:.3f}"
         print(f"  {s.cv_accuracy:.3f} (template's words {shipped})  instruction={t.instruction!r} prompt={t.prompt!r}")
         print("        " + "; ".join(f"{k}: {', '.join(v)}" for k, v in t.labels.items()))
     best = ranked[0]
