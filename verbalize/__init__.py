@@ -15,12 +15,15 @@ from .calibration import (
     get_calibrator,
 )
 from .client import Client
+from .ensemble import TemplateEnsemble
 from .errors import InputError, ModelLoadError, TemplateError, VerbalizeError
 from .estimator import Verbalizer
 from .finetune import FineTuneConfig
 from .heads import Head
+from .knn import KNNPrompting
 from .labels import LabelWords
 from .scoring import Scorer
+from .search import rank_templates, suggest_label_words
 from .template import Template, load_template
 
 __version__ = "0.1.0"
@@ -34,15 +37,19 @@ __all__ = [
     "FineTuneConfig",
     "Head",
     "InputError",
+    "KNNPrompting",
     "LabelWords",
     "ModelLoadError",
     "Scorer",
     "TemperatureCalibrator",
     "Template",
+    "TemplateEnsemble",
     "TemplateError",
     "VerbalizeError",
     "Verbalizer",
     "get_calibrator",
     "load_template",
+    "rank_templates",
+    "suggest_label_words",
     "__version__",
 ]

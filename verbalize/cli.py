@@ -35,6 +35,7 @@ from .jobs import (
     sample_texts,
 )
 from .prompts import resolve_template
+from .search import add_parser as _add_suggest
 
 CHUNK = 512
 CALIBRATION_SAMPLE = 1000  # the first usable texts that domain and batch calibration are fitted on
@@ -129,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     from .serve.cli import add_parser as add_serve_parser  # `verbalize serve` (needs the [serve] extra to run)
 
     add_serve_parser(sub)
+    _add_suggest(sub)
     return p
 
 

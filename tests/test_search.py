@@ -1,0 +1,166 @@
+"""Label-word and template search, the template file it writes, `verbalize suggest`, and template ensembles."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+import verbalize.search as search
+from verbalize import Template, TemplateEnsemble, Verbalizer, load_template, rank_templates, suggest_label_words
+from verbalize.calibration import log_softmax
+from verbalize.cli import main
+from verbalize.scoring import aggregate
+
+TOPICS = Template(
+    prompt="Text: {text}\nTopic:",
+    labels={"sports": ["world"], "business": ["review"]},  # deliberately poor words: the search must replace them
+    description="Topic of a text.",
+)
+WORDS = {"sports": "sports", "business": "business"}
+X = [f"the team won game {i}" for i in range(8)] + [f"profits rose in quarter {i}" for i in range(8)]
+Y = ["sports"] * 8 + ["business"] * 8
+
+
+def _fake_log_probs(scorer: Any, template: Template, texts: list[str], demos: Any = (), progress: bool = False):
+    """Next-token log-probs where the right word is known: after a sports text " sports" is likely, after a
+    business text " business"; " the" is likelier still after every text (likely, but tells nothing)."""
+    tok = scorer.tokenizer
+    ids = {w: tok(" " + w, add_special_tokens=False)["input_ids"] for w in ("sports", "business", "the")}
+    assert all(len(v) == 1 for v in ids.values()), ids
+    rng = np.random.default_rng(len(texts))
+    logits = rng.normal(size=(len(texts), scorer.model.config.vocab_size))
+    for i, text in enumerate(texts):
+        logits[i, ids["the"][0]] += 8.0
+        if "team" in text:
+            logits[i, ids["sports"][0]] += 6.0
+        if "profits" in text:
+            logits[i, ids["business"][0]] += 6.0
+    return log_softmax(logits).astype(np.float32)
+
+
+def test_word_tokens_are_single_token_alphabetic_words(family: Any) -> None:
+    cols, words = search.word_tokens(family.tokenizer, " ", family.model.config.vocab_size)
+    assert len(cols) == len(words) > 10
+    for i, w in zip(cols, words, strict=True):
+        assert w.isalpha() and len(w) >= 2
+        assert family.tokenizer(" " + w, add_special_tokens=False)["input_ids"] == [i]
+    for w in ("sports", "business", "review", "the"):
+        single = len(family.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1
+        assert (w in words) == single, w
+    assert "the" in words
+
+
+def test_search_words_finds_the_discriminative_words_not_the_merely_likely() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 6)
+    logits = rng.normal(size=(18, 40))
+    logits[:, 3] += 9.0  # likeliest word everywhere: useless as a label word
+    for c, col in enumerate((10, 20, 30)):
+        logits[y == c, col] += 5.0
+        logits[y == c, col + 1] += 2.0  # a second, weaker word per class
+    logp = log_softmax(logits)
+    cf = log_softmax(rng.normal(size=(3, 40)))
+    chosen, best, by_n, ranked = search.search_words(logp, y, cf, 3, n_words=(1, 2), cv=3, calibration=None)
+    assert [list(r[:2]) for r in ranked] == [[10, 11], [20, 21], [30, 31]]
+    assert all(3 not in c for c in chosen)
+    assert by_n[1] == 1.0 and best == 1 and [c.tolist() for c in chosen] == [[10], [20], [30]]
+    picked = search.pick_words([np.array([5, 6]), np.array([5, 7])], 2)
+    assert [p.tolist() for p in picked] == [[5, 6], [7]]  # a word never goes to two labels
+
+
+def test_accuracy_of_equals_the_verbalizer_with_contextual_calibration(gpt2: Any) -> None:
+    cols, words = search.word_tokens(gpt2.tokenizer, " ", gpt2.model.config.vocab_size)
+    template = Template(prompt="Review: {text}\nSentiment:", labels={"negative": ["bad"], "positive": ["good"]})
+    scorer = gpt2.scorer()
+    logp = search.next_token_log_probs(scorer, template, X)
+    cf = search.next_token_log_probs(scorer, template, ["N/A", "", "[MASK]"])
+    shipped = search._shipped_ids(template, scorer)
+    assert [words[list(cols).index(c[0])] for c in shipped] == ["bad", "good"]
+    y = np.array([0, 1] * 8)
+    clf = Verbalizer(template=template, model=scorer, calibration="contextual").fit()
+    want = float(np.mean(clf.predict_log_proba(X).argmax(1) == y))
+    assert search.accuracy_of(shipped, logp, y, cf, "contextual") == pytest.approx(want)
+    raw = aggregate(logp[:, np.concatenate(shipped)], np.array([0, 1]), 2)
+    np.testing.assert_allclose(raw, clf.decision_function(X), atol=1e-4)
+
+
+def test_suggest_label_words_on_a_task_where_the_right_words_are_known(gpt2: Any, monkeypatch) -> None:
+    monkeypatch.setattr(search, "next_token_log_probs", _fake_log_probs)
+    s = suggest_label_words(X, Y, TOPICS, gpt2.scorer(), n_words=(1, 2), cv=4)
+    assert {k: v[0] for k, v in s.template.labels.items()} == WORDS
+    assert s.template.prompt == TOPICS.prompt
+    assert s.cv_accuracy == 1.0 and s.template_cv_accuracy < 1.0
+    assert s.candidates["sports"][0] == "sports" and "the" not in s.template.labels["sports"]
+    ranked = rank_templates(X, Y, TOPICS, gpt2.scorer(), prompts=["{text}\nAnswer:"], n_words=(1,), cv=4)
+    assert [r.template.prompt for r in ranked].count("{text}\nAnswer:") == 1
+    assert any(r.template.instruction == TOPICS.description for r in ranked)  # description as instruction
+    assert ranked[0].cv_accuracy == max(r.cv_accuracy for r in ranked)
+
+
+def test_search_errors_say_what_to_fix(gpt2: Any) -> None:
+    with pytest.raises(ValueError, match="at least 2 labeled examples of every label"):
+        suggest_label_words(X[:9], Y[:9], TOPICS, gpt2.scorer())
+    with pytest.raises(ValueError, match="calibration for the search must be one of"):
+        suggest_label_words(X, Y, TOPICS, gpt2.scorer(), calibration="domain")
+
+
+def test_written_template_round_trips(tmp_path) -> None:
+    t = Template(
+        prompt='Say "hi" \\ to: {text}\nAnswer:',
+        labels={"a label": ["yes"], "b": ["no", "nope"]},
+        instruction="Classify.\tNow.",
+        name="x",
+        sample_text="héllo",
+        demo_separator="\n---\n",
+    )
+    path = search.write_template(t, tmp_path / "x.toml", header="made by a test\nsecond line")
+    back = load_template(path)
+    for field in ("prompt", "instruction", "name", "sample_text", "demo_separator", "label_prefix", "demo_format"):
+        assert getattr(back, field) == getattr(t, field), field
+    assert dict(back.labels) == {"a label": ("yes",), "b": ("no", "nope")}
+    assert path.read_text(encoding="utf-8").startswith("# made by a test\n# second line\n")
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        search.write_template(t, path, source=path)
+
+
+def test_cli_suggest_writes_a_new_file_and_never_the_input(tmp_path, tmp_template, gpt2, capsys) -> None:
+    model_dir = tmp_path / "model"
+    gpt2.model.save_pretrained(model_dir)
+    gpt2.tokenizer.save_pretrained(model_dir)
+    tpl = tmp_template('prompt = "Text: {text}\\nTopic:"\n[labels]\nsports = ["world"]\nbusiness = ["review"]\n')
+    before = tpl.read_text()
+    data = tmp_path / "labeled.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(X, Y, strict=True)))
+    args = ["suggest", str(tpl), str(data), "--model", str(model_dir), "--n-words", "1", "2", "--cv", "2"]
+    assert main(args) == 0
+    out = tmp_path / "t.suggested.toml"
+    assert tpl.read_text() == before and "wrote" in capsys.readouterr().out
+    assert list(load_template(out).labels) == ["sports", "business"]
+    assert main(args) == 2 and "exists; pass --force" in capsys.readouterr().err
+    assert main([*args, "--output", str(tpl), "--force"]) == 2
+    assert "never overwrites" in capsys.readouterr().err and tpl.read_text() == before
+    data.write_text(json.dumps({"text": "x y", "label": "weather"}) + "\n")
+    assert main([*args, "--force"]) == 2 and "'weather'" in capsys.readouterr().err
+
+
+def test_ensemble_is_the_mean_of_calibrated_log_probs(gpt2: Any) -> None:
+    a = Template(prompt="Review: {text}\nSentiment:", labels={"negative": ["bad"], "positive": ["good"]})
+    b = Template(prompt="{text}\nIt was", labels={"positive": ["great"], "negative": ["terrible"]})  # other order
+    scorer = gpt2.scorer()
+    ens = TemplateEnsemble(templates=[a, b], model=scorer, calibration="contextual", weights=[1, 3]).fit()
+    assert ens.classes_.tolist() == ["negative", "positive"]
+    la = Verbalizer(template=a, model=scorer, calibration="contextual").fit().predict_log_proba(X)
+    lb = Verbalizer(template=b, model=scorer, calibration="contextual").fit().predict_log_proba(X)[:, ::-1]
+    want = log_softmax(0.25 * la + 0.75 * lb)
+    np.testing.assert_allclose(ens.predict_log_proba(X), want, atol=1e-6)
+    assert ens.predict(X).tolist() == ens.classes_[want.argmax(1)].tolist()
+    one = TemplateEnsemble(templates=[a], model=scorer, calibration="contextual").fit()
+    np.testing.assert_allclose(one.predict_log_proba(X), la, atol=1e-6)
+    other = Template(prompt="{text}", labels={"spam": ["spam"], "ham": ["ham"]})
+    with pytest.raises(ValueError, match="same label names"):
+        TemplateEnsemble(templates=[a, other], model=scorer).fit()
+    with pytest.raises(ValueError, match="weights must be 2 non-negative numbers"):
+        TemplateEnsemble(templates=[a, b], model=scorer, weights=[1]).fit()
