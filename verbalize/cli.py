@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("template", help="template file (TOML), or a classifier directory written by finetune / save")
         sp.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: embedded)")
+        sp.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "int8"], help="weights")
 
     c = sub.add_parser("check", help="validate a template, show its prompt and how label words tokenize")
     common(c)
@@ -89,8 +90,13 @@ def _classifier(args: argparse.Namespace, **params: object) -> Verbalizer:
     path = Path(args.template)
     if path.is_dir() and (path / "verbalize.json").is_file():
         overrides = {k: v for k, v in params.items() if k in ("batch_size", "progress")}
-        return Verbalizer.load(path, **overrides)
-    return Verbalizer(template=args.template, model=args.model, **params)  # type: ignore[arg-type]
+        return Verbalizer.load(path, **overrides, **_dtype(args))
+    return Verbalizer(template=args.template, model=args.model, **params, **_dtype(args))  # type: ignore[arg-type]
+
+
+def _dtype(args: argparse.Namespace) -> dict[str, str]:
+    """``--dtype`` when given (a saved classifier keeps its own otherwise)."""
+    return {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from .finetune import FineTuneConfig, Objective, TrainingResult, fine_tune
 from .heads import FittedHead, Head, JointHeads, fit_probe, head_classes, head_targets, tune_thresholds
 from .inputs import check_labels, check_texts
 from .labels import LabelTokens, LabelWords
-from .models import _quiet
+from .models import _quiet, is_quantized, quantize
 from .scoring import AGGREGATIONS, Scorer, aggregate
 from .template import Template, load_template
 
@@ -62,7 +62,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     max_length : int, optional
         Token budget per prompt; defaults to the model's context window.
     device : str, default "auto"
-    dtype : {"float32", "bfloat16", "float16"}, default "float32"
+    dtype : {"float32", "bfloat16", "float16", "int8"}, default "float32"
+        ``"int8"`` quantizes the body's linear layers (see ``verbalize.models.quantize``); fine-tuning
+        trains in float32 and then serves the result in int8.
     random_state : int, optional
         Seeds demonstration selection.
     progress : bool, default False
@@ -273,6 +275,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         head_ys: dict[str, tuple[list[str], np.ndarray]],
     ) -> None:
         base = self.scorer_
+        if is_quantized(base.model):  # training stays float32: train a float32 copy, serve it in int8 below
+            base = Scorer.from_pretrained(self.model, self.device, "float32")
         # Train a copy: the loaded model is shared (cached per process) with other classifiers.
         self.scorer_ = Scorer(
             copy.deepcopy(base.model), base.tokenizer, base.batch_size, self.max_length, base.max_tokens
@@ -313,6 +317,11 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             ]
         self.training_: TrainingResult = fine_tune(scorer, ids, objective, config, lm_ids, self.random_state)
         self.fine_tuned_ = True
+        if self.dtype == "int8":  # keep the float32 weights for save(); predict with an int8 copy
+            self.float_model_ = scorer.model
+            self.scorer_ = Scorer(
+                quantize(copy.deepcopy(scorer.model)), scorer.tokenizer, scorer.batch_size, self.max_length
+            )
         if objective.joint is not None:
             for h in joint:
                 layer = objective.joint.linear(h.name)
@@ -520,7 +529,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self._ready()
         path = Path(path)
         with _quiet():
-            self.scorer_.model.save_pretrained(path)
+            getattr(self, "float_model_", self.scorer_.model).save_pretrained(path)  # int8 is saved as float32
             self.scorer_.tokenizer.save_pretrained(path)
         return path
 
