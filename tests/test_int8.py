@@ -1,0 +1,121 @@
+"""dtype="int8": scores close to float32, same decisions, batch invariance kept, save/load keep the choice."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from verbalize import LabelWords, Verbalizer
+from verbalize.errors import ModelLoadError
+from verbalize.models import is_quantized, quantize
+from verbalize.scoring import Scorer
+
+pytest.importorskip("torchao", reason="int8 needs torchao: pip install 'verbalize[int8]'")
+
+TEXTS = [
+    "the acting is good",
+    "the story is bad and the ending is terrible",
+    "a great film",
+    "I hated it",
+    "New technology makes phones faster and the market fell today",
+    "ok",
+    "the team won the game",
+]
+WORDS = LabelWords({"negative": ["negative", "bad"], "positive": ["positive", "good"]})
+
+
+def prompts_of(texts: list[str]) -> list[str]:
+    return [f"Review: {t}\nSentiment:" for t in texts]
+
+
+@pytest.fixture(scope="module")
+def int8_llama(llama_model: Any) -> Any:
+    return quantize(copy.deepcopy(llama_model))
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_quantize_replaces_body_linears_only(int8_llama: Any, llama_model: Any) -> None:
+    assert is_quantized(int8_llama) and not is_quantized(llama_model)
+    out = int8_llama.get_output_embeddings()
+    assert type(out.weight) is torch.nn.Parameter and out.weight.dtype == torch.float32  # output layer stays float32
+    q = int8_llama.model.layers[0].self_attn.q_proj.weight
+    assert type(q).__name__ != "Parameter" or q.dtype != torch.float32  # a torchao int8 tensor subclass
+
+
+def test_int8_scores_close_to_float32(llama: Any, int8_llama: Any, one_thread: Any) -> None:
+    tokens = WORDS.encode(llama.tokenizer, " ")
+    prompts = prompts_of(TEXTS)
+    ref = Scorer(llama.model, llama.tokenizer).score_words(prompts, tokens)
+    got = Scorer(int8_llama, llama.tokenizer).score_words(prompts, tokens)
+    # Random weights drawn wide (initializer_range 0.2) are a hard case for int8; real models are closer.
+    assert np.abs(got - ref).max() < 0.5
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99
+    agree = (got[:, 0] > got[:, 2]) == (ref[:, 0] > ref[:, 2])
+    assert agree.mean() >= 6 / 7
+
+
+def test_int8_is_batch_invariant(llama: Any, int8_llama: Any, one_thread: Any) -> None:
+    """A text's int8 scores do not depend on its batch neighbours beyond float32 rounding.
+
+    Each quantized layer is exactly row-independent (next test). End to end, the float32 parts of
+    the model round differently for different batch shapes (~1e-6, as in float32); such a difference
+    can move an activation across an int8 rounding step, which this tiny random model (weights drawn
+    wide) then amplifies. With one scale per tensor (torch.ao's quantize_dynamic) every score would
+    move with its neighbours instead: on this model ~25x more (median 0.1 against 0.004).
+    """
+    tokens = WORDS.encode(llama.tokenizer, " ")
+    prompts = prompts_of(TEXTS)
+    alone = np.concatenate([Scorer(int8_llama, llama.tokenizer).score_words([p], tokens) for p in prompts])
+    ref = Scorer(llama.model, llama.tokenizer).score_words(prompts, tokens)
+    for batch_size in (2, 3, 64):
+        got = Scorer(int8_llama, llama.tokenizer, batch_size=batch_size).score_words(prompts, tokens)
+        moved = np.abs(got - alone)
+        assert np.median(moved) < 0.02 and moved.max() < 0.5 * np.abs(alone - ref).max()
+        np.testing.assert_array_equal(got.argmax(1), alone.argmax(1))
+
+
+def test_activation_scales_are_per_token(int8_llama: Any) -> None:
+    """Scaling one row of a quantized layer's input must not change the other rows' outputs."""
+    layer = int8_llama.model.layers[0].mlp.up_proj
+    x = torch.randn(4, layer.in_features)
+    y = x.clone()
+    y[1] *= 100
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x)[[0, 2, 3]], layer(y)[[0, 2, 3]], atol=1e-6, rtol=0)
+
+
+def test_model_without_linear_layers_is_refused(gpt2_model: Any) -> None:
+    with pytest.raises(ModelLoadError, match="Conv1D"):
+        quantize(copy.deepcopy(gpt2_model))
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory, llama_model: Any, llama_tokenizer: Any) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    llama_model.save_pretrained(path)
+    llama_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_verbalizer_int8_save_load(llama_dir: Path, tmp_path: Path, one_thread: Any) -> None:
+    clf = Verbalizer(template="Review: {text}\nSentiment:", labels=dict(WORDS), model=str(llama_dir), dtype="int8")
+    proba = clf.fit().predict_proba(TEXTS)
+    assert is_quantized(clf.scorer_.model)
+    clf.save(tmp_path / "clf")
+    back = Verbalizer.load(tmp_path / "clf")
+    assert back.dtype == "int8" and is_quantized(back.scorer_.model)
+    np.testing.assert_allclose(back.predict_proba(TEXTS), proba, atol=1e-6)
+    f32 = Verbalizer.load(tmp_path / "clf", dtype="float32")
+    assert not is_quantized(f32.scorer_.model)
