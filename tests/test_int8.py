@@ -119,3 +119,16 @@ def test_verbalizer_int8_save_load(llama_dir: Path, tmp_path: Path, one_thread: 
     np.testing.assert_allclose(back.predict_proba(TEXTS), proba, atol=1e-6)
     f32 = Verbalizer.load(tmp_path / "clf", dtype="float32")
     assert not is_quantized(f32.scorer_.model)
+
+
+def test_fine_tuning_an_int8_classifier_is_refused_with_the_way_to_do_it(int8_llama: Any, llama: Any) -> None:
+    from verbalize import FineTuneConfig
+
+    clf = Verbalizer(
+        template="Review: {text}\nSentiment:",
+        labels=dict(WORDS),
+        model=Scorer(int8_llama, llama.tokenizer),
+        fine_tuning=FineTuneConfig(epochs=1),
+    )
+    with pytest.raises(ValueError, match=r"float32.*dtype='int8'"):
+        clf.fit(TEXTS[:4], ["positive", "negative", "positive", "negative"])

@@ -21,6 +21,7 @@ import numpy as np
 from .errors import check_choice, choice_problem
 from .heads import FittedHead, Head, HeadTargets, JointHeads
 from .labels import LabelTokens
+from .models import is_quantized
 from .prompts import Prompts, leading_special_ids, reserved_tokens
 from .scoring import Scorer
 from .training import Objective, TrainingResult, fine_tune
@@ -167,6 +168,11 @@ def train_classifier(
     ValueError
         When there is nothing to train on, or the targets hold a single class.
     """
+    if is_quantized(scorer.model):
+        raise ValueError(
+            "fine-tuning trains float32 weights, and this model is int8: fit with dtype='float32', save the "
+            "classifier, then serve it in int8 with Verbalizer.load(path, dtype='int8') (or predict --dtype int8)"
+        )
     joint = [h for h in heads if h.training == "joint"]
     index = {c: i for i, c in enumerate(labels)}
     y = np.array([index[v] for v in ys]) if ys is not None else None
