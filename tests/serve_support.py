@@ -1,6 +1,6 @@
 """Shared by the serve tests: a real uvicorn server in a thread, loopback HTTP helpers, tiny-model fixtures.
 
-Test modules load the fixtures with ``pytest_plugins = ["serve_support"]`` and import the helpers.
+Test modules import the fixtures (``tiny``, ``files``, ``server``) and the helpers from here.
 """
 
 from __future__ import annotations

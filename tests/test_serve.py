@@ -24,7 +24,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
-pytest_plugins = ["serve_support"]  # fixtures: tiny, files, server
+from serve_support import files, server, tiny  # noqa: E402, F401  (fixtures, imported so pytest finds them)
+
 pytest.register_assert_rewrite("serve_support")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402

@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
-pytest_plugins = ["serve_support"]  # fixtures: tiny, files, server
+from serve_support import files, tiny  # noqa: E402, F401  (fixtures, imported so pytest finds them)
+
 pytest.register_assert_rewrite("serve_support")
 
 from serve_support import (  # noqa: E402
