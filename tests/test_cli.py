@@ -197,6 +197,7 @@ def test_eval_calibration_is_applied(tmp_path, tmp_template, model_dir, gpt2_mod
     agree = sum(a == b for a, b in zip(raw, cal, strict=True)) / len(raw)
     assert _accuracy(capsys.readouterr().out) == (6, round(agree, 4))
 
+
 def test_setup_errors_exit_2_once_before_any_row(tmp_path, tmp_template, model_dir, capsys):
     src = tmp_path / "in.txt"
     src.write_text("good film\nbad film\n")

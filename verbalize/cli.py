@@ -1,4 +1,7 @@
-"""`verbalize check | predict | eval | finetune`: a thin command line over the public API.
+"""`verbalize check | predict | eval | finetune | serve | suggest`: a thin command line over the public API.
+
+Commands import what they need (torch, scikit-learn) when they run, so that ``verbalize check`` and
+``--help`` start fast; ``check``, ``serve`` and ``suggest`` live in their own modules.
 
 Exit codes: 0 every row done; 1 some rows could not be classified (each has an ``error`` field, or is
 listed on stderr for ``eval``/``finetune``); 2 a setup or usage error (template, model, calibration,
@@ -9,26 +12,23 @@ options, input or output path), found before the first row; 128 + signal number 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .calibration import unlabeled_texts_help
-from .errors import InputError, TemplateError, VerbalizeError
-from .estimator import Verbalizer
-from .finetune import FineTuneConfig
-from .inputs import Row, Source, open_source, read_table, text_problem
+from .check_cli import check
+from .errors import InputError, VerbalizeError
+from .inputs import Source, labeled_rows, open_source, read_table, text_problem
 from .jobs import (
     EXIT_OK,
     EXIT_ROWS_FAILED,
     EXIT_SETUP,
     Job,
+    check_model_dir,
     check_output,
     classify_rows,
     file_digest,
@@ -36,7 +36,11 @@ from .jobs import (
     sample_texts,
 )
 from .prompts import resolve_template
-from .search import add_parser as _add_suggest
+from .serve.cli import add_parser as _add_serve  # `verbalize serve` (needs the [serve] extra to run)
+from .suggest_cli import add_parser as _add_suggest
+
+if TYPE_CHECKING:
+    from .estimator import Verbalizer
 
 CHUNK = 512
 CALIBRATION_SAMPLE = 1000  # the first usable texts that domain and batch calibration are fitted on
@@ -77,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a template, show its prompt and how label words tokenize")
     common(c)
     c.add_argument("--text", default=None, help="sample text to render (default: the template's sample_text)")
-    c.set_defaults(func=_check)
+    c.set_defaults(func=lambda a: check(a.template, a.model, a.text))
 
     r = sub.add_parser("predict", help="classify the texts of a CSV / TSV / JSONL / Parquet / plain-text file")
     common(r)
@@ -119,19 +123,17 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
     f.add_argument("--label-column", default="label")
     f.add_argument("--method", choices=["full", "lora"], default="full")
-    f.add_argument("--epochs", type=_positive, default=FineTuneConfig.epochs)
+    f.add_argument("--epochs", type=_positive, default=None)  # None: FineTuneConfig's default
     f.add_argument("--learning-rate", type=float, default=None, help="default 2e-5 (full), 5e-4 (lora)")
-    f.add_argument("--batch-size", type=_positive, default=FineTuneConfig.batch_size)
-    f.add_argument("--validation-fraction", type=float, default=FineTuneConfig.validation_fraction)
+    f.add_argument("--batch-size", type=_positive, default=None)
+    f.add_argument("--validation-fraction", type=float, default=None)
     f.add_argument("--lm-weight", type=float, default=0.0, help="mix in the LM loss to keep generation intact")
     f.add_argument("--lm-texts", default=None, help="file of unlabeled plain text for the LM loss")
     f.add_argument("--calibration", default=None)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=_finetune)
-    from .serve.cli import add_parser as add_serve_parser  # `verbalize serve` (needs the [serve] extra to run)
-
-    add_serve_parser(sub)
+    _add_serve(sub)
     _add_suggest(sub)
     return p
 
@@ -147,6 +149,8 @@ def _classifier(args: argparse.Namespace, batch_size: int = 64) -> Verbalizer:
     A saved directory carries its own model and calibration, so ``--model`` / ``--calibration`` with
     one are refused rather than silently ignored.
     """
+    from .estimator import Verbalizer  # torch: imported by the commands that classify, never by check
+
     saved = _saved(args)
     calibration = getattr(args, "calibration", None)
     if saved is not None:
@@ -167,7 +171,7 @@ def _ready_classifier(args: argparse.Namespace, source: Source) -> Verbalizer:
     """Build the classifier and classify one probe text, so that every setup error shows before row 1."""
     clf = _classifier(args, args.batch_size)
     try:
-        if unlabeled_texts_help(clf.calibration):
+        if _fits_on_texts(clf):
             texts = sample_texts(source, CALIBRATION_SAMPLE)
             if texts:
                 clf.fit(texts)
@@ -179,59 +183,16 @@ def _ready_classifier(args: argparse.Namespace, source: Source) -> Verbalizer:
     return clf
 
 
+def _fits_on_texts(clf: Verbalizer) -> bool:
+    """Whether the classifier's calibration is fitted on unlabeled texts of the input (domain, batch)."""
+    from .calibration import unlabeled_texts_help
+
+    return unlabeled_texts_help(clf.calibration)
+
+
 def _dtype(args: argparse.Namespace) -> dict[str, Any]:
     """``--dtype`` when given (a saved classifier keeps its own otherwise)."""
     return {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
-
-
-def _check(args: argparse.Namespace) -> int:
-    # The tokenizer alone shows how words tokenize and whether the template fits: no model weights are loaded.
-    from .models import load_tokenizer
-
-    template = resolve_template(args.template, None)
-    text = args.text or template.sample_text
-    print(f"template: {template.source}" + (f"  ({template.description})" if template.description else ""))
-    print("prompt for a sample text (shown with escapes):")
-    print("  " + json.dumps(template.render(text), ensure_ascii=False))
-    tok = load_tokenizer(args.model)
-    model = args.model or "default"
-    try:
-        tokens = template.labels.encode(tok, template.label_prefix, template.render(text))
-    except TemplateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"label words with label_prefix {template.label_prefix!r}, as tokens of model {model}:")
-    firsts: dict[int, str] = {}
-    notes = []
-    for word, li, ids in zip(tokens.words, tokens.word_label, tokens.word_ids, strict=True):
-        label = tokens.labels[li]
-        pieces = tok.convert_ids_to_tokens(list(ids))
-        flag = "  (several tokens: scored exactly, costs a short second pass)" if len(ids) > 1 else ""
-        print(f"  {label:>14}  {word!r:20} -> {pieces}{flag}")
-        if ids[0] in firsts and firsts[ids[0]] != label:
-            notes.append(f"labels.{label}: {word!r} starts with the same token as a word of labels.{firsts[ids[0]]}")
-        firsts.setdefault(ids[0], label)
-    for note in notes:
-        print(f"note: {note} (fine: words are scored over all their tokens)")
-    window = tok.model_max_length if 0 < tok.model_max_length < 10**9 else None
-    if window:
-        # The template's own tokens (instruction, prompt words, special tokens) and the longest label word never
-        # shrink; only the text is cut to fit, so they must leave room for it.
-        longest = max(len(ids) for ids in tokens.word_ids)
-        fixed = len(tok(template.render(""))["input_ids"]) + longest
-        print(f"context: the template takes {fixed} of model {model}'s {window} tokens (with the longest label word)")
-        if fixed >= window:
-            print(
-                f"error: {template.source}: instruction + prompt take {fixed} tokens with the longest label word, "
-                f"not less than model {model}'s context window of {window}: no room is left for the text; "
-                "shorten the instruction or the prompt",
-                file=sys.stderr,
-            )
-            return 1
-        if len(tok(template.render(text))["input_ids"]) + longest > window:
-            print("warning: the sample text does not fit the context window; it would be cut to fit")
-    print("ok: no problems found")
-    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -294,7 +255,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
     source = open_source(args.input, args.column)
     clf = _ready_classifier(args, source)  # every setup error here, before Ray starts
     saved = _saved(args)
-    fit = unlabeled_texts_help(clf.calibration) and not saved
+    fit = _fits_on_texts(clf) and not saved
     n = predict_file(
         source,
         out,
@@ -313,34 +274,16 @@ def _predict_ray(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _labeled_rows(args: argparse.Namespace, path: str, labels: list[str]) -> tuple[list[Row], list[str]]:
-    """Usable rows of a labeled file and one message per skipped row (same per-row policy as predict)."""
-    source = open_source(path, args.column)
-    good: list[Row] = []
-    problems: list[str] = []
-    for row in source.rows():
-        if args.limit is not None and row.line > 0 and len(good) + len(problems) >= args.limit:
-            break
-        label = row.fields.get(args.label_column)
-        problem = row.problem
-        if problem is None and label not in labels:
-            problem = f"{args.label_column} {label!r} is not one of the template's labels {labels}"
-        if problem:
-            problems.append(f"{row.unit} {row.line}: {problem}")
-        else:
-            good.append(row)
-    return good, problems
-
-
 def _eval(args: argparse.Namespace) -> int:
     from sklearn.metrics import accuracy_score, f1_score
 
     clf = _classifier(args, args.batch_size)
-    if unlabeled_texts_help(clf.calibration):
+    if _fits_on_texts(clf):
         texts = sample_texts(open_source(args.data, args.column), CALIBRATION_SAMPLE)
         clf.fit(texts or None)
     clf.predict_proba([PROBE])
-    rows, problems = _labeled_rows(args, args.data, [str(c) for c in clf.classes_])
+    labels = [str(c) for c in clf.classes_]
+    rows, problems = labeled_rows(args.data, args.column, args.label_column, labels, args.limit)
     y, pred = [], []
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
@@ -361,24 +304,13 @@ def _eval(args: argparse.Namespace) -> int:
     return EXIT_ROWS_FAILED if problems else EXIT_OK
 
 
-def _check_model_dir(path: str) -> Path:
-    """``finetune --output``: a new or empty folder, or an earlier classifier; checked before training."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--output {out} is a file; finetune writes a folder: give a new folder name")
-    if out.is_dir() and any(out.iterdir()) and not (out / "verbalize.json").is_file():
-        raise InputError(f"--output {out} is a folder holding other files; give a new or empty folder")
-    parent = next(p for p in (out, *out.parents) if p.exists())
-    if not (parent.is_dir() and os.access(parent, os.W_OK)):
-        raise InputError(f"--output {out}: {parent} is not a writable folder; choose another --output")
-    return out
-
-
 def _finetune(args: argparse.Namespace) -> int:
-    out = _check_model_dir(args.output)
+    from .estimator import Verbalizer
+    from .finetune import FineTuneConfig
+
+    out = check_model_dir(args.output)
     template = resolve_template(args.template, None)
-    args.limit = None
-    rows, problems = _labeled_rows(args, args.train, list(template.labels))
+    rows, problems = labeled_rows(args.train, args.column, args.label_column, list(template.labels))
     for p in problems:
         print(f"skipped {p}", file=sys.stderr)
     if not rows:
@@ -387,15 +319,14 @@ def _finetune(args: argparse.Namespace) -> int:
     lm_texts = None
     if args.lm_texts:
         lm_texts = tuple(t for t in read_table(args.lm_texts)[0] if text_problem(t) is None)
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "validation_fraction": args.validation_fraction}
     config = FineTuneConfig(
         method=args.method,
-        epochs=args.epochs,
         learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-        validation_fraction=args.validation_fraction,
         lm_weight=args.lm_weight,
         lm_texts=lm_texts,
         progress=not args.no_progress,
+        **{k: v for k, v in given.items() if v is not None},  # the others keep FineTuneConfig's defaults
     )
     clf = Verbalizer(
         template=template,

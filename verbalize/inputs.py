@@ -297,3 +297,33 @@ def read_table(path: str | Path, column: str | None = None) -> tuple[list[Any], 
         texts.append(row.text)
         rows.append(row.fields | ({"_error": f"line {row.line}: {row.problem}"} if row.problem else {}))
     return texts, rows
+
+
+def labeled_rows(
+    path: str | Path, column: str | None, label_column: str, labels: Sequence[str], limit: int | None = None
+) -> tuple[list[Row], list[str]]:
+    """Usable rows of a labeled file, and one message per skipped row (the CLI's per-row policy).
+
+    A row is skipped when its text is unusable (see :func:`text_problem`) or its ``label_column`` value is
+    not one of ``labels``; ``limit`` stops after that many rows, usable or not.
+
+    Raises
+    ------
+    FileNotFoundError, InputError
+        From :func:`open_source`.
+    """
+    source = open_source(path, column)
+    good: list[Row] = []
+    problems: list[str] = []
+    for row in source.rows():
+        if limit is not None and row.line > 0 and len(good) + len(problems) >= limit:
+            break
+        label = row.fields.get(label_column)
+        problem = row.problem
+        if problem is None and label not in labels:
+            problem = f"{label_column} {label!r} is not one of the template's labels {list(labels)}"
+        if problem:
+            problems.append(f"{row.unit} {row.line}: {problem}")
+        else:
+            good.append(row)
+    return good, problems

@@ -113,6 +113,25 @@ def check_output(path: str | Path | None) -> Path | None:
     return out
 
 
+def check_model_dir(path: str | Path) -> Path:
+    """``finetune --output``: a new or empty folder, or an earlier classifier; checked before training.
+
+    Raises
+    ------
+    InputError
+        Naming the path and what to change.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output {out} is a file; finetune writes a folder: give a new folder name")
+    if out.is_dir() and any(out.iterdir()) and not (out / "verbalize.json").is_file():
+        raise InputError(f"--output {out} is a folder holding other files; give a new or empty folder")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not (parent.is_dir() and os.access(parent, os.W_OK)):
+        raise InputError(f"--output {out}: {parent} is not a writable folder; choose another --output")
+    return out
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

