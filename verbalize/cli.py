@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # transformers imports torchao when it is installed (the int8 extra), and torchao warns about GPU-only
+    # kernels it cannot load on a CPU; that is no problem of the user's run.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         return int(args.func(args))
     except (VerbalizeError, FileNotFoundError, ValueError, TypeError) as exc:
