@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import abc
 import copy
+import logging
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -41,8 +43,37 @@ from .errors import check_choice
 CONTENT_FREE = ("N/A", "", "[MASK]")
 N_DOMAIN_SAMPLES = 20
 
+COLLAPSE_SHARE = 0.9  # warn when this share of a batch's predictions (or more) goes to one label
+COLLAPSE_MIN_ROWS = 10  # ... in batches of at least this many texts
+TEMPERATURE_BOUNDS = (0.05, 100.0)
+
+logger = logging.getLogger(__name__)
+
 ScoreTexts = Callable[[list[str]], np.ndarray]
 """Texts -> their raw label scores (n, n_classes), rendered with the classifier's prompt and demonstrations."""
+
+FoldScorer = Callable[[list[int]], ScoreTexts]
+"""Rows of ``fit``'s texts -> a :data:`ScoreTexts` whose demonstrations are drawn from those rows only."""
+
+
+def warn_if_collapsed(log_proba: np.ndarray, labels: Sequence[str], what: str) -> None:
+    """Warn when ``COLLAPSE_SHARE`` or more of a batch's predictions go to one label.
+
+    ``what`` names the cause in the message, e.g. "calibration='contextual'" or "the prompt (no calibration)".
+    """
+    n = len(log_proba)
+    if n < COLLAPSE_MIN_ROWS:
+        return
+    counts = np.bincount(np.asarray(log_proba).argmax(axis=1), minlength=len(labels))
+    k = int(counts.argmax())
+    if counts[k] >= COLLAPSE_SHARE * n:
+        warnings.warn(
+            f"{what} sends {counts[k]} of {n} predictions ({counts[k] / n:.0%}) to label {labels[k]!r}; "
+            "the classifier may be collapsed onto one label: check accuracy on labeled examples, or try "
+            "calibration='auto' with a few labeled examples per class",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
@@ -206,7 +237,7 @@ class TemperatureCalibrator(Calibrator):
         def nll(log_t: float) -> float:
             return float(-log_softmax(s / np.exp(log_t))[np.arange(len(y)), y].mean())
 
-        lo, hi = np.log(0.05), np.log(100.0)
+        lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
         for _ in range(80):  # golden-section search: the loss is unimodal in log T
             a, b = hi - 0.618 * (hi - lo), lo + 0.618 * (hi - lo)
             if nll(a) < nll(b):
@@ -214,6 +245,16 @@ class TemperatureCalibrator(Calibrator):
             else:
                 lo = a
         self.temperature_ = float(np.exp((lo + hi) / 2))
+        low, high = TEMPERATURE_BOUNDS
+        if not low * 1.01 < self.temperature_ < high / 1.01:
+            warnings.warn(
+                f"temperature calibration: the fitted temperature {self.temperature_:.3g} is at its bound "
+                f"[{low}, {high}] on {len(y)} labeled examples; the scores barely predict the labels "
+                "(T at the upper bound flattens every prediction). Check the template's label words, "
+                "or give more labeled examples",
+                UserWarning,
+                stacklevel=2,
+            )
         return self
 
     def transform(self, scores: np.ndarray) -> np.ndarray:
@@ -269,14 +310,29 @@ def fit_calibrator(
     texts: list[str],
     y: np.ndarray | None = None,
     random_state: int | None = None,
+    fold_scorer: FoldScorer | None = None,
+    sample: int | None = None,
 ) -> None:
     """Fit ``cal`` on what it is fitted on, given ``fit``'s texts and label indices ``y`` (or None).
+
+    ``fold_scorer`` scores with demonstrations drawn from given rows only (for ``"auto"``'s
+    cross-validation; default: ``score_texts`` for every fold). ``sample`` caps how many of ``texts``
+    the calibrator is fitted on (a seeded random subset), so a large pool is not scored in full.
 
     Raises
     ------
     ValueError
         When the calibrator needs labels and ``y`` is None.
     """
+    if sample is not None and len(texts) > sample:
+        keep = np.sort(np.random.default_rng(random_state).choice(len(texts), size=sample, replace=False))
+        texts, y = [texts[i] for i in keep], (y[keep] if y is not None else None)
+        fold_scorer = None if fold_scorer is None else _subset_scorer(fold_scorer, keep)
+    if isinstance(cal, AutoCalibrator):
+        cal.choose(fold_scorer or (lambda rows: score_texts), texts, y, random_state)
+        if cal.chosen_ is None:
+            return
+        cal = cal.chosen_
     if cal.needs_labels and y is None:
         raise ValueError(f"calibration={cal.name!r} needs labeled examples: call fit(X, y) with y")
     inputs = cal.fit_inputs(texts, random_state)
@@ -288,6 +344,130 @@ def calibrate(
     cal: Calibrator, scores: np.ndarray, texts: list[str], score_texts: ScoreTexts, random_state: int | None = None
 ) -> np.ndarray:
     """Calibrated log-probabilities of ``scores`` (the raw label scores of ``texts``)."""
+    if isinstance(cal, AutoCalibrator):
+        if not cal.is_fitted():
+            return log_softmax(scores)  # unfitted "auto": the safe choice, no calibration
+        if cal.chosen_ is None:
+            return log_softmax(scores)
+        cal = cal.chosen_
     if cal.is_fitted():
         return cal.transform(scores)
     return cal.transform_unfitted(scores, texts, score_texts, random_state)
+
+
+def _subset_scorer(fold_scorer: FoldScorer, keep: np.ndarray) -> FoldScorer:
+    """A fold scorer over a subset of the rows: row i of the subset is row ``keep[i]`` of the full set."""
+    return lambda rows: fold_scorer([int(keep[i]) for i in rows])
+
+
+def _folds(y: np.ndarray, n_folds: int, random_state: int | None) -> list[np.ndarray]:
+    """Held-out rows of each fold, stratified by label (round-robin over each label's shuffled rows)."""
+    rng = np.random.default_rng(random_state)
+    fold_of = np.zeros(len(y), dtype=int)
+    for label in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == label))
+        fold_of[rows] = (np.arange(len(rows)) + rng.integers(n_folds)) % n_folds
+    return [np.flatnonzero(fold_of == k) for k in range(n_folds) if (fold_of == k).any()]
+
+
+class AutoCalibrator(Calibrator):
+    """Choose a calibration (none included) by cross-validated accuracy on ``fit``'s labeled examples.
+
+    Each fold's held-out texts are scored with demonstrations drawn from the other folds only (through
+    the fold scorer) and calibrated by calibrators fitted without them; the method with the highest
+    mean held-out accuracy wins (ties: lower log-loss, then the order of ``candidates``), and is then
+    fitted on all of ``fit``'s texts. Every registered calibrator is a candidate.
+
+    Without labels (``fit(X)`` or no ``fit``) it chooses no calibration: the raw prompt scores, the
+    only choice that can never fall below raw accuracy.
+
+    Attributes
+    ----------
+    chosen_ : Calibrator or None
+        The chosen, fitted calibrator (None: no calibration).
+    report_ : dict
+        ``{"chosen": name, "n_folds": k, "n_examples": n, "scores": {name: {"accuracy", "log_loss"}}}``;
+        ``"reason"`` instead of scores when no labels were given.
+    """
+
+    name = "auto"
+    fitted_on = "fit's labeled texts (cross-validated choice), then what the chosen calibrator is fitted on"
+    n_folds: ClassVar[int] = 4
+
+    @staticmethod
+    def candidates() -> list[str | None]:
+        return [None, *(n for n in CALIBRATORS if n != AutoCalibrator.name)]
+
+    def choose(self, fold_scorer: FoldScorer, texts: list[str], y: np.ndarray | None, random_state: int | None) -> None:
+        """Run the cross-validation and set ``chosen_`` (unfitted) and ``report_``."""
+        if y is None or len(np.unique(y)) < 2:
+            self.chosen_: Calibrator | None = None
+            self.report_ = {"chosen": None, "reason": "no labeled examples of two labels or more: no calibration"}
+            return
+        y = np.asarray(y, dtype=int)
+        folds = _folds(y, min(self.n_folds, int(np.bincount(y).max())), random_state)
+        names, n = self.candidates(), len(y)
+        correct, loss = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        for held in folds:
+            train = np.setdiff1d(np.arange(n), held)
+            score_texts = fold_scorer([int(i) for i in train])
+            held_texts = [texts[i] for i in held]
+            raw = score_texts(held_texts)
+            for name in names:
+                out = self._fold_scores(name, score_texts, texts, train, y, raw, held_texts, random_state)
+                correct[name] += float((out.argmax(axis=1) == y[held]).sum())
+                loss[name] -= float(out[np.arange(len(held)), y[held]].sum())
+        scores = {str(k): {"accuracy": correct[k] / n, "log_loss": loss[k] / n} for k in names}
+        best = max(names, key=lambda k: (round(correct[k]), -loss[k], -names.index(k)))
+        self.chosen_ = get_calibrator(best) if best is not None else None
+        self.report_ = {"chosen": best, "n_folds": len(folds), "n_examples": n, "scores": scores}
+        logger.info("calibration='auto' chose %r: %s", best, scores)
+
+    @staticmethod
+    def _fold_scores(
+        name: str | None,
+        score_texts: ScoreTexts,
+        texts: list[str],
+        train: np.ndarray,
+        y: np.ndarray,
+        raw: np.ndarray,
+        held_texts: list[str],
+        random_state: int | None,
+    ) -> np.ndarray:
+        """Held-out log-probabilities under calibration ``name`` fitted on the training rows only."""
+        if name is None:
+            return log_softmax(raw)
+        cal = get_calibrator(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a fold's tiny fit may hit a bound; the CV score says so
+            fit_calibrator(cal, score_texts, [texts[i] for i in train], y[train], random_state)
+            return calibrate(cal, raw, held_texts, score_texts, random_state)
+
+    def fit(self, scores: np.ndarray, y: Any = None) -> AutoCalibrator:
+        raise TypeError("calibration='auto' is fitted through fit_calibrator (it scores texts); not on an array")
+
+    def transform(self, scores: np.ndarray) -> np.ndarray:
+        chosen = getattr(self, "chosen_", None)
+        return log_softmax(scores) if chosen is None else chosen.transform(scores)
+
+    def is_fitted(self) -> bool:
+        return hasattr(self, "report_")
+
+    def get_state(self) -> dict[str, Any]:
+        chosen = getattr(self, "chosen_", None)
+        if not self.is_fitted():
+            return {}
+        state = None if chosen is None else {"name": chosen.name, "state": chosen.get_state()}
+        return {"chosen_": state, "report_": self.report_}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> AutoCalibrator:
+        obj = cls()
+        if "report_" in state:
+            chosen = state.get("chosen_")
+            obj.chosen_ = None if chosen is None else CALIBRATORS[chosen["name"]].from_state(chosen["state"])
+            obj.report_ = state["report_"]
+        return obj
+
+
+CALIBRATORS[AutoCalibrator.name] = AutoCalibrator

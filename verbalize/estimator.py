@@ -18,7 +18,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
 from . import persistence
-from .calibration import Calibrator, calibrate, fit_calibrator, get_calibrator, log_softmax
+from .calibration import (
+    AutoCalibrator,
+    Calibrator,
+    ScoreTexts,
+    calibrate,
+    fit_calibrator,
+    get_calibrator,
+    log_softmax,
+    warn_if_collapsed,
+)
 from .demos import SELECTIONS, choose_demos
 from .errors import ParameterError, check_choice
 from .finetune import FineTuneConfig, replace_config, train_classifier
@@ -47,11 +56,18 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     model : str, Path, Scorer or None, default None
         None for the embedded default model (SmolLM2-135M-Instruct); a hub id such as ``"gpt2"``;
         a local directory; a ``.gguf`` file; or a ready :class:`Scorer`.
-    calibration : {None, "contextual", "domain", "batch", "temperature"} or Calibrator, default None
+    calibration : {None, "auto", "contextual", "domain", "batch", "temperature"} or Calibrator, default None
         See :mod:`verbalize.calibration` for what each does and when it helps; a
         :class:`~verbalize.calibration.Calibrator` instance is copied, never fitted in place.
+        ``"auto"`` chooses one (none included) by cross-validation on ``fit``'s labeled examples
+        and reports it in ``calibration_report_``; without labels it uses none.
     n_demos : int, default 0
-        Demonstrations from the training set put in every prompt (``fit`` picks them).
+        Total number of demonstrations put in every prompt (``fit`` picks them); prefer ``demos_per_class``.
+    demos_per_class : int, optional
+        Demonstrations per label (balanced): ``demos_per_class * n_labels`` in all. Exclusive with ``n_demos``.
+    calibration_sample : int or None, default 256
+        At most this many of ``fit``'s texts (a random subset seeded by ``random_state``) are scored
+        to fit the calibrator ("domain", "batch", "temperature", "auto"); None scores them all.
     demo_selection : {"balanced", "random", "first", "similar"}, default "balanced"
         ``"similar"`` gives each text its own ``n_demos`` nearest training texts (TF-IDF cosine, the
         nearest last); when fine-tuning, a training text's own row is never its demonstration.
@@ -108,6 +124,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         model: str | Path | Scorer | None = None,
         calibration: str | Calibrator | None = None,
         n_demos: int = 0,
+        demos_per_class: int | None = None,
+        calibration_sample: int | None = 256,
         demo_selection: str = "balanced",
         aggregation: str = "logsumexp",
         batch_size: int = 64,
@@ -124,6 +142,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self.model = model
         self.calibration = calibration
         self.n_demos = n_demos
+        self.demos_per_class = demos_per_class
+        self.calibration_sample = calibration_sample
         self.demo_selection = demo_selection
         self.aggregation = aggregation
         self.batch_size = batch_size
@@ -190,7 +210,15 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         check_choice(self.aggregation, AGGREGATIONS, "aggregation", "Verbalizer")
         if self.fine_tuning is not None and not isinstance(self.fine_tuning, FineTuneConfig):
             raise TypeError(f"fine_tuning must be a FineTuneConfig, got {type(self.fine_tuning).__name__}")
-        for name, value, low in (("n_demos", self.n_demos, 0), ("batch_size", self.batch_size, 1)):
+        if self.demos_per_class is not None and self.n_demos:
+            raise ParameterError(
+                f"Verbalizer got n_demos={self.n_demos} (a total) and demos_per_class={self.demos_per_class}; "
+                "give one of them (demos_per_class=k puts k demonstrations of each label in the prompt)"
+            )
+        checks = [("n_demos", self.n_demos, 0), ("batch_size", self.batch_size, 1)]
+        checks += [(k, v, 1) for k, v in (("demos_per_class", self.demos_per_class),) if v is not None]
+        checks += [(k, v, 1) for k, v in (("calibration_sample", self.calibration_sample),) if v is not None]
+        for name, value, low in checks:
             if not isinstance(value, int | np.integer) or value < low:
                 raise ParameterError(
                     f"The {name!r} parameter of Verbalizer must be an int >= {low}. Got {value!r} instead."
@@ -219,21 +247,28 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             self.scorer_ = self._load_scorer()
 
     # -- fit -----------------------------------------------------------------------------------
-    def fit(self, X: Any = None, y: Any = None) -> Verbalizer:
+    def fit(self, X: Any = None, y: Any = None, *, demo_pool: tuple[Any, Any] | None = None) -> Verbalizer:
         """Pick demonstrations, fine-tune, fit heads and the calibrator on training texts; returns self.
 
         Zero-shot use needs no ``fit``. ``y`` (label names from the template) is needed for
         demonstrations, fine-tuning and temperature calibration; ``X`` alone is enough for domain
         and batch calibration. With several heads, ``y`` is a dict {head name: labels}; a
         multi-label head takes a list of labels per text (or a 0/1 matrix).
+
+        ``demo_pool=(texts, labels)``: draw demonstrations from this pool instead of ``(X, y)``;
+        ``X`` is then only what the calibrator (at most ``calibration_sample`` texts of it), the heads
+        and fine-tuning learn from. The chosen demonstrations are in ``demos_``.
         """
         self._setup()
         texts = check_texts(X) if X is not None else []
         needs_y = self.fine_tuning is not None
         ys, head_ys = split_targets(self.head_specs_, y, len(texts), list(self.labels_), needs_y)
-        if self.n_demos:
-            args = (self.n_demos, list(self.labels_), self.demo_selection, self.random_state)
-            self.demos_, self.demo_pool_ = choose_demos(texts, ys, *args)
+        pool = None
+        if demo_pool is not None:
+            pool_texts = check_texts(demo_pool[0], "demo_pool[0]")
+            pool = (pool_texts, split_targets([], demo_pool[1], len(pool_texts), list(self.labels_), True)[0])
+        if self._n_demos():
+            self.demos_, self.demo_pool_ = self._choose_demos(*(pool or (texts, ys)))
         joint = [h for h in self.head_specs_ if h.training == "joint"]
         config = self.fine_tuning or (FineTuneConfig() if joint else None)
         if config is not None:
@@ -252,9 +287,30 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             self.classes_ = one_or_all({n: h.classes for n, h in self.heads_.items()})
         if self.calibrator_ is not None:
             y_index = np.array([list(self.labels_).index(v) for v in ys]) if ys is not None else None
-            fit_calibrator(self.calibrator_, self._raw_scores, texts, y_index, self.random_state)
+            folds = self._fold_scorer(texts, ys) if self._n_demos() and pool is None else None
+            sample = self.calibration_sample
+            fit_calibrator(self.calibrator_, self._raw_scores, texts, y_index, self.random_state, folds, sample)
+            if isinstance(self.calibrator_, AutoCalibrator):
+                self.calibration_report_ = self.calibrator_.report_
         self._fitted = True
         return self
+
+    def _n_demos(self) -> int:
+        """Demonstrations in all: ``n_demos``, or ``demos_per_class`` times the number of labels."""
+        return self.n_demos if self.demos_per_class is None else self.demos_per_class * len(self.labels_)
+
+    def _choose_demos(self, texts: list[str], ys: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        args = (self._n_demos(), list(self.labels_), self.demo_selection, self.random_state)
+        return choose_demos(texts, ys, *args)
+
+    def _fold_scorer(self, texts: list[str], ys: Any) -> Any:
+        """For calibration='auto': rows -> raw scores with demonstrations drawn from those rows only."""
+
+        def scorer(rows: list[int]) -> ScoreTexts:
+            demos, pool = self._choose_demos([texts[i] for i in rows], [ys[i] for i in rows])
+            return lambda xs: self._label_scores(xs, raw=True, demos=(demos, pool))
+
+        return scorer
 
     # -- predict -------------------------------------------------------------------------------
     def decision_function(self, X: Any) -> np.ndarray:
@@ -328,8 +384,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         p = self._prompts(texts)
         return self.scorer_.outputs(p.prompts, None, pools, p.spans, p.prefix, self.progress)[1]
 
-    def _label_scores(self, texts: list[str], raw: bool = False) -> np.ndarray:
-        p = self._prompts(texts)
+    def _label_scores(self, texts: list[str], raw: bool = False, demos: Any = None) -> np.ndarray:
+        p = self._prompts(texts, demos=demos)
         words = self.scorer_.score_words(p.prompts, self.label_tokens_, p.spans, p.prefix, self.progress)
         return self._from_words(words, texts, raw)
 
@@ -339,16 +395,25 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         if raw:
             return scores
         if self.calibrator_ is None:
-            return log_softmax(scores)
-        return calibrate(self.calibrator_, scores, texts, self._raw_scores, self.random_state)
+            out = log_softmax(scores)
+        else:
+            out = calibrate(self.calibrator_, scores, texts, self._raw_scores, self.random_state)
+        cal = self.calibrator_
+        what = f"calibration={cal.name!r}" if cal is not None else "the prompt (no calibration)"
+        warn_if_collapsed(out, list(self.labels_), what)
+        return out
 
     def _raw_scores(self, texts: list[str]) -> np.ndarray:
         return self._label_scores(texts, raw=True)
 
-    def _prompts(self, texts: list[str], leave_out_same: bool = False) -> Prompts:
-        """What the model reads for these texts; ``leave_out_same`` for training prompts (see PromptBuilder)."""
+    def _prompts(self, texts: list[str], leave_out_same: bool = False, demos: Any = None) -> Prompts:
+        """What the model reads for these texts; ``leave_out_same`` for training prompts (see PromptBuilder).
+
+        ``demos``: (shared demonstrations, per-text pool) instead of the fitted ones (cross-validation).
+        """
         budget = (self.scorer_.tokenizer, self.scorer_.context_length, reserved_tokens(self.label_tokens_))
-        builder = PromptBuilder(self.template_, self.demos_, self.demo_pool_, self.n_demos, *budget)
+        shared, pool = demos if demos is not None else (self.demos_, self.demo_pool_)
+        builder = PromptBuilder(self.template_, shared, pool, self._n_demos(), *budget)
         return builder.build(texts, leave_out_same)
 
     # -- persistence -----------------------------------------------------------------------------
