@@ -176,7 +176,7 @@ def _truncate(
 
     def tokens_kept(keep: list[int]) -> list[int]:
         out, pos = "", 0
-        for (start, end), firsts, k in zip(spans, starts, keep, strict=True):
+        for (_, end), firsts, k in zip(spans, starts, keep, strict=True):
             cut = end if k >= len(firsts) else firsts[k]  # the field keeps its characters before token k
             # rstrip: the space before a dropped token goes with it, as in the token sequence itself
             out = (out + prompt[pos:cut]).rstrip() if cut < end else out + prompt[pos:end]

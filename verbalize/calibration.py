@@ -82,9 +82,13 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     return s - m - np.log(np.exp(s - m).sum(axis=1, keepdims=True))
 
 
-def domain_texts(texts: Sequence[str], random_state: int | None, n: int = N_DOMAIN_SAMPLES) -> list[str]:
-    """Random bags of in-domain words, each as long as an average text (Fei et al. 2023)."""
-    words = [w for t in texts for w in t.split()]
+def domain_texts(texts: Sequence[Any], random_state: int | None, n: int = N_DOMAIN_SAMPLES) -> list[str]:
+    """Random bags of in-domain words, each as long as an average text (Fei et al. 2023).
+
+    A row with several fields ({field: text}) gives the words of all its fields; each bag, a str,
+    then fills every field, as the content-free inputs do.
+    """
+    words = [w for t in texts for w in (t if isinstance(t, str) else " ".join(t.values())).split()]
     if not words:
         return list(CONTENT_FREE)
     rng = np.random.default_rng(random_state)

@@ -39,6 +39,10 @@ from .prompts import resolve_template
 CHUNK = 512
 CALIBRATION_SAMPLE = 1000  # the first usable texts that domain and batch calibration are fitted on
 PROBE = "A short example text."
+FIELD_HELP = (
+    "with a template of several fields: the column that fills FIELD (repeatable); "
+    "default: the column named like each field"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("data", help="labeled file")
     e.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
     e.add_argument("--label-column", default="label")
+    e.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help=FIELD_HELP)
     e.add_argument("--calibration", default=None)
     e.add_argument("--batch-size", type=_positive, default=64)
     e.add_argument("--limit", type=_positive, default=None, help="use the first N rows")
@@ -298,9 +303,28 @@ def _predict_ray(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _field_map(args: argparse.Namespace, clf: Verbalizer) -> dict[str, str] | None:
+    """Template field -> column: same-named columns, overridden by ``--field FIELD=COLUMN``; None for one field."""
+    fields = (getattr(clf, "template_", None) or resolve_template(clf.template, clf.labels)).fields
+    given = getattr(args, "field", None) or []
+    pairs = dict(g.split("=", 1) for g in given if "=" in g)
+    bad = [g for g in given if "=" not in g] + [f for f in pairs if f not in fields]
+    if bad:
+        raise InputError(
+            f"--field {bad[0]!r}: expected FIELD=COLUMN with FIELD one of the template's fields {list(fields)}"
+        )
+    if len(fields) == 1 and not pairs:
+        return None
+    return {f: pairs.get(f, f) for f in fields}
+
+
+def _probe(fmap: dict[str, str] | None) -> object:
+    return dict.fromkeys(fmap, PROBE) if fmap else PROBE
+
+
 def _labeled_rows(args: argparse.Namespace, path: str, labels: list[str]) -> tuple[list[Row], list[str]]:
     """Usable rows of a labeled file and one message per skipped row (same per-row policy as predict)."""
-    source = open_source(path, args.column)
+    source = open_source(path, args.column, getattr(args, "fmap", None))
     good: list[Row] = []
     problems: list[str] = []
     for row in source.rows():
@@ -321,10 +345,12 @@ def _eval(args: argparse.Namespace) -> int:
     from sklearn.metrics import accuracy_score, f1_score
 
     clf = _classifier(args, args.batch_size)
+    args.fmap = _field_map(args, clf)
+    source = open_source(args.data, args.column, args.fmap)  # a missing column is a setup error, before the model runs
     if unlabeled_texts_help(clf.calibration):
-        texts = sample_texts(open_source(args.data, args.column), CALIBRATION_SAMPLE)
+        texts = sample_texts(source, CALIBRATION_SAMPLE)
         clf.fit(texts or None)
-    clf.predict_proba([PROBE])
+    clf.predict_proba([_probe(args.fmap)])
     rows, problems = _labeled_rows(args, args.data, [str(c) for c in clf.classes_])
     y, pred = [], []
     for start in range(0, len(rows), CHUNK):

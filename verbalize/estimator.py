@@ -32,7 +32,7 @@ from .demos import SELECTIONS, choose_demos
 from .errors import ParameterError, check_choice
 from .finetune import FineTuneConfig, replace_config, train_classifier
 from .heads import FittedHead, Head, as_heads, fit_probes, head_params, one_or_all, replace_head, split_targets
-from .inputs import check_texts
+from .inputs import check_rows
 from .prompts import PromptBuilder, Prompts, reserved_tokens, resolve_template
 from .scoring import AGGREGATIONS, Scorer, aggregate
 from .template import Template
@@ -260,12 +260,12 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         and fine-tuning learn from. The chosen demonstrations are in ``demos_``.
         """
         self._setup()
-        texts = check_texts(X) if X is not None else []
+        texts = self._rows(X) if X is not None else []
         needs_y = self.fine_tuning is not None
         ys, head_ys = split_targets(self.head_specs_, y, len(texts), list(self.labels_), needs_y)
         pool = None
         if demo_pool is not None:
-            pool_texts = check_texts(demo_pool[0], "demo_pool[0]")
+            pool_texts = check_rows(demo_pool[0], self.template_.fields, "demo_pool[0]")
             pool = (pool_texts, split_targets([], demo_pool[1], len(pool_texts), list(self.labels_), True)[0])
         if self._n_demos():
             self.demos_, self.demo_pool_ = self._choose_demos(*(pool or (texts, ys)))
@@ -295,6 +295,10 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self._fitted = True
         return self
 
+    def _rows(self, X: Any) -> list[Any]:
+        """``X`` checked against the template's fields: str rows, or dicts {field: text} with several fields."""
+        return check_rows(X, self.template_.fields)
+
     def _n_demos(self) -> int:
         """Demonstrations in all: ``n_demos``, or ``demos_per_class`` times the number of labels."""
         return self.n_demos if self.demos_per_class is None else self.demos_per_class * len(self.labels_)
@@ -316,7 +320,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     def decision_function(self, X: Any) -> np.ndarray:
         """Uncalibrated label scores (log of each label's word probabilities), shape (n, n_classes)."""
         self._ready()
-        return self._label_scores(check_texts(X), raw=True)
+        return self._label_scores(self._rows(X), raw=True)
 
     def predict_log_proba(self, X: Any) -> Any:
         """Calibrated log-probabilities, shape (n, n_classes), columns following ``classes_``.
@@ -326,7 +330,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """
         self._ready()
         if not self.head_specs_:
-            return self._word_log_proba(check_texts(X))
+            return self._word_log_proba(self._rows(X))
         proba = self.predict_proba(X)
         by_head = proba if isinstance(proba, dict) else {"": proba}
         return one_or_all({k: np.log(np.maximum(v, 1e-300)) for k, v in by_head.items()})
@@ -335,7 +339,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """Calibrated probabilities, shape (n, n_classes), columns following ``classes_``
         (a dict {head name: array} with several heads)."""
         self._ready()
-        texts = check_texts(X)
+        texts = self._rows(X)
         if self.head_specs_:
             return one_or_all({h.name: self.heads_[h.name].predict_proba(f) for h, f in self._head_features(texts)})
         return np.exp(self._word_log_proba(texts))
@@ -347,8 +351,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """
         self._ready()
         if self.head_specs_:
-            return one_or_all({h.name: self.heads_[h.name].predict(f) for h, f in self._head_features(check_texts(X))})
-        log_proba = self._word_log_proba(check_texts(X))
+            return one_or_all({h.name: self.heads_[h.name].predict(f) for h, f in self._head_features(self._rows(X))})
+        log_proba = self._word_log_proba(self._rows(X))
         return self.labels_[log_proba.argmax(axis=1)] if len(log_proba) else np.array([], dtype=object)
 
     def outputs(self, X: Any) -> dict[str, np.ndarray]:
@@ -356,7 +360,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         probabilities (key: the head's name), all from one forward pass per batch."""
         self._ready()
         self._check_heads_fitted()
-        texts = check_texts(X)
+        texts = self._rows(X)
         p = self._prompts(texts)
         pools = [h.pool for h in self.head_specs_]
         words, feats = self.scorer_.outputs(p.prompts, self.label_tokens_, pools, p.spans, p.prefix, self.progress)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .batching import Span
 from .demos import similar_demos
 from .labels import LabelTokens, LabelWords
-from .batching import Span
 from .template import Row, Template, load_template
 
 logger = logging.getLogger(__name__)
