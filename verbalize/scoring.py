@@ -234,9 +234,7 @@ class Scorer:
             vecs.append(total / count)
         return torch.cat(vecs, -1)
 
-    def encode(
-        self, prompts: Sequence[str], spans: Spans | None, prefix: str, room: int = 0
-    ) -> Encoded:
+    def encode(self, prompts: Sequence[str], spans: Spans | None, prefix: str, room: int = 0) -> Encoded:
         """Token ids of ``prefix + prompt`` for each prompt, leading special tokens included, text cut to fit.
 
         The model reads the tokens of the whole string (tokenizing the parts apart would change the
@@ -373,5 +371,3 @@ def _shared_length(rows: list[list[int]], prefix: list[int]) -> int:
         if row[:n] != prefix[:n]:
             n = next(i for i, (a, b) in enumerate(zip(row, prefix[:n], strict=False)) if a != b)
     return max(n, 0)
-
-
