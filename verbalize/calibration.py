@@ -406,7 +406,10 @@ class AutoCalibrator(Calibrator):
         """Run the cross-validation and set ``chosen_`` (unfitted) and ``report_``."""
         if y is None or len(np.unique(y)) < 2:
             self.chosen_: Calibrator | None = None
-            self.report_ = {"chosen": None, "reason": "no labeled examples of two labels or more: no calibration"}
+            self.report_: dict[str, Any] = {
+                "chosen": None,
+                "reason": "no labeled examples of two labels or more: no calibration",
+            }
             return
         y = np.asarray(y, dtype=int)
         folds = _folds(y, min(self.n_folds, int(np.bincount(y).max())), random_state)
