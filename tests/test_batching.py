@@ -216,7 +216,7 @@ def test_truncation_cuts_only_the_text(family, add_special_tokens, room):
     assert enc.n_truncated == len(too_long)
     for i, ids in enumerate(enc.ids):
         if i in too_long:
-            check_cut_inside_text(tok, prompts[i], spans[i], max_length, add_special_tokens, family.lead, ids)
+            check_cut_inside_text(tok, prompts[i], spans[i][0], max_length, add_special_tokens, family.lead, ids)
         else:
             assert ids == natural[i]
 
@@ -226,7 +226,7 @@ def test_truncated_ids_tokenize_the_prompt_with_a_shortened_text(gpt2_tokenizer)
     # token boundary (so that the model never sees a token sequence no string produces).
     tok = gpt2_tokenizer
     prompts, spans = TEMPLATE.spans([LONG])
-    start, end = spans[0]
+    [(start, end)] = spans[0]
     n_full = len(tok(prompts[0])["input_ids"])
     for max_length in (n_full - 1, n_full - 10, n_full - 30):
         ids = encode_prompts(tok, prompts, spans, max_length=max_length).ids[0]
@@ -241,7 +241,7 @@ def test_truncated_ids_tokenize_the_prompt_with_a_shortened_text(gpt2_tokenizer)
 def test_truncation_may_remove_the_whole_text_but_no_more(family):
     tok = family.tokenizer
     prompts, spans = TEMPLATE.spans([LONG])
-    template_only = n_template_tokens(tok, prompts[0], spans[0])
+    template_only = n_template_tokens(tok, prompts[0], spans[0][0])
     enc = encode_prompts(tok, prompts, spans, max_length=template_only)
     assert len(enc.ids[0]) == template_only
     assert tok.decode(enc.ids[0], skip_special_tokens=True).endswith("\nSentiment:")
@@ -288,8 +288,8 @@ def test_a_token_straddling_text_and_template_is_not_cut(request, name, prompt):
     template = Template(prompt=prompt, labels={"negative": ["negative"], "positive": ["positive"]})
     prompts, spans = template.spans([LONG + "."])
     offsets = tok(prompts[0], return_offsets_mapping=True)["offset_mapping"]
-    end = spans[0][1]
+    end = spans[0][0][1]
     assert [(a, b) for a, b in offsets if a < end < b], "the fixture tokenizer should merge across the boundary"
     max_length = len(offsets) - 5
     enc = encode_prompts(tok, prompts, spans, max_length=max_length)
-    check_cut_inside_text(tok, prompts[0], spans[0], max_length, True, family.lead, enc.ids[0])
+    check_cut_inside_text(tok, prompts[0], spans[0][0], max_length, True, family.lead, enc.ids[0])

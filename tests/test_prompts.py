@@ -57,7 +57,7 @@ def test_per_text_demonstrations_follow_the_shared_instruction():
     built = PromptBuilder(template, (), pool, 1).build(["bad bad film"])
     assert built.prefix == "Answer.\n\n"
     assert built.prompts[0] == "Q: bad bad A: bad\n\nQ: bad bad film A:"
-    a, b = built.spans[0]
+    [(a, b)] = built.spans[0]
     assert built.prompts[0][a:b] == "bad bad film"
 
 

@@ -230,7 +230,7 @@ def test_truncation_with_a_prefix_and_max_length(family):
     # the model reads prefix + prompt as one string; only the text part of it may be cut
     room = len(family.lead) + max(len(w) for w in lt.word_ids) - 1
     joined = [prefix + p for p in prompts]
-    shifted = [(a + len(prefix), b + len(prefix)) for a, b in spans]
+    shifted = [(a + len(prefix), b + len(prefix)) for [(a, b)] in spans]
     cut = encode_prompts(tok, joined, shifted, max_length=max_length - room, add_special_tokens=False).ids
     assert scorer.last_n_truncated == sum(len(plain_ids(tok, p)) > max_length - room for p in joined) >= 1
     contexts = [list(family.lead) + ids for ids in cut]

@@ -324,7 +324,7 @@ def test_spans_locate_the_text_exactly(text):
     t = Template(prompt="{{x}} Review: {text}\nSentiment:", labels={"neg": ["bad"], "pos": ["good"]})
     prompts, spans = t.spans([text, "other"])
     assert len(prompts) == len(spans) == 2
-    (a, b), prompt = spans[0], prompts[0]
+    [(a, b)], prompt = spans[0], prompts[0]
     assert prompt[a:b] == text.strip()
     assert prompt[:a] == "{x} Review: "
     assert prompt[b:] == "\nSentiment:"

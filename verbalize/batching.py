@@ -1,4 +1,5 @@
-"""Prompts -> length-sorted, right-padded token batches. Only the ``{text}`` part is ever truncated."""
+"""Prompts -> length-sorted, right-padded token batches. Only the fields' values are ever truncated,
+the longest field first; the template's own words never are."""
 
 from __future__ import annotations
 
@@ -10,6 +11,29 @@ import numpy as np
 import torch
 
 from .errors import InputError
+
+Span = tuple[int, int]
+Spans = Sequence[Span] | Sequence[Sequence[Span]]
+"""Per prompt, where its field values lie: one (start, end) per prompt, or a list of them per prompt."""
+
+
+def span_lists(spans: Spans | None) -> list[list[Span]] | None:
+    """``spans`` as one list of (start, end) per prompt, whichever of the two forms it came in."""
+    if spans is None:
+        return None
+    out: list[list[Span]] = []
+    for x in spans:
+        if len(x) == 2 and all(isinstance(v, int | np.integer) for v in x):
+            out.append([(int(x[0]), int(x[1]))])  # type: ignore[arg-type]
+        else:
+            out.append([(int(a), int(b)) for a, b in x])  # type: ignore[misc]
+    return out
+
+
+def shift_spans(spans: Spans | None, offset: int) -> list[list[Span]] | None:
+    """``spans`` moved right by ``offset`` characters (a shared prefix put before every prompt)."""
+    lists = span_lists(spans)
+    return None if lists is None else [[(a + offset, b + offset) for a, b in x] for x in lists]
 
 
 @dataclass(frozen=True)
@@ -99,19 +123,20 @@ def pad_id_of(tokenizer: Any) -> int:
 def encode_prompts(
     tokenizer: Any,
     prompts: Sequence[str],
-    spans: Sequence[tuple[int, int]] | None = None,
+    spans: Spans | None = None,
     max_length: int | None = None,
     add_special_tokens: bool = True,
 ) -> Encoded:
-    """Tokenize prompts; cut prompts longer than ``max_length`` inside their text span only.
+    """Tokenize prompts; cut prompts longer than ``max_length`` inside their field spans only.
 
-    The tokens of the text (``prompt[start:end]``) are dropped from its end, so the template's
-    words before and after the text are always kept whole.
+    ``spans[i]`` is where prompt i's field values lie (``prompt[start:end]``): one (start, end), or a
+    list of them for a template with several fields. Tokens are dropped from the end of the longest
+    field first, so the template's words before, between and after the fields are always kept whole.
 
     Raises
     ------
     InputError
-        When a prompt is too long even with its text removed entirely.
+        When a prompt is too long even with its fields removed entirely.
     """
     if not prompts:
         return Encoded([], 0)
@@ -121,21 +146,23 @@ def encode_prompts(
     if max_length is None:
         return Encoded(ids, 0)
     long = [i for i, x in enumerate(ids) if len(x) > max_length]
-    if long and spans is None:
+    lists = span_lists(spans)
+    if long and lists is None:
         raise InputError(f"{len(long)} prompts are longer than {max_length} tokens and no text span was given")
     for i in long:
-        ids[i] = _truncate(tokenizer, prompts[i], spans[i], max_length, add_special_tokens, i)  # type: ignore[index]
+        ids[i] = _truncate(tokenizer, prompts[i], lists[i], max_length, add_special_tokens, i)  # type: ignore[index]
         n_truncated += 1
     return Encoded(ids, n_truncated)
 
 
 def _truncate(
-    tokenizer: Any, prompt: str, span: tuple[int, int], max_length: int, add_special: bool, row: int
+    tokenizer: Any, prompt: str, spans: list[Span], max_length: int, add_special: bool, row: int
 ) -> list[int]:
-    """Cut the end of the text by whole tokens, then tokenize the shortened prompt as one string.
+    """Cut field values by whole tokens from their ends, the field with the most tokens first, then
+    tokenize the shortened prompt as one string.
 
     Re-tokenizing keeps the result a sequence the tokenizer really produces: a token that merges the
-    end of the text with the template (`."`, `.\nSentiment:`) is re-formed, never dropped with the text.
+    end of a field with the template (`."`, `.\nSentiment:`) is re-formed, never dropped with the field.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise InputError(
@@ -143,22 +170,38 @@ def _truncate(
             "load the model's fast tokenizer or shorten the text"
         )
     enc = tokenizer(prompt, add_special_tokens=add_special, return_offsets_mapping=True)
-    start, end = span
-    starts = [a for a, b in enc["offset_mapping"] if b > a and _inside(prompt, a, b, start, end)]
-    excess = len(enc["input_ids"]) - max_length
+    offsets = enc["offset_mapping"]
+    starts = [[a for a, b in offsets if b > a and _inside(prompt, a, b, s, e)] for s, e in spans]
+    keep = [len(x) for x in starts]  # tokens kept of each field
 
-    def tokens_cut_at(cut: int) -> list[int]:
-        # rstrip: the space before a dropped token goes with it, as in the token sequence itself
-        return list(tokenizer(prompt[:cut].rstrip() + prompt[end:], add_special_tokens=add_special)["input_ids"])
+    def tokens_kept(keep: list[int]) -> list[int]:
+        out, pos = "", 0
+        for (_, end), firsts, k in zip(spans, starts, keep, strict=True):
+            cut = end if k >= len(firsts) else firsts[k]  # the field keeps its characters before token k
+            # rstrip: the space before a dropped token goes with it, as in the token sequence itself
+            out = (out + prompt[pos:cut]).rstrip() if cut < end else out + prompt[pos:end]
+            pos = end
+        return list(tokenizer(out + prompt[pos:], add_special_tokens=add_special)["input_ids"])
 
-    for drop in range(max(excess, 1), len(starts) + 1):
-        ids = tokens_cut_at(starts[len(starts) - drop])  # the text keeps its characters before this token
+    for _ in range(max(len(enc["input_ids"]) - max_length, 1)):
+        _drop_longest(keep)
+    while True:
+        ids = tokens_kept(keep)
         if len(ids) <= max_length:
             return ids
+        if not any(keep):
+            break
+        _drop_longest(keep)
     raise InputError(
-        f"text {row}: the template alone takes {len(tokens_cut_at(start))} tokens, more than max_length="
+        f"text {row}: the template alone takes {len(ids)} tokens, more than max_length="
         f"{max_length}; shorten the instruction or use fewer demonstrations"
     )
+
+
+def _drop_longest(keep: list[int]) -> None:
+    """One token less for the field that keeps the most (the first of equals)."""
+    if any(keep):
+        keep[keep.index(max(keep))] -= 1
 
 
 def _inside(prompt: str, a: int, b: int, start: int, end: int) -> bool:

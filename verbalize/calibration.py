@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import abc
 import copy
+import logging
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -41,8 +43,37 @@ from .errors import check_choice
 CONTENT_FREE = ("N/A", "", "[MASK]")
 N_DOMAIN_SAMPLES = 20
 
+COLLAPSE_SHARE = 0.9  # warn when this share of a batch's predictions (or more) goes to one label
+COLLAPSE_MIN_ROWS = 10  # ... in batches of at least this many texts
+TEMPERATURE_BOUNDS = (0.05, 100.0)
+
+logger = logging.getLogger(__name__)
+
 ScoreTexts = Callable[[list[str]], np.ndarray]
 """Texts -> their raw label scores (n, n_classes), rendered with the classifier's prompt and demonstrations."""
+
+FoldScorer = Callable[[list[int]], ScoreTexts]
+"""Rows of ``fit``'s texts -> a :data:`ScoreTexts` whose demonstrations are drawn from those rows only."""
+
+
+def warn_if_collapsed(log_proba: np.ndarray, labels: Sequence[str], what: str) -> None:
+    """Warn when ``COLLAPSE_SHARE`` or more of a batch's predictions go to one label.
+
+    ``what`` names the cause in the message, e.g. "calibration='contextual'" or "the prompt (no calibration)".
+    """
+    n = len(log_proba)
+    if n < COLLAPSE_MIN_ROWS:
+        return
+    counts = np.bincount(np.asarray(log_proba).argmax(axis=1), minlength=len(labels))
+    k = int(counts.argmax())
+    if counts[k] >= COLLAPSE_SHARE * n:
+        warnings.warn(
+            f"{what} sends {counts[k]} of {n} predictions ({counts[k] / n:.0%}) to label {labels[k]!r}; "
+            "the classifier may be collapsed onto one label: check accuracy on labeled examples, or try "
+            "calibration='auto' with a few labeled examples per class",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
@@ -51,9 +82,13 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     return s - m - np.log(np.exp(s - m).sum(axis=1, keepdims=True))
 
 
-def domain_texts(texts: Sequence[str], random_state: int | None, n: int = N_DOMAIN_SAMPLES) -> list[str]:
-    """Random bags of in-domain words, each as long as an average text (Fei et al. 2023)."""
-    words = [w for t in texts for w in t.split()]
+def domain_texts(texts: Sequence[Any], random_state: int | None, n: int = N_DOMAIN_SAMPLES) -> list[str]:
+    """Random bags of in-domain words, each as long as an average text (Fei et al. 2023).
+
+    A row with several fields ({field: text}) gives the words of all its fields; each bag, a str,
+    then fills every field, as the content-free inputs do.
+    """
+    words = [w for t in texts for w in (t if isinstance(t, str) else " ".join(t.values())).split()]
     if not words:
         return list(CONTENT_FREE)
     rng = np.random.default_rng(random_state)
@@ -206,7 +241,7 @@ class TemperatureCalibrator(Calibrator):
         def nll(log_t: float) -> float:
             return float(-log_softmax(s / np.exp(log_t))[np.arange(len(y)), y].mean())
 
-        lo, hi = np.log(0.05), np.log(100.0)
+        lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
         for _ in range(80):  # golden-section search: the loss is unimodal in log T
             a, b = hi - 0.618 * (hi - lo), lo + 0.618 * (hi - lo)
             if nll(a) < nll(b):
@@ -214,6 +249,16 @@ class TemperatureCalibrator(Calibrator):
             else:
                 lo = a
         self.temperature_ = float(np.exp((lo + hi) / 2))
+        low, high = TEMPERATURE_BOUNDS
+        if not low * 1.01 < self.temperature_ < high / 1.01:
+            warnings.warn(
+                f"temperature calibration: the fitted temperature {self.temperature_:.3g} is at its bound "
+                f"[{low}, {high}] on {len(y)} labeled examples; the scores barely predict the labels "
+                "(T at the upper bound flattens every prediction). Check the template's label words, "
+                "or give more labeled examples",
+                UserWarning,
+                stacklevel=2,
+            )
         return self
 
     def transform(self, scores: np.ndarray) -> np.ndarray:
@@ -269,14 +314,29 @@ def fit_calibrator(
     texts: list[str],
     y: np.ndarray | None = None,
     random_state: int | None = None,
+    fold_scorer: FoldScorer | None = None,
+    sample: int | None = None,
 ) -> None:
     """Fit ``cal`` on what it is fitted on, given ``fit``'s texts and label indices ``y`` (or None).
+
+    ``fold_scorer`` scores with demonstrations drawn from given rows only (for ``"auto"``'s
+    cross-validation; default: ``score_texts`` for every fold). ``sample`` caps how many of ``texts``
+    the calibrator is fitted on (a seeded random subset), so a large pool is not scored in full.
 
     Raises
     ------
     ValueError
         When the calibrator needs labels and ``y`` is None.
     """
+    if sample is not None and len(texts) > sample:
+        keep = np.sort(np.random.default_rng(random_state).choice(len(texts), size=sample, replace=False))
+        texts, y = [texts[i] for i in keep], (y[keep] if y is not None else None)
+        fold_scorer = None if fold_scorer is None else _subset_scorer(fold_scorer, keep)
+    if isinstance(cal, autocalibration.AutoCalibrator):
+        cal.choose(fold_scorer or (lambda rows: score_texts), texts, y, random_state)
+        if cal.chosen_ is None:
+            return
+        cal = cal.chosen_
     if cal.needs_labels and y is None:
         raise ValueError(f"calibration={cal.name!r} needs labeled examples: call fit(X, y) with y")
     inputs = cal.fit_inputs(texts, random_state)
@@ -288,6 +348,22 @@ def calibrate(
     cal: Calibrator, scores: np.ndarray, texts: list[str], score_texts: ScoreTexts, random_state: int | None = None
 ) -> np.ndarray:
     """Calibrated log-probabilities of ``scores`` (the raw label scores of ``texts``)."""
+    if isinstance(cal, autocalibration.AutoCalibrator):
+        if not cal.is_fitted():
+            return log_softmax(scores)  # unfitted "auto": the safe choice, no calibration
+        if cal.chosen_ is None:
+            return log_softmax(scores)
+        cal = cal.chosen_
     if cal.is_fitted():
         return cal.transform(scores)
     return cal.transform_unfitted(scores, texts, score_texts, random_state)
+
+
+def _subset_scorer(fold_scorer: FoldScorer, keep: np.ndarray) -> FoldScorer:
+    """A fold scorer over a subset of the rows: row i of the subset is row ``keep[i]`` of the full set."""
+    return lambda rows: fold_scorer([int(keep[i]) for i in rows])
+
+
+# "auto" (the cross-validated choice among every registered calibrator) lives in its own module, which
+# subclasses Calibrator and registers itself in CALIBRATORS; imported last, whichever module comes first
+from . import autocalibration  # noqa: E402

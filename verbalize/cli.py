@@ -31,6 +31,7 @@ from .jobs import (
     check_model_dir,
     check_output,
     classify_rows,
+    field_columns,
     file_digest,
     run,
     sample_texts,
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 CHUNK = 512
 CALIBRATION_SAMPLE = 1000  # the first usable texts that domain and batch calibration are fitted on
 PROBE = "A short example text."
+FIELD_HELP = (
+    "with a template of several fields: the column that fills FIELD (repeatable); "
+    "default: the column named like each field"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("data", help="labeled file")
     e.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
     e.add_argument("--label-column", default="label")
+    e.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help=FIELD_HELP)
     e.add_argument("--calibration", default=None)
     e.add_argument("--batch-size", type=_positive, default=64)
     e.add_argument("--limit", type=_positive, default=None, help="use the first N rows")
@@ -277,16 +283,23 @@ def _predict_ray(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _probe(fmap: dict[str, str] | None) -> object:
+    return dict.fromkeys(fmap, PROBE) if fmap else PROBE
+
+
 def _eval(args: argparse.Namespace) -> int:
     from sklearn.metrics import accuracy_score, f1_score
 
     clf = _classifier(args, args.batch_size)
+    fields = (getattr(clf, "template_", None) or resolve_template(clf.template, clf.labels)).fields
+    fmap = field_columns(fields, args.field)
+    source = open_source(args.data, args.column, fmap)  # a missing column is a setup error, before the model runs
     if _fits_on_texts(clf):
-        texts = sample_texts(open_source(args.data, args.column), CALIBRATION_SAMPLE)
+        texts = sample_texts(source, CALIBRATION_SAMPLE)
         clf.fit(texts or None)
-    clf.predict_proba([PROBE])
+    clf.predict_proba([_probe(fmap)])
     labels = [str(c) for c in clf.classes_]
-    rows, problems = labeled_rows(args.data, args.column, args.label_column, labels, args.limit)
+    rows, problems = labeled_rows(args.data, args.column, args.label_column, labels, args.limit, fmap)
     y, pred = [], []
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]

@@ -8,7 +8,6 @@ is :mod:`verbalize.prompts`, calibration policy :mod:`verbalize.calibration`, he
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,24 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
 from . import persistence
-from .calibration import Calibrator, calibrate, fit_calibrator, get_calibrator, log_softmax
-from .demos import SELECTIONS, choose_demos
-from .errors import ParameterError, check_choice
-from .finetune import FineTuneConfig, replace_config, train_classifier
-from .heads import FittedHead, Head, as_heads, fit_probes, head_params, one_or_all, replace_head, split_targets
-from .inputs import check_texts
+from .autocalibration import AutoCalibrator
+from .calibration import (
+    Calibrator,
+    ScoreTexts,
+    calibrate,
+    fit_calibrator,
+    get_calibrator,
+    log_softmax,
+    warn_if_collapsed,
+)
+from .demos import choose_demos
+from .finetune import FineTuneConfig, train_classifier
+from .heads import FittedHead, Head, as_heads, fit_probes, head_params, one_or_all, split_targets
+from .inputs import check_rows
+from .params import check_params, ready, set_nested
 from .prompts import PromptBuilder, Prompts, reserved_tokens, resolve_template
-from .scoring import AGGREGATIONS, Scorer, aggregate
+from .scoring import Scorer, aggregate
 from .template import Template
-
-RUNTIME_PARAMS = ("batch_size", "progress")  # may change after fit: they do not change what was learned
 
 
 class Verbalizer(ClassifierMixin, BaseEstimator):
@@ -47,11 +53,18 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     model : str, Path, Scorer or None, default None
         None for the embedded default model (SmolLM2-135M-Instruct); a hub id such as ``"gpt2"``;
         a local directory; a ``.gguf`` file; or a ready :class:`Scorer`.
-    calibration : {None, "contextual", "domain", "batch", "temperature"} or Calibrator, default None
+    calibration : {None, "auto", "contextual", "domain", "batch", "temperature"} or Calibrator, default None
         See :mod:`verbalize.calibration` for what each does and when it helps; a
         :class:`~verbalize.calibration.Calibrator` instance is copied, never fitted in place.
+        ``"auto"`` chooses one (none included) by cross-validation on ``fit``'s labeled examples
+        and reports it in ``calibration_report_``; without labels it uses none.
     n_demos : int, default 0
-        Demonstrations from the training set put in every prompt (``fit`` picks them).
+        Total number of demonstrations put in every prompt (``fit`` picks them); prefer ``demos_per_class``.
+    demos_per_class : int, optional
+        Demonstrations per label (balanced): ``demos_per_class * n_labels`` in all. Exclusive with ``n_demos``.
+    calibration_sample : int or None, default 256
+        At most this many of ``fit``'s texts (a random subset seeded by ``random_state``) are scored
+        to fit the calibrator ("domain", "batch", "temperature", "auto"); None scores them all.
     demo_selection : {"balanced", "random", "first", "similar"}, default "balanced"
         ``"similar"`` gives each text its own ``n_demos`` nearest training texts (TF-IDF cosine, the
         nearest last); when fine-tuning, a training text's own row is never its demonstration.
@@ -110,6 +123,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         model: str | Path | Scorer | None = None,
         calibration: str | Calibrator | None = None,
         n_demos: int = 0,
+        demos_per_class: int | None = None,
+        calibration_sample: int | None = 256,
         demo_selection: str = "balanced",
         aggregation: str = "logsumexp",
         batch_size: int = 64,
@@ -126,6 +141,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self.model = model
         self.calibration = calibration
         self.n_demos = n_demos
+        self.demos_per_class = demos_per_class
+        self.calibration_sample = calibration_sample
         self.demo_selection = demo_selection
         self.aggregation = aggregation
         self.batch_size = batch_size
@@ -154,11 +171,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """Set parameters; ``fine_tuning__epochs=3`` or ``heads__sentiment__C=0.1`` replace a copy of the config."""
         nested = {k: params.pop(k) for k in list(params) if k.startswith(("fine_tuning__", "heads__"))}
         super().set_params(**params)
-        for key, value in nested.items():
-            if key.startswith("fine_tuning__"):
-                self.fine_tuning = replace_config(self.fine_tuning, key, value)
-            else:
-                self.heads = replace_head(self.heads, key, value)
+        set_nested(self, nested)
         return self
 
     # -- set-up ------------------------------------------------------------------------------
@@ -186,56 +199,35 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         return Scorer(base.model, base.tokenizer, self.batch_size, self.max_length, base.max_tokens)
 
     def _check_params(self) -> None:
-        if self.calibration is not None and not isinstance(self.calibration, Calibrator):
-            get_calibrator(self.calibration)  # raises with the allowed names
-        check_choice(self.demo_selection, SELECTIONS, "demo_selection", "Verbalizer")
-        check_choice(self.aggregation, AGGREGATIONS, "aggregation", "Verbalizer")
-        if self.fine_tuning is not None and not isinstance(self.fine_tuning, FineTuneConfig):
-            raise TypeError(f"fine_tuning must be a FineTuneConfig, got {type(self.fine_tuning).__name__}")
-        for name, value, low in (("n_demos", self.n_demos, 0), ("batch_size", self.batch_size, 1)):
-            if not isinstance(value, int | np.integer) or value < low:
-                raise ParameterError(
-                    f"The {name!r} parameter of Verbalizer must be an int >= {low}. Got {value!r} instead."
-                )
+        check_params(self)
 
     def _ready(self) -> None:
-        """Set up on first use, and again when parameters changed since (sharing the loaded model)."""
-        if not hasattr(self, "template_"):
-            self._setup()
-            return
-        changed = [k for k, v in self.get_params(deep=False).items() if not _same(v, self._seen_params.get(k))]
-        if changed and not self._fitted:
-            self._setup()
-        elif changed and set(changed) <= set(RUNTIME_PARAMS):
-            self._check_params()
-            self._seen_params = copy.deepcopy(self.get_params(deep=False))
-            base = self.__dict__.get("scorer_")
-            if base is not None:
-                self.scorer_ = Scorer(base.model, base.tokenizer, self.batch_size, base.context_length, base.max_tokens)
-        elif changed:
-            raise NotFittedError(
-                f"the parameters {changed} of this Verbalizer changed since fit(): call fit again "
-                "(fit() without data for zero-shot use)"
-            )
-        if "scorer_" not in self.__dict__:  # unpickled without its model: load the shared one
-            self.scorer_ = self._load_scorer()
+        """Set up on first use, and again when parameters changed since (see :func:`verbalize.params.ready`)."""
+        ready(self)
 
     # -- fit -----------------------------------------------------------------------------------
-    def fit(self, X: Any = None, y: Any = None) -> Verbalizer:
+    def fit(self, X: Any = None, y: Any = None, *, demo_pool: tuple[Any, Any] | None = None) -> Verbalizer:
         """Pick demonstrations, fine-tune, fit heads and the calibrator on training texts; returns self.
 
         Zero-shot use needs no ``fit``. ``y`` (label names from the template) is needed for
         demonstrations, fine-tuning and temperature calibration; ``X`` alone is enough for domain
         and batch calibration. With several heads, ``y`` is a dict {head name: labels}; a
         multi-label head takes a list of labels per text (or a 0/1 matrix).
+
+        ``demo_pool=(texts, labels)``: draw demonstrations from this pool instead of ``(X, y)``;
+        ``X`` is then only what the calibrator (at most ``calibration_sample`` texts of it), the heads
+        and fine-tuning learn from. The chosen demonstrations are in ``demos_``.
         """
         self._setup()
-        texts = check_texts(X) if X is not None else []
+        texts = self._rows(X) if X is not None else []
         needs_y = self.fine_tuning is not None
         ys, head_ys = split_targets(self.head_specs_, y, len(texts), list(self.labels_), needs_y)
-        if self.n_demos:
-            args = (self.n_demos, list(self.labels_), self.demo_selection, self.random_state)
-            self.demos_, self.demo_pool_ = choose_demos(texts, ys, *args)
+        pool = None
+        if demo_pool is not None:
+            pool_texts = check_rows(demo_pool[0], self.template_.fields, "demo_pool[0]")
+            pool = (pool_texts, split_targets([], demo_pool[1], len(pool_texts), list(self.labels_), True)[0])
+        if self._n_demos():
+            self.demos_, self.demo_pool_ = self._choose_demos(*(pool or (texts, ys)))
         joint = [h for h in self.head_specs_ if h.training == "joint"]
         config = self.fine_tuning or (FineTuneConfig() if joint else None)
         if config is not None:
@@ -254,15 +246,40 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             self.classes_ = one_or_all({n: h.classes for n, h in self.heads_.items()})
         if self.calibrator_ is not None:
             y_index = np.array([list(self.labels_).index(v) for v in ys]) if ys is not None else None
-            fit_calibrator(self.calibrator_, self._raw_scores, texts, y_index, self.random_state)
+            folds = self._fold_scorer(texts, ys) if self._n_demos() and pool is None else None
+            sample = self.calibration_sample
+            fit_calibrator(self.calibrator_, self._raw_scores, texts, y_index, self.random_state, folds, sample)
+            if isinstance(self.calibrator_, AutoCalibrator):
+                self.calibration_report_ = self.calibrator_.report_
         self._fitted = True
         return self
+
+    def _rows(self, X: Any) -> list[Any]:
+        """``X`` checked against the template's fields: str rows, or dicts {field: text} with several fields."""
+        return check_rows(X, self.template_.fields)
+
+    def _n_demos(self) -> int:
+        """Demonstrations in all: ``n_demos``, or ``demos_per_class`` times the number of labels."""
+        return self.n_demos if self.demos_per_class is None else self.demos_per_class * len(self.labels_)
+
+    def _choose_demos(self, texts: list[str], ys: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        args = (self._n_demos(), list(self.labels_), self.demo_selection, self.random_state)
+        return choose_demos(texts, ys, *args)
+
+    def _fold_scorer(self, texts: list[str], ys: Any) -> Any:
+        """For calibration='auto': rows -> raw scores with demonstrations drawn from those rows only."""
+
+        def scorer(rows: list[int]) -> ScoreTexts:
+            demos, pool = self._choose_demos([texts[i] for i in rows], [ys[i] for i in rows])
+            return lambda xs: self._label_scores(xs, raw=True, demos=(demos, pool))
+
+        return scorer
 
     # -- predict -------------------------------------------------------------------------------
     def decision_function(self, X: Any) -> np.ndarray:
         """Uncalibrated label scores (log of each label's word probabilities), shape (n, n_classes)."""
         self._ready()
-        return self._label_scores(check_texts(X), raw=True)
+        return self._label_scores(self._rows(X), raw=True)
 
     def predict_log_proba(self, X: Any) -> Any:
         """Calibrated log-probabilities, shape (n, n_classes), columns following ``classes_``.
@@ -272,7 +289,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """
         self._ready()
         if not self.head_specs_:
-            return self._word_log_proba(check_texts(X))
+            return self._word_log_proba(self._rows(X))
         proba = self.predict_proba(X)
         by_head = proba if isinstance(proba, dict) else {"": proba}
         return one_or_all({k: np.log(np.maximum(v, 1e-300)) for k, v in by_head.items()})
@@ -281,7 +298,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """Calibrated probabilities, shape (n, n_classes), columns following ``classes_``
         (a dict {head name: array} with several heads)."""
         self._ready()
-        texts = check_texts(X)
+        texts = self._rows(X)
         if self.head_specs_:
             return one_or_all({h.name: self.heads_[h.name].predict_proba(f) for h, f in self._head_features(texts)})
         return np.exp(self._word_log_proba(texts))
@@ -293,8 +310,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """
         self._ready()
         if self.head_specs_:
-            return one_or_all({h.name: self.heads_[h.name].predict(f) for h, f in self._head_features(check_texts(X))})
-        log_proba = self._word_log_proba(check_texts(X))
+            return one_or_all({h.name: self.heads_[h.name].predict(f) for h, f in self._head_features(self._rows(X))})
+        log_proba = self._word_log_proba(self._rows(X))
         return self.labels_[log_proba.argmax(axis=1)] if len(log_proba) else np.array([], dtype=object)
 
     def outputs(self, X: Any) -> dict[str, np.ndarray]:
@@ -302,7 +319,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         probabilities (key: the head's name), all from one forward pass per batch."""
         self._ready()
         self._check_heads_fitted()
-        texts = check_texts(X)
+        texts = self._rows(X)
         p = self._prompts(texts)
         pools = [h.pool for h in self.head_specs_]
         words, feats = self.scorer_.outputs(p.prompts, self.label_tokens_, pools, p.spans, p.prefix, self.progress)
@@ -330,8 +347,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         p = self._prompts(texts)
         return self.scorer_.outputs(p.prompts, None, pools, p.spans, p.prefix, self.progress)[1]
 
-    def _label_scores(self, texts: list[str], raw: bool = False) -> np.ndarray:
-        p = self._prompts(texts)
+    def _label_scores(self, texts: list[str], raw: bool = False, demos: Any = None) -> np.ndarray:
+        p = self._prompts(texts, demos=demos)
         words = self.scorer_.score_words(p.prompts, self.label_tokens_, p.spans, p.prefix, self.progress)
         return self._from_words(words, texts, raw)
 
@@ -341,16 +358,25 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         if raw:
             return scores
         if self.calibrator_ is None:
-            return log_softmax(scores)
-        return calibrate(self.calibrator_, scores, texts, self._raw_scores, self.random_state)
+            out = log_softmax(scores)
+        else:
+            out = calibrate(self.calibrator_, scores, texts, self._raw_scores, self.random_state)
+        cal = self.calibrator_
+        what = f"calibration={cal.name!r}" if cal is not None else "the prompt (no calibration)"
+        warn_if_collapsed(out, list(self.labels_), what)
+        return out
 
     def _raw_scores(self, texts: list[str]) -> np.ndarray:
         return self._label_scores(texts, raw=True)
 
-    def _prompts(self, texts: list[str], leave_out_same: bool = False) -> Prompts:
-        """What the model reads for these texts; ``leave_out_same`` for training prompts (see PromptBuilder)."""
+    def _prompts(self, texts: list[str], leave_out_same: bool = False, demos: Any = None) -> Prompts:
+        """What the model reads for these texts; ``leave_out_same`` for training prompts (see PromptBuilder).
+
+        ``demos``: (shared demonstrations, per-text pool) instead of the fitted ones (cross-validation).
+        """
         budget = (self.scorer_.tokenizer, self.scorer_.context_length, reserved_tokens(self.label_tokens_))
-        builder = PromptBuilder(self.template_, self.demos_, self.demo_pool_, self.n_demos, *budget)
+        shared, pool = demos if demos is not None else (self.demos_, self.demo_pool_)
+        builder = PromptBuilder(self.template_, shared, pool, self._n_demos(), *budget)
         return builder.build(texts, leave_out_same)
 
     # -- persistence -----------------------------------------------------------------------------
@@ -368,26 +394,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> Verbalizer:
         """Load a classifier written by :meth:`save`; ``overrides`` replace saved parameters (e.g. device)."""
-        saved = persistence.load(path, cls._get_param_names())
-        clf = cls(**(saved.params | overrides))
-        clf._setup()
-        clf.fine_tuned_, clf.demos_, clf.demo_pool_ = saved.fine_tuned, saved.demos, saved.demo_pool
-        clf.calibrator_ = saved.calibrator if saved.calibrator is not None else clf.calibrator_
-        if saved.heads:
-            clf.heads_ = saved.heads
-            clf.classes_ = one_or_all({n: h.classes for n, h in saved.heads.items()})
-        clf._fitted = True
-        return clf
+        return persistence.restore(cls, path, overrides)
 
     def __getstate__(self) -> dict[str, Any]:
         return persistence.pickle_state(super().__getstate__())
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Whether a parameter still has the value it had at set-up (arrays and calibrators included)."""
-    if isinstance(a, Calibrator) and type(a) is type(b):
-        a, b = json.dumps(a.get_state(), default=str), json.dumps(b.get_state(), default=str)
-    try:
-        return a is b or (type(a) is type(b) and bool(np.all(a == b)))
-    except (TypeError, ValueError):
-        return False

@@ -48,6 +48,53 @@ def text_problem(x: Any) -> str | None:
     return None
 
 
+def check_rows(X: Any, fields: Sequence[str], name: str = "X") -> list[Any]:
+    """Return ``X`` as rows for a template with ``fields``, or raise one error listing every bad item.
+
+    With one field the rows are str (a mapping or DataFrame row gives that field's value). With several,
+    each row is a dict {field: str}, from a mapping (other keys ignored), a tuple/list in field order,
+    or a pandas DataFrame's columns of the same names.
+
+    Raises
+    ------
+    TypeError, InputError
+        As :func:`check_texts`; also a missing field (named) or a bare str with several fields.
+    """
+    if hasattr(X, "columns") and hasattr(X, "to_dict"):  # a pandas DataFrame: one row per record
+        missing = [f for f in fields if f not in X.columns]
+        if missing:
+            raise InputError(
+                f"{name} has no column {missing[0]!r} for the template's field of that name; columns: "
+                f"{list(X.columns)[:20]}. Fix: rename a column (df.rename(columns={{'old': {missing[0]!r}}}))"
+            )
+        X = X[list(fields)].to_dict("records")
+    if isinstance(X, str | bytes | Set | Mapping) or (hasattr(X, "ndim") and X.ndim != 1):
+        return check_texts(X, name)  # the same errors as for texts
+    X = list(X.tolist() if hasattr(X, "tolist") else X)
+    if len(fields) == 1 and not any(isinstance(x, Mapping | tuple | list) for x in X):
+        return check_texts(X, name)
+    rows, bad = [], []
+    for i, x in enumerate(X):
+        if isinstance(x, Mapping):
+            values = {f: x.get(f) for f in fields}
+            absent = [f for f in fields if f not in x]
+        elif isinstance(x, tuple | list) and len(x) == len(fields):
+            values, absent = dict(zip(fields, x, strict=True)), []
+        else:
+            bad.append(
+                f"{name}[{i}] is a {type(x).__name__}; the template's fields {list(fields)} need a dict "
+                "{field: text} or a tuple of one text per field, in that order"
+            )
+            continue
+        bad += [f"{name}[{i}] has no field {f!r}" for f in absent]
+        bad += [f"{name}[{i}][{f!r}] {p}" for f in fields if f not in absent and (p := text_problem(values[f]))]
+        rows.append(values[fields[0]] if len(fields) == 1 else values)
+    if bad:
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise InputError("; ".join(bad[:5]) + more)
+    return rows
+
+
 def check_texts(X: Any, name: str = "X") -> list[str]:
     """Return ``X`` as a list of str, or raise one error that lists every bad item.
 
@@ -123,15 +170,20 @@ class Source:
     kind: str
     column: str | None
     columns: list[str] = field(default_factory=list)
+    field_map: dict[str, str] | None = None  # template field -> column, for a template with several fields
 
     def rows(self) -> Iterator[Row]:
         """Every row of the file, in order, each with its text (possibly unusable) and problem."""
         reader = {"jsonl": _jsonl_rows, "csv": _csv_rows, "tsv": _csv_rows, "parquet": _parquet_rows}
         for row in reader.get(self.kind, _text_rows)(self):
-            if row.problem is None:
+            if row.problem is None and self.field_map:
+                row.text = {f: row.fields.get(c) for f, c in self.field_map.items()}
+                bad = [f"{c} {p}" for f, c in self.field_map.items() if (p := text_problem(row.text[f]))]
+                row.problem = "; ".join(bad) or None
+            elif row.problem is None:
                 row.text = row.fields.get(self.column) if self.column else None
-                bad = text_problem(row.text)
-                row.problem = f"{self.column or 'text'} {bad}" if bad else None
+                bad1 = text_problem(row.text)
+                row.problem = f"{self.column or 'text'} {bad1}" if bad1 else None
             yield row
 
     def schema(self) -> Any:
@@ -158,8 +210,11 @@ class Source:
         return n + (last != b"\n")
 
 
-def open_source(path: str | Path, column: str | None = None) -> Source:
+def open_source(path: str | Path, column: str | None = None, fields: Mapping[str, str] | None = None) -> Source:
     """Open ``path`` for streaming and settle its text column, or raise naming the file and the fix.
+
+    ``fields`` maps a template's fields to columns (several fields): each row's text is then a dict
+    {field: value}, and every column must exist.
 
     Raises
     ------
@@ -184,6 +239,16 @@ def open_source(path: str | Path, column: str | None = None) -> Source:
         source.column, source.columns = "text", ["text"]
         return source
     source.columns = _columns(source)
+    if fields:
+        missing = {f: c for f, c in fields.items() if c not in source.columns}
+        if missing:
+            f, c = next(iter(missing.items()))
+            raise InputError(
+                f"{path}: no column {c!r} for the template's field {{{f}}}; found {source.columns}."
+                f"{did_you_mean(c, source.columns)} Fix: add that column, or map one with --field {f}=COLUMN"
+            )
+        source.field_map, source.column = dict(fields), next(iter(fields.values()))
+        return source
     if column is not None:
         if column not in source.columns:
             where = f"in the first {SCAN_ROWS} rows" if kind == "jsonl" else "in the header"
@@ -300,19 +365,25 @@ def read_table(path: str | Path, column: str | None = None) -> tuple[list[Any], 
 
 
 def labeled_rows(
-    path: str | Path, column: str | None, label_column: str, labels: Sequence[str], limit: int | None = None
+    path: str | Path,
+    column: str | None,
+    label_column: str,
+    labels: Sequence[str],
+    limit: int | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> tuple[list[Row], list[str]]:
     """Usable rows of a labeled file, and one message per skipped row (the CLI's per-row policy).
 
     A row is skipped when its text is unusable (see :func:`text_problem`) or its ``label_column`` value is
-    not one of ``labels``; ``limit`` stops after that many rows, usable or not.
+    not one of ``labels``; ``limit`` stops after that many rows, usable or not. ``fields`` maps a template's
+    fields to columns, as in :func:`open_source`.
 
     Raises
     ------
     FileNotFoundError, InputError
         From :func:`open_source`.
     """
-    source = open_source(path, column)
+    source = open_source(path, column, fields)
     good: list[Row] = []
     problems: list[str] = []
     for row in source.rows():

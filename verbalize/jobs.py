@@ -146,27 +146,33 @@ def sample_texts(source: Source, n: int) -> list[str]:
     return [r.text for r in islice((r for r in source.rows() if r.problem is None), n)]
 
 
+def _key(text: Any) -> Any:
+    """A hashable key of a row's text: the str itself, or a dict's (field, value) items."""
+    return tuple(text.items()) if isinstance(text, dict) else text
+
+
 def classify_rows(clf: Any, rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Output rows for input rows: the input's fields plus ``prediction`` and ``probability``, or ``error``.
 
     Identical texts are scored once. A row that cannot be classified gets ``error`` (with its line number)
     and never takes its neighbours down: if scoring the chunk fails, each text is scored alone.
     """
-    unique = list(dict.fromkeys(r.text for r in rows if r.problem is None))
-    scores: dict[str, np.ndarray | str] = {}
+    by_key = {_key(r.text): r.text for r in rows if r.problem is None}  # a dict row (fields) keys by its items
+    unique = list(by_key.values())
+    scores: dict[Any, np.ndarray | str] = {}
     if unique:
         try:
-            scores = dict(zip(unique, clf.predict_proba(unique), strict=True))
+            scores = dict(zip(by_key, clf.predict_proba(unique), strict=True))
         except Exception as exc:  # one bad text must not fail the chunk: retry each alone
             logger.info(
                 "a chunk failed (%s: %s); scoring its %d texts one by one", type(exc).__name__, exc, len(unique)
             )
-            scores = {t: _score_one(clf, t) for t in unique}
+            scores = {k: _score_one(clf, t) for k, t in by_key.items()}
     classes = [str(c) for c in clf.classes_]
     out = []
     for r in rows:
         row = dict(r.fields)
-        got = scores.get(r.text) if r.problem is None else f"{r.problem}"
+        got = scores.get(_key(r.text)) if r.problem is None else f"{r.problem}"
         if isinstance(got, np.ndarray):
             best = int(np.argmax(got))
             row["prediction"], row["probability"] = classes[best], round(float(got[best]), 6)
@@ -332,3 +338,24 @@ class _SignalGuard:
             self._busy = False
         if self._pending is not None:
             raise Interrupted(self._pending)
+
+
+def field_columns(fields: Sequence[str], given: Sequence[str] | None) -> dict[str, str] | None:
+    """Template field -> column: same-named columns, overridden by ``FIELD=COLUMN`` items of ``given``
+    (the CLI's ``--field``); None for a template of one field with nothing given.
+
+    Raises
+    ------
+    InputError
+        An item without ``=``, or naming a field the template does not have.
+    """
+    given = list(given or [])
+    pairs = dict(g.split("=", 1) for g in given if "=" in g)
+    bad = [g for g in given if "=" not in g] + [f for f in pairs if f not in fields]
+    if bad:
+        raise InputError(
+            f"--field {bad[0]!r}: expected FIELD=COLUMN with FIELD one of the template's fields {list(fields)}"
+        )
+    if len(fields) == 1 and not pairs:
+        return None
+    return {f: pairs.get(f, f) for f in fields}

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .calibration import CALIBRATORS, Calibrator
 from .errors import SavedClassifierError
 from .finetune import FineTuneConfig
-from .heads import FittedHead, Head
+from .heads import FittedHead, Head, one_or_all
 from .model_files import quiet
 from .scoring import Scorer
 from .template import Template
@@ -317,3 +317,17 @@ def _pair(d: Any) -> tuple[str, str]:
     if not isinstance(text, str) or not isinstance(label, str):
         raise TypeError(f"expected [text, label] strings, got {d!r}")
     return text, label
+
+
+def restore(cls: Any, path: str | Path, overrides: dict[str, Any]) -> Any:
+    """A ``cls`` (Verbalizer) loaded from ``path`` (see :func:`load`), ``overrides`` replacing saved parameters."""
+    saved = load(path, cls._get_param_names())
+    clf = cls(**(saved.params | overrides))
+    clf._setup()
+    clf.fine_tuned_, clf.demos_, clf.demo_pool_ = saved.fine_tuned, saved.demos, saved.demo_pool
+    clf.calibrator_ = saved.calibrator if saved.calibrator is not None else clf.calibrator_
+    if saved.heads:
+        clf.heads_ = saved.heads
+        clf.classes_ = one_or_all({n: h.classes for n, h in saved.heads.items()})
+    clf._fitted = True
+    return clf

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,11 @@ from typing import Any
 
 from .demos import similar_demos
 from .labels import LabelTokens, LabelWords
-from .template import Template, load_template
+from .template import Row, Span, Template, load_template
 
 logger = logging.getLogger(__name__)
 
-Demo = tuple[str, str]
+Demo = tuple[Row, str]
 
 
 def resolve_template(template: str | Path | Template | None, labels: Mapping[str, Sequence[str]] | None) -> Template:
@@ -44,10 +45,11 @@ def resolve_template(template: str | Path | Template | None, labels: Mapping[str
             "Verbalizer needs template=: a TOML file such as 'templates/sst2.toml', a Template, "
             "or a prompt string with {text} together with labels={label: [words]}"
         )
-    if isinstance(template, str) and "{text}" in template:
+    if isinstance(template, str) and re.search(r"\{\w+\}", template) and not template.endswith(".toml"):
         if labels is None:
             raise ValueError("an inline prompt needs labels=, e.g. labels={'spam': ['spam'], 'ham': ['ham']}")
-        return Template(prompt=template, labels=words)  # type: ignore[arg-type]
+        fields = tuple(dict.fromkeys(re.findall(r"(?<!\{)\{(\w+)\}", template)))  # an inline prompt declares its fields
+        return Template(prompt=template, labels=words, fields=fields)  # type: ignore[arg-type]
     loaded = load_template(template)
     return dataclasses.replace(loaded, labels=words) if words is not None else loaded
 
@@ -77,12 +79,12 @@ def leading_special_ids(tokenizer: Any) -> list[int]:
 class Prompts:
     """Prompts ready for the scorer: ``prefix + prompts[i]`` is what the model reads for text i.
 
-    ``spans[i]`` is where text i lies in ``prompts[i]`` (only the text is ever truncated);
+    ``spans[i]`` is where each field's value lies in ``prompts[i]`` (only they are ever truncated);
     ``prefix`` is shared by every prompt, so the scorer runs it once.
     """
 
     prompts: list[str]
-    spans: list[tuple[int, int]]
+    spans: list[list[Span]]
     prefix: str
 
 
@@ -115,7 +117,7 @@ class PromptBuilder:
     context_length: int | None = None
     reserved: int = 0
 
-    def build(self, texts: Sequence[str], leave_out_same: bool = False) -> Prompts:
+    def build(self, texts: Sequence[Row], leave_out_same: bool = False) -> Prompts:
         """The prompts of ``texts``.
 
         ``leave_out_same``: per-text demonstrations never include the text itself (training prompts).
@@ -124,11 +126,12 @@ class PromptBuilder:
         prompts, spans = t.spans(texts)
         if not self.demo_pool:
             return Prompts(prompts, spans, self.fitting_prefix(prompts))
-        picks = similar_demos([x for x, _ in self.demo_pool], texts, self.n_demos, leave_out_same)
+        flat = [_flat(t.values(x)) for x, _ in self.demo_pool]
+        picks = similar_demos(flat, [_flat(t.values(x)) for x in texts], self.n_demos, leave_out_same)
         shared = t.prefix()  # the instruction, shared by all; each text's own demonstrations follow it
         heads = [t.prefix([self.demo_pool[i] for i in pick])[len(shared) :] for pick in picks]
         prompts = [h + p for h, p in zip(heads, prompts, strict=True)]
-        spans = [(a + len(h), b + len(h)) for h, (a, b) in zip(heads, spans, strict=True)]
+        spans = [[(a + len(h), b + len(h)) for a, b in x] for h, x in zip(heads, spans, strict=True)]
         return Prompts(prompts, spans, shared)
 
     def fitting_prefix(self, prompts: Sequence[str]) -> str:
@@ -157,3 +160,8 @@ class PromptBuilder:
                 self.context_length,
             )
         return prefix
+
+
+def _flat(values: Mapping[str, str]) -> str:
+    """A row's field values as one string (for text similarity)."""
+    return "\n".join(values.values())

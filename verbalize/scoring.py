@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import model_io
-from .batching import Batch, Encoded, encode_prompts, pad_batch, pad_id_of
+from .batching import Batch, Encoded, Spans, encode_prompts, pad_batch, pad_id_of, shift_spans, span_lists
 from .errors import InputError, check_choice
 from .labels import LabelTokens, _ids
 from .model_io import ModelIO
@@ -112,7 +112,7 @@ class Scorer:
         self,
         prompts: Sequence[str],
         label_tokens: LabelTokens,
-        spans: Sequence[tuple[int, int]] | None = None,
+        spans: Spans | None = None,
         prefix: str = "",
         progress: bool = False,
     ) -> np.ndarray:
@@ -128,7 +128,7 @@ class Scorer:
     def features(
         self,
         prompts: Sequence[str],
-        spans: Sequence[tuple[int, int]] | None = None,
+        spans: Spans | None = None,
         prefix: str = "",
         progress: bool = False,
         pooling: str = "last",
@@ -142,7 +142,7 @@ class Scorer:
         prompts: Sequence[str],
         label_tokens: LabelTokens | None,
         pools: Sequence[tuple[str, int]] = (),
-        spans: Sequence[tuple[int, int]] | None = None,
+        spans: Spans | None = None,
         prefix: str = "",
         progress: bool = False,
     ) -> tuple[np.ndarray | None, list[np.ndarray]]:
@@ -234,9 +234,7 @@ class Scorer:
             vecs.append(total / count)
         return torch.cat(vecs, -1)
 
-    def encode(
-        self, prompts: Sequence[str], spans: Sequence[tuple[int, int]] | None, prefix: str, room: int = 0
-    ) -> Encoded:
+    def encode(self, prompts: Sequence[str], spans: Spans | None, prefix: str, room: int = 0) -> Encoded:
         """Token ids of ``prefix + prompt`` for each prompt, leading special tokens included, text cut to fit.
 
         The model reads the tokens of the whole string (tokenizing the parts apart would change the
@@ -245,7 +243,7 @@ class Scorer:
         lead = self._lead
         full = [prefix + p for p in prompts]
         if spans is not None and prefix:
-            spans = [(a + len(prefix), b + len(prefix)) for a, b in spans]
+            spans = shift_spans(spans, len(prefix))
         budget = self.context_length - room - len(lead)
         encoded = encode_prompts(self.tokenizer, full, spans, max_length=budget, add_special_tokens=False)
         ids = [lead + x for x in encoded.ids]
@@ -265,7 +263,7 @@ class Scorer:
     def _run(
         self,
         prompts: Sequence[str],
-        spans: Sequence[tuple[int, int]] | None,
+        spans: Spans | None,
         prefix: str,
         step: Callable[[Batch, Any, int, Any], list[torch.Tensor]],
         room: int,
@@ -356,12 +354,13 @@ def label_logits(words: torch.Tensor, word_label: np.ndarray, n_labels: int, how
     return torch.stack(cols, dim=1)
 
 
-def _common_head(prompts: Sequence[str], spans: Sequence[tuple[int, int]] | None) -> str:
-    """The text before the ``{text}`` span when every prompt has the same one (a template's fixed start)."""
-    if not spans or not prompts:
+def _common_head(prompts: Sequence[str], spans: Spans | None) -> str:
+    """The text before the first field when every prompt has the same one (a template's fixed start)."""
+    lists = span_lists(spans)
+    if not lists or not prompts or not all(lists):
         return ""
-    head = prompts[0][: spans[0][0]]
-    return head if all(p[:a] == head for p, (a, _) in zip(prompts, spans, strict=True)) else ""
+    head = prompts[0][: lists[0][0][0]]
+    return head if all(p[: x[0][0]] == head for p, x in zip(prompts, lists, strict=True)) else ""
 
 
 def _shared_length(rows: list[list[int]], prefix: list[int]) -> int:

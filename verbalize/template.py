@@ -1,8 +1,12 @@
-"""Templates: a prompt with a ``{text}`` slot, label words, and an optional demonstration format.
+"""Templates: a prompt with named fields (``{text}``, or ``{premise}`` and ``{hypothesis}``...), label
+words, and an optional demonstration format.
 
 A template file is TOML (see ``templates/README.md``). Every problem in a file is reported at
-once, each with its file and key. Texts are data: they are inserted by concatenation and are
+once, each with its file and key. Field values are data: they are inserted by concatenation and are
 never formatted, so braces or template-like content in a text are kept as they are.
+
+A row fills the fields: a str (every field gets it: a single-field template's text, or a content-free
+calibration input "N/A" in each field), a mapping {field: value}, or a tuple in field order.
 """
 
 from __future__ import annotations
@@ -12,14 +16,19 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-from .errors import TemplateError, did_you_mean
+from .errors import InputError, TemplateError, did_you_mean
 from .labels import LabelWords, check_label_words
 
-KEYS = ("name", "description", "instruction", "prompt", "label_prefix", "labels", "demos", "sample_text")
+KEYS = ("name", "description", "instruction", "fields", "prompt", "label_prefix", "labels", "demos", "sample_text")
 DEMO_KEYS = ("format", "separator")
 DEFAULT_SAMPLE = "A charming and funny film."
+RESERVED = ("label",)  # placeholders that are never fields
+
+Row: TypeAlias = "str | Mapping[str, str] | Sequence[str]"
+"""What fills a template's fields: a str (every field), a mapping {field: value}, or values in field order."""
+Span = tuple[int, int]
 
 
 def _fields(value: str, allowed: tuple[str, ...], key: str) -> tuple[list[str], list[str], list[str]]:
@@ -41,6 +50,8 @@ def _fields(value: str, allowed: tuple[str, ...], key: str) -> tuple[list[str], 
             shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
             allowed_txt = ", ".join("{" + a + "}" for a in allowed) or "no placeholders"
             hint = did_you_mean(name, allowed) if name and name not in allowed else ""
+            if key == "prompt" and name and name.isidentifier():
+                hint += " A new field? Declare it: fields = [...] lists the prompt's fields."
             issues.append(
                 f"{key}: unknown placeholder {shown}; allowed here: {allowed_txt}.{hint} "
                 "Write a literal brace as {{ or }}"
@@ -58,9 +69,12 @@ class Template:
     Parameters
     ----------
     prompt : str
-        The prompt, with ``{text}`` exactly once; it must not end in whitespace.
+        The prompt, with each field (``{text}``) exactly once; it must not end in whitespace.
     labels : mapping of str to list of str
         Label name -> label words, in class order.
+    fields : tuple of str, default ("text",)
+        The names of the prompt's fields, e.g. ``("premise", "hypothesis")``; only these placeholders
+        are allowed. A row fills them (see :meth:`values`).
     instruction : str, default ""
         Text put before the demonstrations and the prompt.
     label_prefix : str, default " "
@@ -80,6 +94,7 @@ class Template:
 
     prompt: str
     labels: LabelWords
+    fields: tuple[str, ...] = ("text",)
     instruction: str = ""
     label_prefix: str = " "
     demo_format: str | None = None
@@ -103,17 +118,49 @@ class Template:
 
     # -- rendering -------------------------------------------------------------------------
     def split(self) -> tuple[str, str]:
-        """The prompt's literal text before and after ``{text}``."""
-        pieces, _, _ = _fields(self.prompt, ("text",), "prompt")
+        """A single-field prompt's literal text before and after its field."""
+        pieces, _, _ = _fields(self.prompt, self.fields, "prompt")
+        if len(pieces) != 2:
+            raise TemplateError([f"{self.source}: split() needs a single-field prompt; use spans()"])
         return pieces[0], pieces[1]
 
-    def prefix(self, demos: Sequence[tuple[str, str]] = ()) -> str:
+    def values(self, row: Row) -> dict[str, str]:
+        """``row`` as {field: value}, each value stripped of surrounding whitespace.
+
+        A str fills every field; a mapping must have every field (other keys are ignored); a tuple
+        or list gives the values in field order.
+
+        Raises
+        ------
+        InputError
+            A mapping without one of the fields, or a sequence of the wrong length.
+        """
+        fields = self.fields
+        if isinstance(row, str):
+            return dict.fromkeys(fields, row.strip())
+        if isinstance(row, Mapping):
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise InputError(
+                    f"{self.source}: a row has no field {missing[0]!r} (the prompt's fields are {list(fields)}; "
+                    f"the row has keys {list(row)[:10]}). Fix: give every field, or map a column to it"
+                )
+            return {f: str(row[f]).strip() for f in fields}
+        values = list(row)
+        if len(values) != len(fields):
+            raise InputError(
+                f"{self.source}: a row of {len(values)} values for the {len(fields)} fields {list(fields)}; "
+                "give one value per field, in that order"
+            )
+        return {f: str(v).strip() for f, v in zip(fields, values, strict=True)}
+
+    def prefix(self, demos: Sequence[tuple[Row, str]] = ()) -> str:
         """The part shared by every prompt: instruction and demonstrations, each followed by the separator."""
         blocks = [_literal(self.instruction)] if self.instruction else []
-        blocks += [self.render_demo(text, label) for text, label in demos]
+        blocks += [self.render_demo(row, label) for row, label in demos]
         return "".join(b + self.demo_separator for b in blocks)
 
-    def render_demo(self, text: str, label: str) -> str:
+    def render_demo(self, row: Row, label: str) -> str:
         """One demonstration block; ``{label}`` becomes the label's first word.
 
         Without a ``demos.format``, a demonstration is the prompt followed by ``label_prefix`` and the word.
@@ -123,24 +170,34 @@ class Template:
         fmt = self.demo_format
         if fmt is None:
             fmt = self.prompt + self.label_prefix.replace("{", "{{").replace("}", "}}") + "{label}"
-        pieces, names, _ = _fields(fmt, ("text", "label"), "demos.format")
-        values = {"text": text.strip(), "label": self.labels[label][0]}
+        pieces, names, _ = _fields(fmt, (*self.fields, "label"), "demos.format")
+        values = self.values(row) | {"label": self.labels[label][0]}
         return pieces[0] + "".join(values[n] + p for n, p in zip(names, pieces[1:], strict=True))
 
-    def render(self, text: str, demos: Sequence[tuple[str, str]] = ()) -> str:
-        """The full prompt for one text (stripped of surrounding whitespace)."""
-        head, tail = self.split()
-        return self.prefix(demos) + head + text.strip() + tail
+    def render(self, row: Row, demos: Sequence[tuple[Row, str]] = ()) -> str:
+        """The full prompt for one row (each field's value stripped of surrounding whitespace)."""
+        prompts, _ = self.spans([row])
+        return self.prefix(demos) + prompts[0]
 
-    def spans(self, texts: Sequence[str]) -> tuple[list[str], list[tuple[int, int]]]:
-        """Prompts without the shared prefix, and where each text lies in its prompt (for truncation)."""
-        head, tail = self.split()
+    def spans(self, rows: Sequence[Row]) -> tuple[list[str], list[list[Span]]]:
+        """Prompts without the shared prefix, and where each field's value lies in its prompt (for truncation)."""
+        pieces, names, _ = _fields(self.prompt, self.fields, "prompt")
         prompts, spans = [], []
-        for text in texts:
-            t = text.strip()
-            prompts.append(head + t + tail)
-            spans.append((len(head), len(head) + len(t)))
+        for row in rows:
+            values = self.values(row)
+            out, where = pieces[0], []
+            for name, piece in zip(names, pieces[1:], strict=True):
+                where.append((len(out), len(out) + len(values[name])))
+                out += values[name] + piece
+            prompts.append(out)
+            spans.append(where)
         return prompts, spans
+
+
+def _good_fields(fields: Any) -> bool:
+    names = list(fields) if isinstance(fields, list | tuple) else []
+    ok = all(isinstance(n, str) and n.isidentifier() and n not in RESERVED for n in names)
+    return bool(names) and ok and len(set(names)) == len(names)
 
 
 def _literal(value: str) -> str:
@@ -166,14 +223,20 @@ def _check(t: Template, source: str) -> list[str]:
         if not isinstance(value, str):
             issues.append(f"{key}: expected a string, got {type(value).__name__} {value!r}")
     bad_types = {i.split(":")[0] for i in issues}  # skip the checks of values that are not strings
+    fields = tuple(t.fields) if _good_fields(t.fields) else ("text",)
+    if not _good_fields(t.fields):
+        issues.append(
+            f"fields: expected a list of distinct names (identifiers, not 'label'), got {t.fields!r}; "
+            'e.g. fields = ["premise", "hypothesis"]'
+        )
     if "prompt" not in bad_types and not t.prompt.strip():
         issues.append("prompt: is empty; write the prompt with {text} where the text goes")
     elif "prompt" not in bad_types:
-        _, names, bad = _fields(t.prompt, ("text",), "prompt")
+        _, names, bad = _fields(t.prompt, fields, "prompt")
         issues += bad
-        n_text = names.count("text") if not bad else 1
-        if n_text != 1:
-            issues.append(f"prompt: must contain {{text}} exactly once, found it {n_text} times")
+        for name in fields if not bad else ():
+            if names.count(name) != 1:
+                issues.append(f"prompt: must contain {{{name}}} exactly once, found it {names.count(name)} times")
         if t.prompt != t.prompt.rstrip():
             issues.append(
                 f"prompt: ends with whitespace ({t.prompt[len(t.prompt.rstrip()) :]!r}); remove it "
@@ -182,11 +245,14 @@ def _check(t: Template, source: str) -> list[str]:
     if "instruction" not in bad_types:
         issues += _fields(t.instruction, (), "instruction")[2]
     if t.demo_format is not None and "demos.format" not in bad_types:
-        _, names, bad = _fields(t.demo_format, ("text", "label"), "demos.format")
+        wanted = (*fields, "label")
+        _, demo_names, bad = _fields(t.demo_format, wanted, "demos.format")
         issues += bad
-        for name in ("text", "label") if not bad else ():
-            if names.count(name) != 1:
-                issues.append(f"demos.format: must contain {{{name}}} exactly once, found it {names.count(name)} times")
+        for name in wanted if not bad else ():
+            if demo_names.count(name) != 1:
+                issues.append(
+                    f"demos.format: must contain {{{name}}} exactly once, found it {demo_names.count(name)} times"
+                )
     issues = [f"{source}: {i}" for i in issues]
     if not isinstance(t.labels, LabelWords):
         issues += check_label_words(t.labels, source)
@@ -215,8 +281,8 @@ def shipped_templates() -> dict[str, Path]:
 
     Examples
     --------
-    >>> sorted(shipped_templates())[:3]
-    ['agnews', 'sst2', 'trec']
+    >>> sorted(shipped_templates())
+    ['agnews', 'same_sentiment', 'sst2', 'trec']
     """
     here = Path(__file__).resolve().parent
     for folder in (here / "templates", here.parent / "templates"):  # installed wheel, then source checkout
@@ -284,13 +350,15 @@ def load_template(path: str | Path) -> Template:
         if key not in DEMO_KEYS
     ]
     if "prompt" not in data:
-        issues.append(f'{source}: prompt: missing; add prompt = "... {{text}} ..."')
+        issues.append(f'{source}: prompt: missing; add prompt = "... {{text}} ..." (or each of fields = [...])')
     if "labels" not in data:
         issues.append(f'{source}: labels: missing; add a [labels] table, one line per label: name = ["word"]')
     issues += _value_issues(data, source)
     kwargs: dict[str, Any] = {
         k: data[k] for k in ("name", "description", "instruction", "label_prefix", "sample_text") if k in data
     }
+    if "fields" in data:
+        kwargs["fields"] = tuple(data["fields"]) if isinstance(data["fields"], list) else data["fields"]
     if "format" in demos:
         kwargs["demo_format"] = demos["format"]
     if "separator" in demos:

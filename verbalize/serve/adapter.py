@@ -32,7 +32,7 @@ class Plan:
 
     scorer: Any
     prompts: list[str]
-    spans: list[tuple[int, int]]
+    spans: list[list[tuple[int, int]]]  # per prompt, where each template field's value lies
     prefix: str
     label_tokens: Any
     finish: Callable[[np.ndarray], np.ndarray]
@@ -51,8 +51,8 @@ def scoring_plan(clf: Verbalizer, texts: list[str]) -> Plan:
     prompts, spans, prefix = built.prompts, built.spans, built.prefix
     scorer, tokens = clf.scorer_, clf.label_tokens_
     room = reserved_tokens(tokens)
-    head = prompts[0][: spans[0][0]] if prompts else ""
-    shared_head = all(p[:a] == head for p, (a, _) in zip(prompts, spans, strict=True))
+    head = prompts[0][: spans[0][0][0]] if prompts else ""  # what comes before the first field
+    shared_head = all(p[: x[0][0]] == head for p, x in zip(prompts, spans, strict=True))
     fusable = not clf.head_specs_ and not clf.demo_pool_ and shared_head
     key = None
     if fusable:
