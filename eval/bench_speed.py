@@ -139,7 +139,7 @@ def main() -> None:
     tokens = LabelWords(LABELS).encode(scorer.tokenizer, template.label_prefix, template.render(texts[0]))
     words = [list(w) for w in tokens.word_ids]
     lengths = [len(x) for x in scorer.tokenizer(prompts)["input_ids"]]
-    head = len(scorer.tokenizer(template.render("x")[: spans[0][0]].rstrip())["input_ids"])
+    head = len(scorer.tokenizer(template.render("x")[: spans[0][0][0]].rstrip())["input_ids"])
 
     cfg = scorer.model.config
     dtype = getattr(torch, args.dtype)
