@@ -105,20 +105,17 @@ def run(args: argparse.Namespace) -> None:
                 )
 
 
-def table(path: str) -> str:
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def accuracy_grid(rows: list[dict], methods: tuple[str, ...]) -> list[str]:
+    """Markdown lines: mean ± std accuracy per (method, k/class) row and dataset column, with the average."""
     acc: dict[tuple, list[float]] = defaultdict(list)
-    secs: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
         acc[(r["method"], r["dataset"], r["k"])].append(r["accuracy"])
-        if "fit_seconds" in r:
-            secs[(r["dataset"], r["k"])].append(r["fit_seconds"])
     datasets = [d for d in DATASETS if any(key[1] == d for key in acc)]
     ks = sorted({key[2] for key in acc})
-    methods = [m for m in METHODS if any(key[0] == m for key in acc)]
+    present = [m for m in methods if any(key[0] == m for key in acc)]
     lines = ["| method | k/class | " + " | ".join(datasets) + " | average |", "|---" * (len(datasets) + 3) + "|"]
     for k in ks:
-        for m in methods:
+        for m in present:
             cells, means = [], []
             for d in datasets:
                 v = acc.get((m, d, k), [])
@@ -127,6 +124,16 @@ def table(path: str) -> str:
                     means.append(np.mean(v))
             avg = f"{np.mean(means):.3f}" if len(means) == len(datasets) else "-"
             lines.append(f"| {m} | {k} | " + " | ".join(cells) + f" | {avg} |")
+    return lines
+
+
+def table(path: str) -> str:
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    secs: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        if "fit_seconds" in r:
+            secs[(r["dataset"], r["k"])].append(r["fit_seconds"])
+    lines = accuracy_grid(rows, METHODS)
     if secs:
         lines += ["", "| fine-tuning time (s) | " + " | ".join(f"{d} k={k}" for d, k in secs) + " |"]
         lines += [

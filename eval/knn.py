@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from data import DATASETS, data_dir, load, template_path
-from finetune import sample
+from finetune import accuracy_grid, sample
 
 from verbalize import KNNPrompting, load_template
 from verbalize.knn import kl_divergence, vote
@@ -80,22 +79,7 @@ def table(paths: list[str]) -> str:
     rows = [
         json.loads(line) for p in paths for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()
     ]
-    acc: dict[tuple, list[float]] = defaultdict(list)
-    for r in rows:
-        acc[(r["method"], r["dataset"], r["k"])].append(r["accuracy"])
-    datasets = [d for d in DATASETS if any(key[1] == d for key in acc)]
-    ks = sorted({key[2] for key in acc})
-    methods = [m for m in ORDER if any(key[0] == m for key in acc)]
-    lines = ["| method | k/class | " + " | ".join(datasets) + " | average |", "|---" * (len(datasets) + 3) + "|"]
-    for k in ks:
-        for m in methods:
-            cells, means = [], []
-            for d in datasets:
-                v = acc.get((m, d, k), [])
-                cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f} (n={len(v)})" if v else "-")
-                means += [float(np.mean(v))] if v else []
-            avg = f"{np.mean(means):.3f}" if len(means) == len(datasets) else "-"
-            lines.append(f"| {m} | {k} | " + " | ".join(cells) + f" | {avg} |")
+    lines = accuracy_grid(rows, ORDER)
     return "\n".join(lines)
 
 
