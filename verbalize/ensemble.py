@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .calibration import log_softmax
 from .estimator import Verbalizer
 from .inputs import check_texts
+from .params import text_input_tags
 from .prompts import resolve_template
 from .scoring import Scorer
 from .template import Template
@@ -69,11 +70,7 @@ class TemplateEnsemble(ClassifierMixin, BaseEstimator):
         self.progress = progress
 
     def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        return tags
+        return text_input_tags(super().__sklearn_tags__(), requires_fit=False)
 
     def fit(self, X: Any = None, y: Any = None) -> TemplateEnsemble:
         """Fit every template's classifier on the same examples (demonstrations, calibrator); returns self."""

@@ -31,7 +31,7 @@ from .demos import choose_demos
 from .finetune import FineTuneConfig, train_classifier
 from .heads import FittedHead, Head, as_heads, fit_probes, head_params, one_or_all, split_targets
 from .inputs import check_rows
-from .params import check_params, ready, set_nested
+from .params import check_params, ready, set_nested, text_input_tags
 from .prompts import PromptBuilder, Prompts, reserved_tokens, resolve_template
 from .scoring import Scorer, aggregate
 from .template import Template
@@ -155,11 +155,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self.fine_tuning = fine_tuning
 
     def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        return tags
+        return text_input_tags(super().__sklearn_tags__(), requires_fit=False)
 
     # -- parameters ------------------------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:

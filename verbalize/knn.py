@@ -24,6 +24,7 @@ from sklearn.exceptions import NotFittedError
 from .demos import select_demos
 from .inputs import check_labels, check_texts
 from .labels import LabelTokens
+from .params import text_input_tags
 from .prompts import resolve_template
 from .scoring import Scorer
 from .template import Template
@@ -186,10 +187,7 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
         self.progress = progress
 
     def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        return tags
+        return text_input_tags(super().__sklearn_tags__())
 
     def fit(self, X: Any, y: Any) -> KNNPrompting:
         """Render every labeled example, keep its next-token distribution as an anchor; returns self."""

@@ -23,6 +23,14 @@ from .scoring import AGGREGATIONS, Scorer
 RUNTIME_PARAMS = ("batch_size", "progress")  # may change after fit: they do not change what was learned
 
 
+def text_input_tags(tags: Any, requires_fit: bool = True) -> Any:
+    """scikit-learn tags of a classifier of texts: 1-D sequences of strings, never a 2-D array."""
+    tags.requires_fit = requires_fit
+    tags.input_tags.string = True
+    tags.input_tags.two_d_array = False
+    return tags
+
+
 def check_params(self: Any) -> None:
     """Raise on a bad parameter of a Verbalizer ``self``, naming it and what is allowed."""
     if self.calibration is not None and not isinstance(self.calibration, Calibrator):
