@@ -159,3 +159,23 @@ def test_cli_eval_uses_both_columns(tmp_path, tmp_template, model_dir, gpt2, cap
     missing.write_text("".join(json.dumps({"premise": r["premise"], "label": "yes"}) + "\n" for r in rows))
     assert main(["eval", template, str(missing), "--model", model_dir]) != 0
     assert "no column 'hypothesis' for the template's field {hypothesis}" in capsys.readouterr().err
+
+
+def test_cli_predict_maps_columns_to_fields(tmp_path, tmp_template, model_dir, gpt2, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": i, "p": r["premise"], "h": r["hypothesis"]}) + "\n" for i, r in enumerate(ROWS))
+    )
+    template, out = str(tmp_template(PAIR_TOML)), tmp_path / "out.jsonl"
+    args = ["predict", template, str(data), "--model", model_dir, "--no-progress", "-o", str(out)]
+    assert main([*args, "--field", "premise=p"]) != 0  # hypothesis has no column of its name
+    assert "no column 'hypothesis' for the template's field {hypothesis}" in capsys.readouterr().err
+    assert not out.exists()  # a setup error, before any row
+    assert main([*args, "--field", "premise=p", "--field", "hypothesis=h"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1] and [r["p"] for r in rows] == [r["premise"] for r in ROWS]
+    want = make(gpt2).predict_proba(ROWS)
+    labels = make(gpt2).fit().classes_
+    for row, p in zip(rows, want, strict=True):
+        assert row["prediction"] == labels[p.argmax()]
+        assert abs(row["probability"] - p.max()) < 1e-5

@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("input", help="input file: .csv, .tsv, .jsonl, .parquet, or one text per line")
     r.add_argument("--output", "-o", default=None, help="output file (.jsonl, .csv, .tsv or .parquet; default: stdout)")
     r.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
+    r.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help=FIELD_HELP)
     r.add_argument(
         "--calibration",
         default=None,
@@ -176,15 +177,23 @@ def _classifier(args: argparse.Namespace, batch_size: int = 64) -> Verbalizer:
     )
 
 
-def _ready_classifier(args: argparse.Namespace, source: Source) -> Verbalizer:
-    """Build the classifier and classify one probe text, so that every setup error shows before row 1."""
+def _classifier_and_source(args: argparse.Namespace, path: str) -> tuple[Verbalizer, Source, dict[str, str] | None]:
+    """The classifier (model not loaded yet), the input with its columns mapped to the template's fields
+    (a missing column is a setup error here), and that mapping (None: one field, one text column)."""
     clf = _classifier(args, args.batch_size)
+    fields = (getattr(clf, "template_", None) or resolve_template(clf.template, clf.labels)).fields
+    fmap = field_columns(fields, getattr(args, "field", None))
+    return clf, open_source(path, args.column, fmap), fmap
+
+
+def _ready_classifier(clf: Verbalizer, source: Source, fmap: dict[str, str] | None) -> Verbalizer:
+    """Fit what is fitted on the input's texts and classify one probe, so every setup error shows before row 1."""
     try:
         if _fits_on_texts(clf):
             texts = sample_texts(source, CALIBRATION_SAMPLE)
             if texts:
                 clf.fit(texts)
-        clf.predict_proba([PROBE])
+        clf.predict_proba([_probe(fmap)])
     except (VerbalizeError, FileNotFoundError, ValueError, TypeError):
         raise
     except Exception as exc:  # a model that fails to load or run: one message, not one per row
@@ -208,13 +217,14 @@ def _predict(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _predict_ray(args)
     output = check_output(args.output)
-    source = open_source(args.input, args.column)
-    clf = _ready_classifier(args, source)
+    clf, source, fmap = _classifier_and_source(args, args.input)
+    clf = _ready_classifier(clf, source, fmap)
     options = {
         "template": _template_digest(args),
         "model": args.model,
         "calibration": args.calibration,
         "column": source.column,
+        "fields": fmap,
         "batch_size": args.batch_size,  # batches inside a chunk: scores move at ~1e-7 with their composition
         "verbalize": __version__,
     }
@@ -261,8 +271,10 @@ def _predict_ray(args: argparse.Namespace) -> int:
     out = check_output(args.output)
     if out is None or out.suffix.lower() != ".parquet":
         raise InputError("--engine ray writes Parquet: give --output FILE.parquet")
-    source = open_source(args.input, args.column)
-    clf = _ready_classifier(args, source)  # every setup error here, before Ray starts
+    clf, source, fmap = _classifier_and_source(args, args.input)
+    if fmap:
+        raise InputError("--engine ray classifies one text column; use --engine local for templates of several fields")
+    clf = _ready_classifier(clf, source, fmap)  # every setup error here, before Ray starts
     saved = _saved(args)
     fit = _fits_on_texts(clf) and not saved
     n = predict_file(
@@ -290,10 +302,7 @@ def _probe(fmap: dict[str, str] | None) -> object:
 def _eval(args: argparse.Namespace) -> int:
     from sklearn.metrics import accuracy_score, f1_score
 
-    clf = _classifier(args, args.batch_size)
-    fields = (getattr(clf, "template_", None) or resolve_template(clf.template, clf.labels)).fields
-    fmap = field_columns(fields, args.field)
-    source = open_source(args.data, args.column, fmap)  # a missing column is a setup error, before the model runs
+    clf, source, fmap = _classifier_and_source(args, args.data)  # a missing column: a setup error, before the model
     if _fits_on_texts(clf):
         texts = sample_texts(source, CALIBRATION_SAMPLE)
         clf.fit(texts or None)
