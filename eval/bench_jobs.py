@@ -92,22 +92,24 @@ def bench_rss(model: str | None, template: str, small: int, large: int, tmp: Pat
     return out
 
 
-def messy_jsonl(path: Path, n: int, seed: int = 0) -> Path:
-    """n lines of JSONL with a BOM, blank lines, lone surrogates, U+2028/NEL, bad JSON, 100k-char texts."""
+def messy_jsonl(path: Path, n: int, seed: int = 0, long_lines: int = 5) -> Path:
+    """n lines of JSONL with a BOM, blank lines, lone surrogates, U+2028/NEL, bad JSON, and ``long_lines``
+    100k-character texts spread over the file (each is cut to the model's context: ~40 s a row on 2 CPUs)."""
     rng = random.Random(seed)
     lines = []
+    long_at = {round((j + 0.5) * n / long_lines) for j in range(long_lines)} if long_lines else set()
     for i in range(n):
         r = rng.random()
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 10)))
-        if r < 0.02:
+        if i in long_at:
+            lines.append(json.dumps({"id": i, "text": "long " * 20_000}))
+        elif r < 0.02:
             lines.append("")
         elif r < 0.04:
             lines.append(json.dumps({"id": i, "text": "bad \ud800 surrogate"}))
         elif r < 0.06:
             lines.append(json.dumps({"id": i, "text": text + "\u2028" + text + "\x85end"}, ensure_ascii=False))
-        elif r < 0.065:
-            lines.append(json.dumps({"id": i, "text": "long " * 20_000}))
-        elif r < 0.075:
+        elif r < 0.07:
             lines.append(f'{{"id": {i}, "text": "unterminated')
         else:
             lines.append(json.dumps({"id": i, "text": text}))
@@ -115,8 +117,10 @@ def messy_jsonl(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def bench_kill(model: str | None, template: str, n: int, kills: int, tmp: Path, seed: int = 0) -> dict:
-    src = messy_jsonl(tmp / "messy.jsonl", n)
+def bench_kill(
+    model: str | None, template: str, n: int, kills: int, tmp: Path, seed: int = 0, long_lines: int = 5
+) -> dict:
+    src = messy_jsonl(tmp / "messy.jsonl", n, long_lines=long_lines)
     base = ["predict", template, str(src), "--no-progress"] + (["--model", model] if model else [])
     ref = tmp / "ref.jsonl"
     code, full_s, _ = cli([*base, "-o", str(ref)])
@@ -161,6 +165,7 @@ def main() -> None:
     p.add_argument("--large", type=int, default=200_000)
     p.add_argument("--kill-lines", type=int, default=5_000)
     p.add_argument("--kills", type=int, default=5)
+    p.add_argument("--long-lines", type=int, default=5, help="100k-character lines in the kill file")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -169,7 +174,9 @@ def main() -> None:
         if args.part in ("rss", "all"):
             result["rss"] = bench_rss(model, args.template, args.small, args.large, tmp)
         if args.part in ("kill", "all"):
-            result["kill"] = bench_kill(model, args.template, args.kill_lines, args.kills, tmp)
+            result["kill"] = bench_kill(
+                model, args.template, args.kill_lines, args.kills, tmp, long_lines=args.long_lines
+            )
     print(json.dumps(result, indent=2))
 
 

@@ -1,6 +1,7 @@
 """Bar 4: the Ray Data path on a local 2-CPU Ray instance equals the single-process output row for row.
 
-Classifies the first N SST-2 test texts from ../shared/data (default 2,000) twice, with
+Classifies the first N SST-2 texts from ../shared/data (default 2,000: the 872 test texts, then the
+train pool) twice, with
 `verbalize predict` (engine local, Parquet output) and with `--engine ray` on a Ray instance started here
 with 2 CPUs, compares prediction and probability row by row, and reports both wall times (set-up
 included) and the overhead of Ray.
@@ -49,7 +50,9 @@ def main() -> None:
             else ["--model", tiny_model(tmp / "tiny") if args.model == "tiny" else args.model]
         )
         src = tmp / "sst2.jsonl"
-        lines = (data_dir(args.data) / "sst2" / "test.jsonl").read_text(encoding="utf-8").splitlines()[: args.n]
+        folder = data_dir(args.data) / "sst2"  # the test split (872 texts), then the train pool up to N
+        lines = [x for f in ("test", "train") for x in (folder / f"{f}.jsonl").read_text(encoding="utf-8").splitlines()]
+        lines = lines[: args.n]
         src.write_text("".join(json.dumps({"id": i} | json.loads(x)) + "\n" for i, x in enumerate(lines)))
         common = ["predict", args.template, str(src), *model, "--chunk-size", str(args.chunk_size), "--no-progress"]
         start = time.perf_counter()
