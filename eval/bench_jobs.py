@@ -58,9 +58,12 @@ def cli(args: list[str], kill_after: float | None = None) -> tuple[int, float, f
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "verbalize.cli", *args], env=env, stderr=subprocess.DEVNULL)
     if kill_after is not None:
-        time.sleep(kill_after)
-        if proc.poll() is None:
+        try:
+            proc.wait(kill_after)  # reaps it if it ends first (then its peak RSS is not known)
+        except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
+    if proc.returncode is not None:
+        return proc.returncode, time.perf_counter() - start, float("nan")
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024
