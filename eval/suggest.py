@@ -85,9 +85,9 @@ def run(args: argparse.Namespace) -> None:
                     ]
                     found = {"words": same[0], "words+prompt": ranked[0]}
                 seconds = round(time.perf_counter() - t0, 1)
-                rows = [("shipped", shipped, found["words"].template_cv_accuracy)]
-                rows += [(name, s.template, s.cv_accuracy) for name, s in found.items()]
-                for name, tpl, cv in rows:
+                rows = [("shipped", shipped, found["words"].template_cv_accuracy, "input")]
+                rows += [(name, s.template, s.cv_accuracy, s.choice) for name, s in found.items()]
+                for name, tpl, cv, choice in rows:
                     acc = held_out_accuracy(tpl, scorer, test, classes, cache, args.calibration)
                     row = {
                         "dataset": ds,
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> None:
                         "n_test": len(test[0]),
                         "variant": name,
                         "cv_accuracy": cv,
+                        "choice": choice,  # the words: the input template's, new ones, or both
                         "accuracy": acc,
                         "instruction": tpl.instruction,
                         "prompt": tpl.prompt,
@@ -104,7 +105,8 @@ def run(args: argparse.Namespace) -> None:
                     }
                     f.write(json.dumps(row) + "\n")
                     print(
-                        f"{ds} seed={seed} {name}: test {acc} cv {cv} words {dict(tpl.labels)} prompt {tpl.prompt!r}",
+                        f"{ds} seed={seed} {name}: test {acc} cv {cv:.3f} ({choice} words) {dict(tpl.labels)} "
+                        f"prompt {tpl.prompt!r}",
                         flush=True,
                     )
                 f.flush()

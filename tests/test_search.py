@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -24,11 +25,20 @@ X = [f"the team won game {i}" for i in range(8)] + [f"profits rose in quarter {i
 Y = ["sports"] * 8 + ["business"] * 8
 
 
+def _capitalised_word(tokenizer: Any) -> str:
+    cols, words = search.word_tokens(tokenizer, " ", len(tokenizer))
+    caps = [w for w in words if w[0].isupper()]
+    assert caps, "the test tokenizer has no capitalised single-token word"
+    return caps[0]
+
+
 def _fake_log_probs(scorer: Any, template: Template, texts: list[str], demos: Any = (), progress: bool = False):
     """Next-token log-probs where the right word is known: after a sports text " sports" is likely, after a
-    business text " business"; " the" is likelier still after every text (likely, but tells nothing)."""
+    business text " business"; " the" is likelier still after every text (likely, but tells nothing); a
+    capitalised word (a name) is the likeliest of all after sports texts (a proper-noun trap)."""
     tok = scorer.tokenizer
-    ids = {w: tok(" " + w, add_special_tokens=False)["input_ids"] for w in ("sports", "business", "the")}
+    names = ("sports", "business", "the", _capitalised_word(tok))
+    ids = {w: tok(" " + w, add_special_tokens=False)["input_ids"] for w in names}
     assert all(len(v) == 1 for v in ids.values()), ids
     rng = np.random.default_rng(len(texts))
     logits = rng.normal(size=(len(texts), scorer.model.config.vocab_size))
@@ -36,6 +46,7 @@ def _fake_log_probs(scorer: Any, template: Template, texts: list[str], demos: An
         logits[i, ids["the"][0]] += 8.0
         if "team" in text:
             logits[i, ids["sports"][0]] += 6.0
+            logits[i, ids[names[3]][0]] += 9.0
         if "profits" in text:
             logits[i, ids["business"][0]] += 6.0
     return log_softmax(logits).astype(np.float32)
@@ -63,12 +74,53 @@ def test_search_words_finds_the_discriminative_words_not_the_merely_likely() -> 
         logits[y == c, col + 1] += 2.0  # a second, weaker word per class
     logp = log_softmax(logits)
     cf = log_softmax(rng.normal(size=(3, 40)))
-    chosen, best, by_n, ranked = search.search_words(logp, y, cf, 3, n_words=(1, 2), cv=3, calibration=None)
-    assert [list(r[:2]) for r in ranked] == [[10, 11], [20, 21], [30, 31]]
-    assert all(3 not in c for c in chosen)
-    assert by_n[1] == 1.0 and best == 1 and [c.tolist() for c in chosen] == [[10], [20], [30]]
+    found = search.search_words(logp, y, cf, 3, n_words=(1, 2), cv=3, calibration=None)
+    assert [list(r[:2]) for r in found.ranked] == [[10, 11], [20, 21], [30, 31]]
+    assert all(3 not in c for c in found.words)
+    assert found.cv["new 1"] == 1.0 and (found.option, found.n_new) == ("new", 1)
+    assert [c.tolist() for c in found.words] == [[10], [20], [30]]
     picked = search.pick_words([np.array([5, 6]), np.array([5, 7])], 2)
     assert [p.tolist() for p in picked] == [[5, 6], [7]]  # a word never goes to two labels
+
+
+def test_ranking_rewards_words_likely_after_most_of_a_class_not_a_few() -> None:
+    """Column 5 is very likely after 2 of class 0's 8 examples (a name they share): its mean beats column 7,
+    which is likelier after every class-0 example by a little. The mean ranks 5 first; the search must not."""
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 8)
+    logits = rng.normal(size=(16, 12))
+    logits[:2, 5] += 20.0
+    logits[y == 0, 7] += 3.0
+    logits[y == 1, 9] += 3.0
+    logp = logits - 10.0  # log-scores as they are (a softmax over 12 columns would let column 5 swamp its rows)
+    ranked = search.rank_candidates(logp, y, 2)
+    assert ranked[0][0] == 7 and ranked[1][0] == 9
+    assert search.auc_per_class(logp, y, 2)[0, 7] > 0.9 > search.auc_per_class(logp, y, 2)[0, 5]
+
+
+def test_search_keeps_the_input_words_unless_cross_validation_prefers_others() -> None:
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1, 2], 8)
+    logits = rng.normal(size=(24, 30))
+    for c, (good, weak) in enumerate(((10, 11), (20, 21), (25, 26))):
+        logits[y == c, good] += 6.0
+        logits[y == c, weak] += 0.5
+    logp, cf = log_softmax(logits), log_softmax(rng.normal(size=(3, 30)))
+    baseline = [np.array([10]), np.array([20]), np.array([25])]  # already the right words
+    found = search.search_words(logp, y, cf, 3, n_words=(1, 2), cv=4, baseline=baseline)
+    assert found.option == "input" and [w.tolist() for w in found.words] == [[10], [20], [25]]
+    assert found.cv["input"] == max(found.cv.values()) and "input+new 1" in found.cv
+    poor = [np.array([11]), np.array([21]), np.array([26])]  # weak words: the search must replace or add
+    found = search.search_words(logp, y, cf, 3, n_words=(1, 2), cv=4, baseline=poor)
+    assert found.option != "input" and found.cv[f"{found.option} {found.n_new}"] > found.cv["input"]
+    assert all(g in w for g, w in zip((10, 20, 25), found.words, strict=True))
+    assert len({int(j) for w in found.words for j in w}) == sum(len(w) for w in found.words)  # one label each
+
+
+def test_capitalised_words_are_not_proposed_unless_the_template_capitalises() -> None:
+    words = ["sports", "Boston", "iPhone", "Paris"]
+    assert search.eligible(words, ["world", "review"]).tolist() == [True, False, True, False]
+    assert search.eligible(words, ["Positive", "Negative"]).all()
 
 
 def test_accuracy_of_equals_the_verbalizer_with_contextual_calibration(gpt2: Any) -> None:
@@ -92,8 +144,13 @@ def test_suggest_label_words_on_a_task_where_the_right_words_are_known(gpt2: Any
     s = suggest_label_words(X, Y, TOPICS, gpt2.scorer(), n_words=(1, 2), cv=4)
     assert {k: v[0] for k, v in s.template.labels.items()} == WORDS
     assert s.template.prompt == TOPICS.prompt
-    assert s.cv_accuracy == 1.0 and s.template_cv_accuracy < 1.0
+    assert s.cv_accuracy == 1.0 and s.template_cv_accuracy < 1.0 and s.improves and s.choice == "new"
     assert s.candidates["sports"][0] == "sports" and "the" not in s.template.labels["sports"]
+    trap = _capitalised_word(gpt2.tokenizer)
+    assert all(trap not in v for v in s.candidates.values())  # the name: likelier still, never proposed
+    s = suggest_label_words(X, Y, dataclasses.replace(TOPICS, labels=WORDS), gpt2.scorer(), n_words=(1,), cv=4)
+    assert s.choice == "input" and not s.improves and s.cv_accuracy == s.template_cv_accuracy == 1.0
+    assert dict(s.template.labels) == {k: (v,) for k, v in WORDS.items()}  # the input's words, kept as they were
     ranked = rank_templates(X, Y, TOPICS, gpt2.scorer(), prompts=["{text}\nAnswer:"], n_words=(1,), cv=4)
     assert [r.template.prompt for r in ranked].count("{text}\nAnswer:") == 1
     assert any(r.template.instruction == TOPICS.description for r in ranked)  # description as instruction
@@ -137,8 +194,12 @@ def test_cli_suggest_writes_a_new_file_and_never_the_input(tmp_path, tmp_templat
     args = ["suggest", str(tpl), str(data), "--model", str(model_dir), "--n-words", "1", "2", "--cv", "2"]
     assert main(args) == 0
     out = tmp_path / "t.suggested.toml"
-    assert tpl.read_text() == before and "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert tpl.read_text() == before and "wrote" in printed
+    assert ("NOT better than the input template" in printed) != ("better than the input template" in printed)
     assert list(load_template(out).labels) == ["sports", "business"]
+    assert main(["check", str(out), "--model", str(model_dir)]) == 0
+    capsys.readouterr()
     assert main(args) == 2 and "exists; pass --force" in capsys.readouterr().err
     assert main([*args, "--output", str(tpl), "--force"]) == 2
     assert "never overwrites" in capsys.readouterr().err and tpl.read_text() == before

@@ -2,18 +2,20 @@
 
 Word search follows LM-BFF (Gao et al. 2021) and PETAL (Schick et al. 2020): the labeled examples are
 rendered with the prompt and the model's next-token distribution over its whole vocabulary is taken
-once per example. For each label, the candidate words are the single-token words the model finds
-most likely after that label's examples; they are ranked by how much more likely they are there
-than after the examples of the closest other label. How many words each label keeps is chosen by
-cross-validated accuracy on the labeled examples (calibrated as asked), and so is the prompt among a
-few candidates. Everything after the one forward pass per prompt is array arithmetic, so the
-cross-validation costs nothing more on the model.
+once per example. For each label, the candidate words are the single-token, lower-case words (no proper
+nouns, unless the template's own words are capitalised) that are likely after MOST of that label's
+examples (the median of their log-probs, which a few examples cannot dominate); they are ranked by
+AUC: how often the word is likelier after one of the label's examples than after another label's.
+AUC is rank-based, so a word very likely after two examples only (a name in them) does not win, and
+it is unchanged by calibration (a constant per word). Cross-validation on the labeled examples, with
+the calibration the template will be used with, then picks among the input template's own words, the
+new words (1 to 4 per label) and the input words together with new ones; all on the same folds, ties
+going to the input's words. Everything after the one forward pass per prompt is array arithmetic.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,21 +29,28 @@ from .inputs import check_labels, check_texts
 from .knn import next_token_log_probs, resolve_scorer
 from .prompts import resolve_template
 from .scoring import Scorer, aggregate
-from .template import Template, load_template
+from .template import Template
+from .template_toml import to_toml, write_template
+
+__all__ = ["Suggestion", "WordChoice", "rank_templates", "suggest_label_words", "to_toml", "write_template"]
 
 N_WORDS = (1, 2, 3, 4)
 CALIBRATIONS = (None, "contextual", "batch")
 DEFAULT_PROMPTS = ("{text}\nCategory:", "Text: {text}\nLabel:", "{text}\nThis text is about")
+INPUT, NEW, BOTH = "input", "new", "input+new"
 
 
 @dataclass(frozen=True)
 class Suggestion:
     """A searched template and how well it did in cross-validation on the labeled examples.
 
-    ``template`` has the prompt and the suggested words; ``cv_accuracy`` is the cross-validated accuracy
-    of the words (their number per label picked inside the search); ``template_cv_accuracy`` that of
-    the input template's own words with the same prompt; ``by_n_words`` the accuracy per number of
-    words; ``candidates`` the ranked candidate words per label.
+    ``template`` has the prompt and the chosen words; ``choice`` says which words: ``"input"`` (the
+    input template's own words did best: they are kept), ``"new"`` (searched words only) or
+    ``"input+new"`` (the input's words and searched ones). ``cv_accuracy`` is the cross-validated
+    accuracy of the chosen words, ``template_cv_accuracy`` that of the input template's own words with
+    the same prompt on the same folds; ``by_option`` every option's accuracy (``"new 2"``: two new
+    words per label); ``by_n_words`` that of the new words per number; ``candidates`` the ranked
+    candidate words per label.
     """
 
     template: Template
@@ -49,6 +58,26 @@ class Suggestion:
     template_cv_accuracy: float
     by_n_words: dict[int, float]
     candidates: dict[str, list[str]]
+    choice: str = NEW
+    by_option: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def improves(self) -> bool:
+        """True only when cross-validation puts the chosen words strictly above the input's own words."""
+        return self.choice != INPUT and self.cv_accuracy > self.template_cv_accuracy
+
+
+@dataclass(frozen=True)
+class WordChoice:
+    """What :func:`search_words` chose: ``words`` (columns per class), ``option`` (``"input"``,
+    ``"new"``, ``"input+new"``), ``n_new`` (new words per class), ``cv`` (accuracy per option) and
+    ``ranked`` (each class's candidate columns, best first)."""
+
+    words: list[np.ndarray]
+    option: str
+    n_new: int
+    cv: dict[str, float]
+    ranked: list[np.ndarray]
 
 
 def word_tokens(tokenizer: Any, prefix: str, vocab_size: int) -> tuple[np.ndarray, list[str]]:
@@ -71,21 +100,42 @@ def word_tokens(tokenizer: Any, prefix: str, vocab_size: int) -> tuple[np.ndarra
     return np.array([i for i, _ in keep], dtype=np.int64), [w for _, w in keep]
 
 
-def rank_candidates(logp: np.ndarray, y: np.ndarray, n_classes: int, n_candidates: int = 100) -> list[np.ndarray]:
-    """Columns of ``logp`` (n, W) ranked per class: the ``n_candidates`` likeliest after the class's
-    examples (mean log-prob), best first by their margin over the likeliest other class.
+def eligible(words: Sequence[str], template_words: Sequence[str]) -> np.ndarray:
+    """Which ``words`` may be proposed: not capitalised (proper nouns, likely after the few examples that
+    name them), unless a word of the template is capitalised itself (then case is the template's style)."""
+    if any(w[:1].isupper() for w in template_words):
+        return np.ones(len(words), dtype=bool)
+    return np.array([not w[:1].isupper() for w in words], dtype=bool)
 
-    A column goes to one class at most (the one where its margin is largest).
+
+def auc_per_class(logp: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, W): for each class and column, the probability that the column's log-prob after a random
+    example of the class exceeds that after a random example of another class (ROC AUC, Mann-Whitney)."""
+    ranks = np.argsort(np.argsort(logp, axis=0, kind="stable"), axis=0, kind="stable") + 1.0  # (n, W)
+    out = np.empty((n_classes, logp.shape[1]))
+    for c in range(n_classes):
+        pos = y == c
+        n1, n0 = int(pos.sum()), int((~pos).sum())
+        out[c] = (ranks[pos].sum(0) - n1 * (n1 + 1) / 2) / max(n1 * n0, 1)
+    return out
+
+
+def rank_candidates(logp: np.ndarray, y: np.ndarray, n_classes: int, n_candidates: int = 100) -> list[np.ndarray]:
+    """Columns of ``logp`` (n, W) ranked per class: the ``n_candidates`` likeliest after most of the class's
+    examples (median log-prob), best first by AUC of the class against the others (ties: by the gap between
+    the medians after the class's examples and after the others').
+
+    A column goes to one class at most (the one where its AUC is largest); another class's columns come last.
     """
-    means = np.stack([logp[y == c].mean(0) for c in range(n_classes)])  # (C, W)
-    owner = means.argmax(0)  # (W,) the class after whose examples each word is likeliest
+    auc = auc_per_class(logp, y, n_classes)
+    owner = auc.argmax(0)
     out = []
     for c in range(n_classes):
-        margin = means[c] - np.delete(means, c, axis=0).max(0)  # (W,)
-        pool = np.argsort(-means[c], kind="stable")[:n_candidates]
+        med = np.median(logp[y == c], axis=0)  # (W,)
+        gap = med - np.median(logp[y != c], axis=0)  # ties in AUC: how much likelier after the class's examples
+        pool = np.argsort(-med, kind="stable")[:n_candidates]
         mine, rest = pool[owner[pool] == c], pool[owner[pool] != c]
-        by_margin = [p[np.argsort(-margin[p], kind="stable")] for p in (mine, rest)]
-        out.append(np.concatenate(by_margin))  # words of other classes last: only if this one has too few
+        out.append(np.concatenate([p[np.lexsort((-gap[p], -auc[c][p]))] for p in (mine, rest)]))
     return out
 
 
@@ -127,6 +177,21 @@ def _folds(y: np.ndarray, cv: int, random_state: int | None) -> list[tuple[np.nd
     return list(skf.split(np.zeros(len(y)), y))
 
 
+def _options(
+    ranked: list[np.ndarray], n_words: Sequence[int], baseline: list[np.ndarray] | None
+) -> dict[tuple[str, int], list[np.ndarray]]:
+    out: dict[tuple[str, int], list[np.ndarray]] = {}
+    if baseline is not None:
+        out[(INPUT, 0)] = baseline
+        taken = np.concatenate(baseline)
+        others = [r[~np.isin(r, taken)] for r in ranked]  # added to the input's words: none of them again
+    for m in n_words:
+        out[(NEW, m)] = pick_words(ranked, m)
+        if baseline is not None:
+            out[(BOTH, m)] = [np.concatenate([b, w]) for b, w in zip(baseline, pick_words(others, m), strict=True)]
+    return out
+
+
 def search_words(
     logp: np.ndarray,
     y: np.ndarray,
@@ -137,21 +202,43 @@ def search_words(
     cv: int = 4,
     calibration: str | None = "contextual",
     random_state: int | None = 0,
-) -> tuple[list[np.ndarray], int, dict[int, float], list[np.ndarray]]:
-    """Array core of the word search: (chosen columns per class, their number, CV accuracy per number, rankings).
+    candidates: np.ndarray | None = None,
+    baseline: list[np.ndarray] | None = None,
+) -> WordChoice:
+    """Array core of the word search.
 
-    ``logp`` (n, W) are the examples' log-probs of the candidate words, ``cf_logp`` (m, W) those of the
-    content-free inputs; words are re-ranked inside each fold on its training part only.
+    ``logp`` (n, W) are the examples' log-probs, ``cf_logp`` (m, W) those of the content-free inputs;
+    ``candidates`` the columns that may become new words (default all), ``baseline`` the input
+    template's words as columns per class (added to, new words are other columns). New words are
+    re-ranked inside each fold on its training part only; every option (the baseline, ``m`` new words
+    for each ``m`` in ``n_words``, the baseline plus ``m`` new words) is scored on the same folds. The
+    best mean accuracy wins; ties go to the baseline, then to fewer words.
     """
+    cand = np.arange(logp.shape[1]) if candidates is None else np.asarray(candidates, dtype=np.int64)
+
+    def ranked_on(rows: np.ndarray) -> list[np.ndarray]:
+        return [cand[r] for r in rank_candidates(logp[rows][:, cand], y[rows], n_classes, n_candidates)]
+
     folds = _folds(y, cv, random_state)
-    by_n = {m: 0.0 for m in n_words}
+    score: dict[tuple[str, int], float] = {}
     for train, held in folds:
-        ranked = rank_candidates(logp[train], y[train], n_classes, n_candidates)
-        for m in n_words:
-            by_n[m] += accuracy_of(pick_words(ranked, m), logp[held], y[held], cf_logp, calibration) / len(folds)
-    best = max(n_words, key=lambda m: (round(by_n[m], 9), -m))  # ties: fewer words
-    ranked = rank_candidates(logp, y, n_classes, n_candidates)
-    return pick_words(ranked, best), best, by_n, ranked
+        for key, words in _options(ranked_on(train), n_words, baseline).items():
+            acc = accuracy_of(words, logp[held], y[held], cf_logp, calibration)
+            score[key] = score.get(key, 0.0) + acc / len(folds)
+
+    def size(key: tuple[str, int]) -> int:
+        return key[1] + (0 if key[0] == NEW or baseline is None else max(len(b) for b in baseline))
+
+    best = max(score, key=lambda k: (round(score[k], 9), k[0] == INPUT, -size(k)))
+    ranked = ranked_on(np.arange(len(y)))
+    names = {k: k[0] if k[0] == INPUT else f"{k[0]} {k[1]}" for k in score}
+    return WordChoice(
+        words=_options(ranked, n_words, baseline)[best],
+        option=best[0],
+        n_new=best[1],
+        cv={names[k]: v for k, v in score.items()},
+        ranked=ranked,
+    )
 
 
 def _shipped_ids(template: Template, scorer: Scorer) -> list[np.ndarray]:
@@ -185,7 +272,8 @@ def suggest_label_words(
     y : sequence of str
         Their labels, names from the template.
     template : str, Path or Template
-        Its prompt is kept; its own words are the baseline (``template_cv_accuracy``).
+        Its prompt is kept; its own words are the baseline (``template_cv_accuracy``), scored on the same
+        folds, and kept (alone or with new words) when cross-validation prefers them.
     model : str, Path, Scorer or None
         As for :class:`Verbalizer`.
     n_words : sequence of int
@@ -195,12 +283,16 @@ def suggest_label_words(
     cv : int
         Folds of the stratified cross-validation.
     calibration : {None, "contextual", "batch"}
-        How scores are calibrated inside the search (as they will be at prediction).
+        How scores are calibrated inside the search: as the template will be used at prediction
+        (``"contextual"``, the default, is what :class:`Verbalizer` and the eval use; ``"batch"`` when
+        whole batches are calibrated on themselves).
 
     Returns
     -------
     Suggestion
-        ``.template`` is the input template with the suggested words.
+        ``.template`` is the input template with the chosen words; ``.choice`` says whether they are the
+        input's own (when no searched words beat them in cross-validation), new ones, or both;
+        ``.improves`` whether cross-validation puts them above the input's words.
 
     Raises
     ------
@@ -217,22 +309,30 @@ def suggest_label_words(
     scorer = resolve_scorer(model, "auto", "float32", 64, None)
     y_idx = np.array([labels.index(v) for v in ys])
     cols, words = word_tokens(scorer.tokenizer, tpl.label_prefix, scorer.model.config.vocab_size)
+    ok = eligible(words, [w for ws in tpl.labels.values() for w in ws])
+    cols, words = cols[ok], [w for w, k in zip(words, ok, strict=True) if k]
     full = next_token_log_probs(scorer, tpl, texts, progress=progress)  # (n, V)
     full_cf = next_token_log_probs(scorer, tpl, list(CONTENT_FREE))  # (m, V)
-    logp, cf = full[:, cols], full_cf[:, cols]
-    chosen, best, by_n, ranked = search_words(
-        logp, y_idx, cf, len(labels), n_words, n_candidates, cv, calibration, random_state
-    )
     shipped = _shipped_ids(tpl, scorer)
-    folds = _folds(y_idx, cv, random_state)
-    shipped_acc = float(np.mean([accuracy_of(shipped, full[h], y_idx[h], full_cf, calibration) for _, h in folds]))
-    new = {lab: [words[j] for j in chosen[c]] for c, lab in enumerate(labels)}
+    found = search_words(
+        full, y_idx, full_cf, len(labels), n_words, n_candidates, cv, calibration, random_state, cols, shipped
+    )
+    word_of = dict(zip(cols.tolist(), words, strict=True))
+    skip = [len(s) if found.option == BOTH else 0 for s in shipped]  # "input+new": the input's words come first
+    new = {lab: [word_of[int(j)] for j in found.words[c][skip[c] :]] for c, lab in enumerate(labels)}
+    chosen = {
+        INPUT: {lab: list(ws) for lab, ws in tpl.labels.items()},
+        NEW: new,
+        BOTH: {lab: [*tpl.labels[lab], *new[lab]] for lab in labels},
+    }[found.option]
     return Suggestion(
-        template=dataclasses.replace(tpl, labels=new),  # type: ignore[arg-type]
-        cv_accuracy=by_n[best],
-        template_cv_accuracy=shipped_acc,
-        by_n_words=by_n,
-        candidates={lab: [words[j] for j in ranked[c][:10]] for c, lab in enumerate(labels)},
+        template=tpl if found.option == INPUT else dataclasses.replace(tpl, labels=chosen),  # type: ignore[arg-type]
+        cv_accuracy=max(found.cv.values()),
+        template_cv_accuracy=found.cv[INPUT],
+        by_n_words={m: found.cv[f"{NEW} {m}"] for m in n_words},
+        candidates={lab: [word_of[int(j)] for j in found.ranked[c][:10]] for c, lab in enumerate(labels)},
+        choice=found.option,
+        by_option=found.cv,
     )
 
 
@@ -262,53 +362,4 @@ def rank_templates(
     tpl = resolve_template(template, None)
     scorer = resolve_scorer(model, "auto", "float32", 64, None)
     found = [suggest_label_words(X, y, t, scorer, **search) for t in candidate_templates(tpl, prompts)]
-    return sorted(found, key=lambda s: -s.cv_accuracy)
-
-
-def _toml_string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)  # JSON's escapes are all valid in TOML basic strings
-
-
-def _toml_key(key: str) -> str:
-    return key if key and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in key) else _toml_string(key)
-
-
-def to_toml(template: Template, header: str = "") -> str:
-    """A template file's text for ``template`` (comment lines from ``header`` first)."""
-    lines = [f"# {line}" for line in header.splitlines()]
-    fields = {
-        "name": template.name,
-        "description": template.description,
-        "instruction": template.instruction,
-        "prompt": template.prompt,
-        "label_prefix": template.label_prefix,
-        "sample_text": template.sample_text,
-    }
-    lines += [f"{k} = {_toml_string(v)}" for k, v in fields.items() if v or k in ("prompt", "label_prefix")]
-    lines += ["", "[labels]"]
-    lines += [f"{_toml_key(k)} = [{', '.join(_toml_string(w) for w in v)}]" for k, v in template.labels.items()]
-    lines += ["", "[demos]"]
-    if template.demo_format is not None:
-        lines.append(f"format = {_toml_string(template.demo_format)}")
-    lines.append(f"separator = {_toml_string(template.demo_separator)}")
-    return "\n".join(lines) + "\n"
-
-
-def write_template(template: Template, path: str | Path, source: str | Path | None = None, header: str = "") -> Path:
-    """Write ``template`` as a TOML file and check it as ``verbalize check`` does (it must load again).
-
-    Raises
-    ------
-    FileExistsError
-        When ``path`` is the input template ``source`` (never overwritten).
-    """
-    path = Path(path)
-    if source is not None and Path(source).exists() and path.resolve() == Path(source).resolve():
-        raise FileExistsError(f"{path} is the input template; suggest never overwrites it: pass another --output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_toml(template, header), encoding="utf-8")
-    load_template(path)  # the loader's checks: a file that does not load must not go unnoticed
-    return path
-
-
-# -- command line: verbalize suggest TEMPLATE LABELED.jsonl ----------------------------------------
+    return sorted(found, key=lambda s: -round(s.cv_accuracy, 9))  # stable: on ties the input template first

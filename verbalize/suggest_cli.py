@@ -69,17 +69,30 @@ def run_suggest(args: argparse.Namespace) -> int:
         ranked = [suggest_label_words(texts, y, template, args.model, **search)]
     else:
         ranked = rank_templates(texts, y, template, args.model, prompts=args.prompt, **search)
+    same = [s for s in ranked if (s.template.prompt, s.template.instruction) == (template.prompt, template.instruction)]
+    base = same[0].template_cv_accuracy  # the input template as it is: its prompt and its words, on the same folds
     print(f"{len(texts)} labeled examples, {args.cv}-fold cross-validated accuracy ({args.calibration} calibration):")
     for s in ranked:
         t = s.template
-        shipped = f"{s.template_cv_accuracy:.3f}"
-        print(f"  {s.cv_accuracy:.3f} (template's words {shipped})  instruction={t.instruction!r} prompt={t.prompt!r}")
+        print(
+            f"  {s.cv_accuracy:.3f} {s.choice} words (the template's own words, this prompt: "
+            f"{s.template_cv_accuracy:.3f})"
+            f"  instruction={t.instruction!r} prompt={t.prompt!r}"
+        )
         print("        " + "; ".join(f"{k}: {', '.join(v)}" for k, v in t.labels.items()))
     best = ranked[0]
+    if best.cv_accuracy > base:
+        verdict = f"better than the input template in cross-validation: {best.cv_accuracy:.3f} vs {base:.3f}"
+    else:  # ties and worse: the input template is ranked first and written as it is
+        verdict = (
+            f"NOT better than the input template in cross-validation ({best.cv_accuracy:.3f} vs {base:.3f}): "
+            "its own prompt and words are kept"
+        )
+    print(verdict)
     header = (
         f"Suggested by `verbalize suggest {Path(args.template).name} {Path(args.labeled).name}`: "
-        f"{len(texts)} examples,\n{args.cv}-fold CV accuracy {best.cv_accuracy:.3f} ({args.calibration} calibration); "
-        f"the input template's words: {best.template_cv_accuracy}"
+        f"{len(texts)} examples,\n{args.cv}-fold CV accuracy ({args.calibration} calibration), {best.choice} words: "
+        f"{verdict}"
     )
     write_template(best.template, out, args.template, header)
     print(f"wrote {out} (passes the template checks; verbalize check {out} shows its tokens)")
