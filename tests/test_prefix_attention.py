@@ -69,9 +69,11 @@ def naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tens
     return (torch.softmax(s, -1) @ v).transpose(1, 2)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize(("heads", "kv_heads", "chunk"), [(4, 4, 1 << 21), (9, 3, 1 << 21), (6, 2, 50), (4, 1, 7)])
-def test_the_split_softmax_equals_one_softmax_over_the_concatenated_keys(heads, kv_heads, chunk, monkeypatch):
+def test_the_split_softmax_equals_one_softmax_over_the_concatenated_keys(heads, kv_heads, chunk, fused, monkeypatch):
     monkeypatch.setattr(prefix_attention, "CHUNK", chunk)
+    monkeypatch.setattr(prefix_attention, "FUSED", fused)
     g = torch.Generator().manual_seed(0)
     b, length, n_prefix, d = 3, 5, 11, 8
     q = torch.randn(b, length, heads, d, generator=g).transpose(1, 2) * 3  # (b, H, L, d), strided as models give it
@@ -96,9 +98,11 @@ def _scorer_and_expected(model_type: str, tokenizer: Any, **overrides: Any) -> t
 
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+@pytest.mark.parametrize("fused", [True, False])
 def test_demonstrations_in_a_shared_prefix_score_as_the_models_own_forward_on_the_whole_prompt(
-    model_type, batch_size, gpt2_tokenizer, calls, monkeypatch
+    model_type, batch_size, fused, gpt2_tokenizer, calls, monkeypatch
 ):
+    monkeypatch.setattr(prefix_attention, "FUSED", fused)  # the CPU kernel, or matrix products in chunks:
     monkeypatch.setattr(prefix_attention, "CHUNK", 300)  # several chunks of prefix scores per attention
     scorer, model, tokens, expected = _scorer_and_expected(model_type, gpt2_tokenizer)
     assert scorer.io.shared and model.config._attn_implementation == prefix_attention.NAME
@@ -203,3 +207,11 @@ def test_an_expanded_prefix_counts_in_the_batch_budget():
     copied = [len(b.rows) for b in enc.batches(64, 0, 1024, prefix_per_row=4000)]
     assert max(shared) > 4 and max(copied) == KV_TOKENS // 4010
     assert [len(b.rows) for b in enc.batches(64, 0, 1024, prefix_per_row=10**6)] == [1] * 40  # one row always fits
+
+
+def test_a_model_switched_back_since_its_probe_is_probed_again(gpt2_tokenizer):
+    model = tiny("llama", len(gpt2_tokenizer))
+    assert Scorer(model, gpt2_tokenizer).io.shared
+    model.set_attn_implementation("sdpa")  # as a later probe that failed (or the user) would
+    scorer = Scorer(model, gpt2_tokenizer)  # the remembered "shared" is not trusted blindly
+    assert scorer.io.shared and prefix_attention.switched(model)

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 NAME = "verbalize_prefix"
 BASE = "sdpa"  # the implementation that NAME stands in for (and runs whenever it cannot take the shared path)
-CHUNK = 1 << 21  # floats of prefix scores computed at a time (8 MB in float32)
+CHUNK = 1 << 21  # floats of prefix scores computed at a time (8 MB in float32) where the fused kernel is not used
+FUSED = True  # use PyTorch's CPU flash-attention kernel for the prefix part where it applies
 # Attention keywords that do not change the result (anything else non-None takes the SDPA path)
 _BENIGN = {"position_ids", "cache_position", "use_cache", "output_attentions", "is_causal", "position_embeddings"}
 _ACTIVE: contextvars.ContextVar[PrefixCache | None] = contextvars.ContextVar("verbalize_prefix_cache", default=None)
@@ -103,7 +104,7 @@ def enable(model: Any, exact: Callable[[], bool]) -> bool:
     register()
     try:
         model.set_attn_implementation(NAME)
-        ok = model.config._attn_implementation == NAME and exact()
+        ok = switched(model) and exact()
     except Exception as exc:  # noqa: BLE001 - the model keeps its expanded prefix
         logger.debug("%s: no shared prefix: %s: %s", model.config.model_type, type(exc).__name__, exc)
         ok = False
@@ -111,6 +112,11 @@ def enable(model: Any, exact: Callable[[], bool]) -> bool:
         model.set_attn_implementation(BASE)
     logger.debug("%s: shared prefix attention: %s", model.config.model_type, ok)
     return ok
+
+
+def switched(model: Any) -> bool:
+    """Whether ``model`` runs its attention through :data:`NAME` (see :func:`enable`)."""
+    return getattr(model.config, "_attn_implementation", None) == NAME
 
 
 @contextlib.contextmanager
@@ -192,30 +198,50 @@ def split(
     """softmax(q [kp; k]^T * scale + mask) [vp; v] without concatenating: (b, L, H, dv).
 
     query (b, H, L, d); kp, vp (1, Hkv, P, d) shared; key, value (b, Hkv, T, d) the rows' own;
-    query head h reads key/value head h // (H / Hkv), as ``repeat_kv`` lays them out.
+    query head h reads key/value head h // (H / Hkv), as ``repeat_kv`` lays them out. The prefix part
+    comes normalised with its log-sum-exp (:func:`_prefix_part`) and is merged with the own part
+    over a common maximum.
     """
     b, heads, length, d = query.shape
     kv_heads, n_own, dv = key.shape[1], key.shape[2], value.shape[-1]
     group = heads // kv_heads
     m = b * group * length  # query rows per key/value head
-    q = (query * scale).view(b, kv_heads, group, length, d).transpose(0, 1).reshape(kv_heads, m, d)
-    # own keys: (Hkv, b, group*L, T), masked; their row maxima start the common maximum
-    own = torch.matmul(q.view(kv_heads, b, group * length, d), key.transpose(0, 1).transpose(-1, -2))
+    q = query.view(b, kv_heads, group, length, d).transpose(0, 1).reshape(kv_heads, m, d)
+    prefix_out, prefix_lse = _prefix_part(q, kp, vp, scale)  # (Hkv, m, dv), (Hkv, m)
+    # own keys: (Hkv, b, group*L, T) scores, masked
+    own = torch.matmul(q.view(kv_heads, b, group * length, d), key.transpose(0, 1).transpose(-1, -2)).mul_(scale)
     own = own.view(kv_heads, b, group, length, n_own).masked_fill_(~own_mask, float("-inf")).view(kv_heads, m, n_own)
-    top = own.amax(-1)  # (Hkv, m); -inf where a query sees no own key (the prefix is always seen)
-    out = torch.empty(kv_heads, m, dv, dtype=query.dtype, device=query.device)
-    total = torch.empty(kv_heads, m, dtype=query.dtype, device=query.device)
+    top = torch.maximum(own.amax(-1), prefix_lse)  # (Hkv, m), finite: the prefix is always seen
+    own.sub_(top[..., None]).exp_()
+    weight = (prefix_lse - top).exp_()  # the prefix part's share: sum over the prefix of exp(score - top)
+    total = own.sum(-1).add_(weight)
+    out = torch.matmul(own.view(kv_heads, b, group * length, n_own), value.transpose(0, 1)).view(kv_heads, m, dv)
+    out.addcmul_(prefix_out, weight[..., None]).div_(total[..., None])
+    return out.view(kv_heads, b, group, length, dv).permute(1, 3, 0, 2, 4).reshape(b, length, heads, dv)
+
+
+def _prefix_part(
+    q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q kp^T * scale) vp and the log-sum-exp of the scores per query: q (Hkv, m, d) -> (Hkv, m, dv), (Hkv, m).
+
+    On CPU, PyTorch's fused flash-attention kernel (which returns the log-sum-exp) with all rows'
+    queries as one sequence; elsewhere matrix products over chunks of queries.
+    """
+    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if FUSED and flash is not None and q.device.type == "cpu" and q.dtype == torch.float32:
+        out, lse = flash(q[None], kp, vp, 0.0, False, scale=scale)[:2]  # (1, Hkv, m, dv), (1, Hkv, m)
+        return out[0], lse[0].to(q.dtype)
+    kv_heads, m, n_prefix = q.shape[0], q.shape[1], kp.shape[2]
+    out = torch.empty(kv_heads, m, vp.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(kv_heads, m, dtype=q.dtype, device=q.device)
     keys_t, values = kp[0].transpose(-1, -2), vp[0]  # (Hkv, d, P), (Hkv, P, dv)
-    step = max(1, CHUNK // (kv_heads * kp.shape[2]))
+    step = max(1, CHUNK // (kv_heads * n_prefix))
     for start in range(0, m, step):
         rows = slice(start, start + step)
-        s = torch.bmm(q[:, rows], keys_t)  # (Hkv, c, P)
-        top[:, rows] = torch.maximum(s.amax(-1), top[:, rows])
-        s.sub_(top[:, rows, None]).exp_()
-        total[:, rows] = s.sum(-1)
-        out[:, rows] = torch.bmm(s, values)  # (Hkv, c, dv)
-    own.sub_(top[..., None]).exp_()  # (Hkv, m, T)
-    total += own.sum(-1)
-    out += torch.matmul(own.view(kv_heads, b, group * length, n_own), value.transpose(0, 1)).view(kv_heads, m, dv)
-    out /= total[..., None]
-    return out.view(kv_heads, b, group, length, dv).permute(1, 3, 0, 2, 4).reshape(b, length, heads, dv)
+        s = torch.bmm(q[:, rows], keys_t).mul_(scale)  # (Hkv, c, P)
+        top = s.amax(-1)
+        total = s.sub_(top[..., None]).exp_().sum(-1)
+        out[:, rows] = torch.bmm(s, values).div_(total[..., None])
+        lse[:, rows] = top + total.log()
+    return out, lse

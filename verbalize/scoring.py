@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import model_io
+from . import model_io, prefix_attention
 from .batching import Batch, Encoded, Spans, encode_prompts, pad_batch, pad_id_of, shift_spans, span_lists
 from .errors import InputError, check_choice
 from .labels import LabelTokens, _ids
@@ -310,7 +310,9 @@ class Scorer:
     def _choose(self, logits: str) -> ModelIO:
         """The logits path for this model: the first that the probe proves exact (cached per model)."""
         if logits == "auto" and self.model in _PATH_OF:
-            return ModelIO(self.model, *_PATH_OF[self.model])
+            path, shared = _PATH_OF[self.model]
+            if not shared or prefix_attention.switched(self.model):  # (a later probe may have switched it back)
+                return ModelIO(self.model, path, shared)
         paths = model_io.PATHS if logits == "auto" else (logits,)
         n_ids = min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
         io = model_io.choose(self.model, self._score_probe, n_ids, paths)
