@@ -7,7 +7,8 @@ beside the FLOP model's prediction.
 All rows score the same SST-2 test texts with the shipped template in one run, in interleaved rounds
 (zero-shot, then each demonstration count; the median round is reported).
 - "prefix cache (verbalize)": what Verbalizer does. The demonstrations run once; their key/value
-  cache is reused by every batch.
+  cache is reused by every batch, read as one row by every row's attention where the model allows it
+  (``verbalize/prefix_attention.py``; the default SmolLM2 does), else expanded to the batch's rows.
 - "no cache": the same demonstrations written into every prompt, scored without any shared prefix.
   The scorer finds the token prefix that all prompts of a call share on its own when it knows where
   the text lies (``spans``) or is given a ``prefix``; this baseline passes neither, so nothing beyond
@@ -29,6 +30,7 @@ import torch
 from data import data_dir, load, template_path
 
 from verbalize import Verbalizer
+from verbalize.batching import span_lists
 
 
 def flops(model: torch.nn.Module, n_prefix: int, lengths: list[int], n_texts: int) -> float:
@@ -71,7 +73,8 @@ def main() -> None:
     scorer = zero.scorer_
     tok = scorer.tokenizer
     lengths = [len(x) for x in tok(zero.template_.spans(X)[0], add_special_tokens=False)["input_ids"]]
-    head = zero.template_.spans(X[:1])[0][0][: zero.template_.spans(X[:1])[1][0][0]]
+    first, first_spans = zero.template_.spans(X[:1])
+    head = first[0][: span_lists(first_spans)[0][0][0]]  # the template's words before the (first) text field
     n_head = len(tok(head, add_special_tokens=False)["input_ids"]) if head else 0
     text_lengths = [n - n_head for n in lengths]  # the template's words before the text are cached too
     base_flops = flops(scorer.model, n_head, text_lengths, len(X))

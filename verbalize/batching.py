@@ -12,6 +12,11 @@ import torch
 
 from .errors import InputError
 
+KV_TOKENS = 16384
+"""Budget of cached tokens a batch holds per layer (rows x (copied prefix + padded prompt)), so that a
+long shared prefix expanded to every row does not make the keys and values of one batch outgrow the
+CPU's caches (a prefix the model's attention reads as one row is not copied, so not counted)."""
+
 Span = tuple[int, int]
 Spans = Sequence[Span] | Sequence[Sequence[Span]]
 """Per prompt, where its field values lie: one (start, end) per prompt, or a list of them per prompt."""
@@ -61,17 +66,20 @@ class Encoded:
     ids: list[list[int]]
     n_truncated: int
 
-    def batches(self, batch_size: int, pad_id: int, max_tokens: int | None = None) -> list[Batch]:
+    def batches(
+        self, batch_size: int, pad_id: int, max_tokens: int | None = None, prefix_per_row: int = 0
+    ) -> list[Batch]:
         """Length-sorted (longest first) batches of at most ``batch_size`` prompts and ``max_tokens`` padded tokens.
 
         Sorting keeps padding small; the token budget lets batches of short prompts hold more rows,
         so that every matrix product is about the same (efficient) size. Where the batches are cut is
-        chosen to waste the fewest padded tokens (see :func:`split_sorted`).
+        chosen to waste the fewest padded tokens (see :func:`split_sorted`). ``prefix_per_row`` cached
+        tokens that every row holds a copy of count too: rows x (prefix + padded length) <= :data:`KV_TOKENS`.
         """
         lengths = np.array([len(x) for x in self.ids])
         order = np.argsort(-lengths, kind="stable")
         out = []
-        bounds = split_sorted(lengths[order], batch_size, max_tokens)
+        bounds = split_sorted(lengths[order], batch_size, max_tokens, prefix=prefix_per_row)
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             rows = order[start:stop]
             out.append(pad_batch([self.ids[r] for r in rows], rows, pad_id))
@@ -87,12 +95,15 @@ def pad_batch(ids: Sequence[Sequence[int]], rows: np.ndarray, pad_id: int) -> Ba
     return Batch(input_ids, torch.as_tensor(lengths - 1), np.asarray(rows))
 
 
-def split_sorted(lengths: np.ndarray, batch_size: int, max_tokens: int | None, overhead: int = 64) -> list[int]:
+def split_sorted(
+    lengths: np.ndarray, batch_size: int, max_tokens: int | None, overhead: int = 64, prefix: int = 0
+) -> list[int]:
     """Batch boundaries over descending ``lengths`` that minimise padded tokens plus ``overhead`` per batch.
 
     A batch costs rows x its first (longest) length; it holds at most ``batch_size`` rows and, unless
-    it is a single row, at most ``max_tokens`` padded tokens. Dynamic programming over the cut
-    points, O(n x batch_size). The overhead (in tokens) keeps batches from getting needlessly small.
+    it is a single row, at most ``max_tokens`` padded tokens and, with a ``prefix`` copied to every
+    row, at most :data:`KV_TOKENS` cached tokens (rows x (prefix + length)). Dynamic programming over
+    the cut points, O(n x batch_size). The overhead (in tokens) keeps batches from getting needlessly small.
     """
     n = len(lengths)
     budget = max_tokens or 1 << 62
@@ -103,7 +114,8 @@ def split_sorted(lengths: np.ndarray, batch_size: int, max_tokens: int | None, o
         j = np.arange(max(0, i - batch_size), i)  # candidate starts of the batch ending before i
         size = (i - j) * lengths[j]  # (candidates,) padded tokens of that batch
         c = cost[j] + size + overhead
-        c[(size > budget) & (i - j > 1)] = np.inf
+        over = (size > budget) | ((i - j) * (lengths[j] + prefix) > KV_TOKENS) if prefix else size > budget
+        c[over & (i - j > 1)] = np.inf
         k = int(np.argmin(c))
         cost[i], back[i] = c[k], j[k]
     bounds = [n]

@@ -16,6 +16,11 @@ each against the model's plain ``model(input_ids).logits`` (see :func:`choose`).
 build transformers' ``DynamicCache``, snapshot its per-layer state, and expand a shared prefix to a
 batch or pick rows of it (sliding-window layers keep their true length). ``tests/test_zoo.py`` holds
 the contract tests that break when a transformers upgrade changes any of this.
+
+A shared prefix is either expanded to every row of a batch (a view, but each layer's cache update
+and grouped-query attention then copy it per row), or, where :func:`choose`'s probe proves it exact
+for the model, kept as one row in a :class:`~verbalize.prefix_attention.PrefixCache` that the
+attention function of :mod:`verbalize.prefix_attention` reads directly (``ModelIO.shared``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from typing import Any
 
 import torch
 
-from .batching import Batch
+from . import prefix_attention
+from .batching import KV_TOKENS, Batch
 from .errors import InputError, ModelLoadError
+from .prefix_attention import PrefixCache
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +76,30 @@ class ModelIO:
     ----------
     model : transformers causal LM
     path : {"model", "hand", "full"}
+    shared : bool, default False
+        Keep a cached prefix as one row (:class:`PrefixCache`) instead of expanding it to every row;
+        only for models switched to :data:`prefix_attention.NAME` (see :func:`share_prefix`).
     """
 
-    def __init__(self, model: Any, path: str = "model"):
+    def __init__(self, model: Any, path: str = "model", shared: bool = False):
         if path not in PATHS:
             raise ValueError(f"the logits path must be one of {PATHS}, got {path!r}")
         self.model = model
         self.path = path
+        self.shared = shared
         self.window = window(model.config)
+
+    def batch_cache(self, layers: list[LayerKV] | None, b: int) -> Any:
+        """A fresh cache holding a one-row snapshot (a shared prefix) for a batch of ``b`` rows, or None."""
+        if layers is None:
+            return None
+        if self.shared:
+            return PrefixCache([(kv.keys, kv.values) for kv in layers])  # type: ignore[misc]
+        return expand(layers, b, self.model.config)
+
+    def prefix_tokens_per_row(self, n_prefix: int) -> int:
+        """Tokens of a shared prefix that every row of a batch holds a copy of (0 when it is shared)."""
+        return 0 if self.shared else n_prefix
 
     @property
     def config(self) -> Any:
@@ -102,13 +125,14 @@ class ModelIO:
         if states:
             args["output_hidden_states"] = True
         if keep is None or self.path == "hand":
-            out = self.model.base_model(**args)
+            with _routed(cache):
+                out = self.model.base_model(**args)
             h = out.last_hidden_state  # (b, L, d)
             logits = None if keep is None else self.hand_logits(_take(h, keep))  # (b, K, V)
             return Pass(logits, h, list(out.hidden_states) if states else None, out.past_key_values)
         if self.path == "model":
             args["logits_to_keep"] = keep
-        with _capture(self.model.base_model) as seen:
+        with _capture(self.model.base_model) as seen, _routed(cache):
             out = self.model(**args)
         body = seen[-1] if seen else None  # None when the forward runs a part of base_model only (OPT)
         h = None if body is None else body.last_hidden_state if hasattr(body, "last_hidden_state") else body[0]
@@ -126,7 +150,9 @@ class ModelIO:
         ``cache`` holds ``n_prefix`` shared tokens and the batch's prompts. The (prompt, word) pairs
         run in chunks under the batch's token budget (pairs x (prompt + word tokens) <= ``max_tokens``,
         as rows x tokens for the prompts; all pairs at once when None), each chunk with its own copy of
-        its prompts' cache rows, so memory does not grow with prompts x words.
+        its prompts' cache rows, so memory does not grow with prompts x words. A :class:`PrefixCache`
+        keeps the prefix shared by all chunks (only the prompts' rows are picked); an expanded prefix
+        is copied with every pair, so it counts in the chunk's budget of :data:`KV_TOKENS` too.
 
         Raises
         ------
@@ -149,11 +175,15 @@ class ModelIO:
         for i, ids in enumerate(words):
             inputs[i, : len(ids) - 1] = torch.tensor(ids[:-1])
             targets[i, : len(ids) - 1] = torch.tensor(ids[1:])
-        layers = snapshot(cache)
+        shared = isinstance(cache, PrefixCache)
+        layers = None if shared else snapshot(cache)
+        own = cache.own() if shared else None
         last, prompt_mask = batch.last_index.to(dev), batch.attention_mask.to(dev)  # (b,), (b, L)
         pair_row = torch.arange(b, device=dev).repeat_interleave(w)  # (b*w,)
         pair_word = torch.arange(w, device=dev).repeat(b)  # (b*w,)
         size = max(1, max_tokens // (length + width)) if max_tokens else b * w
+        if not shared:
+            size = min(size, max(1, KV_TOKENS // (n_prefix + length + width)))
         steps = torch.arange(width, device=dev)  # (C,)
         sums = []
         for start in range(0, b * w, size):
@@ -162,9 +192,13 @@ class ModelIO:
             ones = torch.ones(n, 1, dtype=torch.long, device=dev)
             mask = torch.cat([ones.expand(n, n_prefix), prompt_mask[rows], ones.expand(n, width)], 1)  # (r, P+L+C)
             positions = n_prefix + last[rows, None] + 1 + steps[None, :]  # (r, C)
+            if own is not None:
+                picked = cache.rows([(k.index_select(0, rows), v.index_select(0, rows)) for k, v in own])
+            else:
+                picked = select(layers, rows, self.model.config)  # type: ignore[arg-type]
             out = self.run(
                 inputs[cols],
-                select(layers, rows, self.model.config),
+                picked,
                 steps.expand(n, width),
                 attention_mask=mask,
                 position_ids=positions,
@@ -219,13 +253,25 @@ def choose(
                 continue
             if error <= tol:
                 logger.debug("%s: logits path %r (probe error %.1e)", model.config.model_type, path, error)
-                return io
+                return share_prefix(io, lambda x: score(x, prefix, rows, words), want, tol)
             problems.append(f"{path}: log-probs differ from the model's own forward by {error:.1e} (> {tol:.0e})")
     raise ModelLoadError(
         f"model type {model.config.model_type!r} ({type(model).__name__}) cannot be scored exactly: "
         + "; ".join(problems)
         + ". verbalize refuses rather than return wrong scores; please report this model type"
     )
+
+
+def share_prefix(io: ModelIO, score: Callable[[ModelIO], torch.Tensor], want: torch.Tensor, tol: float) -> ModelIO:
+    """``io`` with its cached prefix shared, not expanded per row, where that is exact for the model; else ``io``.
+
+    See :func:`prefix_attention.enable`: ``score`` (the probe of :func:`choose`) must again give ``want``.
+    """
+    if io.window is not None:  # a sliding window sees part of the prefix only
+        return io
+    shared = ModelIO(io.model, io.path, shared=True)
+    ok = prefix_attention.enable(io.model, lambda: float((score(shared).double().cpu() - want).abs().max()) <= tol)
+    return shared if ok else io
 
 
 def tolerance(model: Any) -> float:
@@ -277,6 +323,15 @@ def expand(layers: list[LayerKV] | None, b: int, config: Any) -> Any:
     return _fill(new_cache(config), layers, lambda t: t[:1].expand(b, -1, -1, -1))  # (b, heads, P, head_dim)
 
 
+def reusable(cache: Any, config: Any) -> Callable[[], Any]:
+    """A function giving a fresh cache equal to ``cache`` as it is now, before a forward runs it further."""
+    if isinstance(cache, PrefixCache):
+        return cache.rows
+    layers = snapshot(cache)
+    b = next((kv.keys.shape[0] for kv in layers if kv.keys is not None), 1)
+    return lambda: expand(layers, b, config)
+
+
 def select(layers: list[LayerKV], rows: torch.Tensor, config: Any) -> Any:
     """A fresh cache holding rows ``rows`` (r,) of a snapshot (a row may repeat)."""
     return _fill(new_cache(config), layers, lambda t: t.index_select(0, rows))  # (r, heads, T, head_dim)
@@ -307,6 +362,21 @@ def _take(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Rows' own positions: x (b, L, ...) and keep (b, K) -> (b, K, ...)."""
     index = keep.to(x.device).view(*keep.shape, *([1] * (x.dim() - 2)))  # (b, K, 1...)
     return torch.take_along_dim(x, index, dim=1)
+
+
+@contextlib.contextmanager
+def _routed(cache: Any) -> Iterator[None]:
+    """Let the attention of a forward read ``cache``'s shared prefix, and check that every layer did."""
+    if not isinstance(cache, PrefixCache):
+        yield
+        return
+    with prefix_attention.active(cache):
+        yield
+    if len(cache.used) != len(cache.layers):
+        raise RuntimeError(
+            f"the attention of {len(cache.layers) - len(cache.used)} of {len(cache.layers)} layers did not read the "
+            "shared prefix (the model does not route its attention through the AttentionInterface)"
+        )
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import model_io
+from . import model_io, prefix_attention
 from .batching import Batch, Encoded, Spans, encode_prompts, pad_batch, pad_id_of, shift_spans, span_lists
 from .errors import InputError, check_choice
 from .labels import LabelTokens, _ids
@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 AGGREGATIONS = ("logsumexp", "mean", "max")
 POOLINGS = ("last", "mean")
 _LOADED: dict[tuple[str, str, str, Any], tuple[Any, Any]] = {}
-_PATH_OF: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # model -> its exact logits path
+# model -> its exact logits path and whether its cached prefix is shared (see model_io.share_prefix)
+_PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
 
 
 class Scorer:
@@ -184,7 +185,7 @@ class Scorer:
         deep = max((layers for _, layers in pools), default=1) > 1
         dev = batch.input_ids.device
         keep = batch.last_index.to(dev)[:, None] if label_tokens is not None else None  # (b, 1)
-        prefix_kv = model_io.snapshot(cache) if cache is not None and pools else None
+        again = model_io.reusable(cache, self.model.config) if cache is not None and pools else None
         out = self.io.run(batch.input_ids, cache, keep, use_cache=bool(multi), states=deep)
         words = None
         if label_tokens is not None:
@@ -198,8 +199,7 @@ class Scorer:
                 words = words.index_add(1, torch.tensor(multi, device=dev), rest)
         if pools and (out.hidden is None or (deep and out.states is None)):
             # The model's forward ran part of its body only (OPT): the features take a pass of their own.
-            cache = model_io.expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
-            out = self.io.run(batch.input_ids, cache, None, states=deep)
+            out = self.io.run(batch.input_ids, again() if again is not None else None, None, states=deep)
         states = out.states or ([out.hidden] if out.hidden is not None else [])
         feats = [self._pool(states, batch, how, layers, n_prefix, prefix_states) for how, layers in pools]
         return words, feats
@@ -287,13 +287,13 @@ class Scorer:
         with torch.inference_mode():
             prefix_kv, prefix_states = self._prefix_kv(shared, want_states)
             for batch in tqdm(
-                rest.batches(self.batch_size, self.pad_id, self.max_tokens),
+                rest.batches(self.batch_size, self.pad_id, self.max_tokens, self.io.prefix_tokens_per_row(len(shared))),
                 disable=not progress,
                 desc="scoring",
                 unit="batch",
             ):
                 batch = batch.to(self.device)
-                cache = model_io.expand(prefix_kv, batch.input_ids.shape[0], self.model.config)
+                cache = self.io.batch_cache(prefix_kv, batch.input_ids.shape[0])
                 for o, r in zip(out, step(batch, cache, len(shared), prefix_states), strict=True):
                     o[batch.rows] = r.float().cpu().numpy()
         return [o[inverse] if len(o) else np.zeros((len(prompts), o.shape[1]), np.float32) for o in out]
@@ -310,12 +310,14 @@ class Scorer:
     def _choose(self, logits: str) -> ModelIO:
         """The logits path for this model: the first that the probe proves exact (cached per model)."""
         if logits == "auto" and self.model in _PATH_OF:
-            return ModelIO(self.model, _PATH_OF[self.model])
+            path, shared = _PATH_OF[self.model]
+            if not shared or prefix_attention.switched(self.model):  # (a later probe may have switched it back)
+                return ModelIO(self.model, path, shared)
         paths = model_io.PATHS if logits == "auto" else (logits,)
         n_ids = min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
         io = model_io.choose(self.model, self._score_probe, n_ids, paths)
         if logits == "auto":
-            _PATH_OF[self.model] = io.path
+            _PATH_OF[self.model] = (io.path, io.shared)
         return io
 
     def _score_probe(self, io: ModelIO, prefix: list[int], rows: list[list[int]], words: Any) -> torch.Tensor:
@@ -324,7 +326,7 @@ class Scorer:
         tokens = LabelTokens(tuple(map(str, words)), tuple(map(str, words)), np.arange(len(words)), tuple(words))
         kv, _ = self._prefix_kv(prefix)
         batch = pad_batch(rows, np.arange(len(rows)), self.pad_id).to(self.device)
-        got, _ = self.forward(batch, model_io.expand(kv, len(rows), self.model.config), len(prefix), tokens)
+        got, _ = self.forward(batch, io.batch_cache(kv, len(rows)), len(prefix), tokens)
         assert got is not None
         return got
 
