@@ -11,7 +11,9 @@ raw scores, each calibrator fitted by the library's own policy (``fit_calibrator
 examples' texts with the same demonstrations. ``auto`` is the classifier's own choice from
 cross-validation on the labeled examples only. The table: mean test accuracy over seeds per method,
 auto's gap to raw and to the best single method (chosen by mean test accuracy, an oracle), and what
-auto chose. One JSON row per (dataset, setting, seed) goes to ``--out``.
+auto chose. One JSON row per (dataset, setting, seed) goes to ``--out``, with auto's held-out CV
+log-probabilities per method, so that ``--retable FILE`` re-tables it under the current selection rule
+(``--default`` to try another default) without the model.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from data import data_dir, load, template_path
 
 from verbalize import Verbalizer
-from verbalize.autocalibration import AutoCalibrator
+from verbalize.autocalibration import DEFAULT, AutoCalibrator, select
 from verbalize.calibration import calibrate, fit_calibrator, get_calibrator, log_softmax
 
 METHODS = ("none", "contextual", "domain", "batch", "temperature")
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 if setting == "zero-shot":
                     zero_raw = raw
                 acc = method_accuracies(clf, raw, test, train, seed)
+                labels = list(clf.labels_)
                 assert isinstance(clf.calibrator_, AutoCalibrator)
                 row = {
                     "dataset": dataset,
@@ -103,6 +106,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     "accuracy": acc,
                     "chosen": clf.calibration_report_["chosen"],
                     "cv": clf.calibration_report_.get("scores"),
+                    "cv_y": [labels.index(v) for v in train[1]],
+                    "cv_log_proba": {str(k): v.round(4).tolist() for k, v in clf.calibrator_.cv_log_proba_.items()},
                     "seconds": round(time.perf_counter() - t0, 1),
                 }
                 print(
@@ -141,6 +146,21 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def retable(rows: list[dict], default: str | None) -> list[dict]:
+    """Apply the current selection rule (:func:`select`) with ``default`` to each row's stored CV outputs.
+
+    Auto's test accuracy is then the chosen method's test accuracy on that row: the same number a new run
+    would give, as each method is fitted by the same policy with the same seed (auto's own choice too).
+    """
+    out = []
+    for r in rows:
+        cv = {(None if k == "None" else k): np.asarray(v) for k, v in r["cv_log_proba"].items()}
+        chosen, scores = select(cv, np.asarray(r["cv_y"]), default)
+        acc = dict(r["accuracy"], auto=r["accuracy"]["none" if chosen is None else chosen])
+        out.append(dict(r, accuracy=acc, chosen=chosen, cv=scores))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data")
@@ -152,7 +172,13 @@ def main() -> None:
     p.add_argument("--model", default=None, help="default: the embedded default model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", type=Path)
+    p.add_argument("--retable", type=Path, help="re-table a saved --out file (no model): auto by the current rule")
+    p.add_argument("--default", default=DEFAULT, help="with --retable: the rule's default ('none': no calibration)")
     args = p.parse_args()
+    if args.retable:
+        rows = [json.loads(line) for line in args.retable.read_text(encoding="utf-8").splitlines() if line.strip()]
+        print(table(retable(rows, None if args.default == "none" else args.default)))
+        return
     rows = run(args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from verbalize import Verbalizer
-from verbalize.autocalibration import AutoCalibrator
+from verbalize.autocalibration import MIN_UNLABELED, AutoCalibrator, select
 from verbalize.calibration import (
     TemperatureCalibrator,
     calibrate,
@@ -93,12 +93,67 @@ def test_auto_cross_validation_never_scores_a_text_with_itself_in_its_demos_or_c
     assert n_folds >= 2
 
 
-def test_auto_without_labels_uses_no_calibration_and_says_why():
+def test_auto_without_labels_uses_no_calibration_on_few_texts_and_says_why():
     cal = get_calibrator("auto")
     fit_calibrator(cal, lambda t: np.zeros((len(t), 2)), ["a", "b"], None)
     assert cal.chosen_ is None and "no labeled" in cal.report_["reason"]
     s = np.log([[0.9, 0.1]])
     np.testing.assert_allclose(calibrate(cal, s, ["a"], lambda t: s), s, atol=1e-12)
+
+
+def test_auto_without_labels_fits_the_default_batch_prior_on_enough_unlabeled_texts():
+    texts = [f"t{i}" for i in range(MIN_UNLABELED)]
+    bias = lambda t: np.tile([1.0, 0.0], (len(t), 1))  # noqa: E731  every text leans to label 0
+    cal = get_calibrator("auto")
+    fit_calibrator(cal, bias, texts, None, random_state=0)
+    assert cal.report_["chosen"] == "batch" and cal.chosen_.name == "batch" and "batch" in cal.report_["reason"]
+    np.testing.assert_allclose(np.exp(cal.transform(bias(["x"]))), [[0.5, 0.5]])  # the prior is divided out
+    one_label = get_calibrator("auto")  # labeled texts of one label only: a batch prior would be skewed
+    fit_calibrator(one_label, bias, texts, np.zeros(len(texts), dtype=int), random_state=0)
+    assert one_label.chosen_ is None
+
+
+# -- the selection rule, on held-out log-probabilities ------------------------------------------------
+def _lp(pred, n_classes=2, confidence=0.8):
+    """Log-probabilities predicting ``pred`` (one label per row) with the given confidence."""
+    p = np.full((len(pred), n_classes), (1 - confidence) / (n_classes - 1))
+    p[np.arange(len(pred)), pred] = confidence
+    return np.log(p)
+
+
+Y_SEL = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_select_switches_to_a_clearly_better_method():
+    out = {None: _lp([0] * 8), "batch": _lp([0, 0, 0, 0, 0, 0, 1, 1]), "contextual": _lp(Y_SEL)}
+    chosen, scores = select(out, Y_SEL, default="batch")
+    assert chosen == "contextual"  # right on 2 more examples and wrong on none: more than a standard error
+    assert scores["contextual"]["gain"] == 0.25 and 0 < scores["contextual"]["gain_se"] < 0.25
+    assert scores["batch"]["gain"] == 0 and scores["None"]["accuracy"] == 0.5
+
+
+def test_select_keeps_the_default_on_a_noisy_tie():
+    one_more = _lp([0, 0, 0, 0, 1, 1, 1, 0])  # batch: one example more wrong than contextual
+    out = {None: _lp([0] * 8), "batch": _lp([0, 0, 0, 0, 1, 1, 0, 0]), "contextual": one_more}
+    assert select(out, Y_SEL, default="batch")[0] == "batch"
+    swap = {"batch": _lp([0, 0, 0, 1, 1, 1, 1, 0]), "contextual": _lp([0, 0, 0, 0, 1, 1, 0, 1])}
+    assert select(swap, Y_SEL, default="batch")[0] == "batch"  # +2 and -1: gain 1/8 within its error
+    sharper = {"batch": _lp(Y_SEL, confidence=0.6), "temperature": _lp(Y_SEL, confidence=0.99)}
+    chosen, scores = select(sharper, Y_SEL, default="batch")
+    assert chosen == "batch" and scores["temperature"]["log_loss"] < scores["batch"]["log_loss"]  # accuracy first
+
+
+def test_select_among_clearly_better_methods_takes_the_most_accurate_then_the_lower_log_loss():
+    out = {
+        None: _lp([1, 1, 1, 1, 1, 1, 1, 0]),
+        "batch": _lp([1] * 8),
+        "contextual": _lp([0, 0, 0, 1, 1, 1, 1, 1], confidence=0.6),
+        "domain": _lp([0, 0, 0, 1, 1, 1, 1, 1], confidence=0.9),
+    }
+    assert select(out, Y_SEL, default="batch")[0] == "domain"
+    assert select(out, Y_SEL, default=None)[0] == "domain"
+    with pytest.raises(ValueError, match="default"):
+        select(out, Y_SEL, default="temperature")
 
 
 def test_auto_state_round_trips():

@@ -56,8 +56,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     calibration : {None, "auto", "contextual", "domain", "batch", "temperature"} or Calibrator, default None
         See :mod:`verbalize.calibration` for what each does and when it helps; a
         :class:`~verbalize.calibration.Calibrator` instance is copied, never fitted in place.
-        ``"auto"`` chooses one (none included) by cross-validation on ``fit``'s labeled examples
-        and reports it in ``calibration_report_``; without labels it uses none.
+        ``"auto"`` uses batch calibration unless cross-validation on ``fit``'s labeled examples
+        clearly prefers another (none included), and reports it in ``calibration_report_``; with
+        ``fit(X)`` only, batch calibration fitted on ``X`` (8 texts or more); without ``fit``, none.
     n_demos : int, default 0
         Total number of demonstrations put in every prompt (``fit`` picks them); prefer ``demos_per_class``.
     demos_per_class : int, optional
