@@ -35,6 +35,13 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=512)
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--cpus-per-actor", type=float, default=0.5, help="leaves CPU for Ray's read tasks")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of each actor and of the local run: "
+        "the same thread count gives the same float summation order, hence identical rows",
+    )
     args = p.parse_args()
 
     import pyarrow.parquet as pq
@@ -55,6 +62,9 @@ def main() -> None:
         lines = lines[: args.n]
         src.write_text("".join(json.dumps({"id": i} | json.loads(x)) + "\n" for i, x in enumerate(lines)))
         common = ["predict", args.template, str(src), *model, "--chunk-size", str(args.chunk_size), "--no-progress"]
+        import torch
+
+        torch.set_num_threads(args.threads)
         start = time.perf_counter()
         code_local = cli([*common, "-o", str(tmp / "local.parquet")])
         local_s = time.perf_counter() - start
@@ -71,6 +81,8 @@ def main() -> None:
                 str(args.concurrency),
                 "--cpus-per-actor",
                 str(args.cpus_per_actor),
+                "--threads-per-actor",
+                str(args.threads),
             ]
         )
         ray_s = time.perf_counter() - start
@@ -92,6 +104,11 @@ def main() -> None:
                 "rows_ray": len(got),
                 "identical_rows": sum(same),
                 "identical": len(got) == len(want) and all(same),
+                "same_predictions": sum(g["prediction"] == w["prediction"] for g, w in zip(got, want, strict=False)),
+                "max_abs_diff_probability": max(
+                    abs(g["probability"] - w["probability"]) for g, w in zip(got, want, strict=False)
+                ),
+                "threads": args.threads,
                 "local_s": round(local_s, 1),
                 "ray_s": round(ray_s, 1),
                 "ray_overhead": round(ray_s / local_s - 1, 3),
