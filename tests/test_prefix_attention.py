@@ -159,7 +159,7 @@ def test_the_models_own_forward_is_unchanged_by_the_switch(gpt2_tokenizer):
 
 
 @pytest.mark.parametrize(
-    ("model_type", "overrides"), [("mistral", {"sliding_window": 200}), ("bloom", {}), ("gptj", {})]
+    ("model_type", "overrides"), [("mistral", {"sliding_window": 200}), ("bloom", {}), ("llama", {"attn_implementation": "eager"})]
 )
 def test_models_the_shared_path_does_not_fit_keep_the_expanded_prefix(model_type, overrides, gpt2_tokenizer, calls):
     scorer, model, tokens, expected = _scorer_and_expected(model_type, gpt2_tokenizer, **overrides)
