@@ -1,6 +1,6 @@
 """`verbalize serve` under load, on loopback: throughput against offline predict, latency, a soak with hot reload.
 
-    python eval/bench_serve.py --data ../shared/data                       # the full run (~5 min)
+    python eval/bench_serve.py --data ../shared/data                       # the full run (~12 min)
     python eval/bench_serve.py --data ../shared/data --n-texts 64 --level-requests 150 \
         --level-seconds 15 --soak-seconds 20                               # a small bounded check
 
@@ -8,8 +8,12 @@ What it does, in one run, on the same SST-2 test texts:
 1. Offline: ``Verbalizer.predict`` over all texts in one call (texts/s, best of two), and offline
    probabilities of every served template (and of the edited one) for checking the answers.
 2. Starts ``verbalize serve`` in a subprocess on a free 127.0.0.1 port, then for 1, 8, 32 and 128
-   concurrent clients, each sending one text per request (keep-alive HTTP/1.1), measures texts/s and
-   p50/p95/p99 latency. Bar 1: 32 clients reach >= 70% of offline texts/s.
+   concurrent clients, each sending one text per request (keep-alive HTTP/1.1), measures texts/s,
+   p50/p95/p99 latency, texts per micro-batch and the share of the level's wall time the model ran
+   (from the server's /metrics). Offline ``predict`` is timed again just before and just after each
+   level (the server idles then) and the level is compared with the mean of those two, so that a
+   shared machine's drift in speed over minutes does not decide the ratio. Bar 1: 32 clients reach
+   >= 70% of offline texts/s.
 3. Soak (``--soak-seconds``, 64 clients, a mix of four templates, one to four texts per request):
    every request answered (429/503 counted and retried after Retry-After), every answer equal to
    offline within 1e-5, server RSS flat after warm-up (bar 2: the median RSS of the last tenth within
@@ -240,19 +244,34 @@ def get_json(port: int, path: str) -> Any:
         conn.close()
 
 
+def batch_totals(port: int) -> tuple[float, float, float]:
+    """(batches, texts, seconds) scored so far, from the server's Prometheus histograms."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    got = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("verbalize_batch_texts_count", "verbalize_batch_texts_sum", "verbalize_batch_seconds_sum"):
+            got[name] = float(value)
+    return (got.get("verbalize_batch_texts_count", 0.0), got.get("verbalize_batch_texts_sum", 0.0),
+            got.get("verbalize_batch_seconds_sum", 0.0))  # fmt: skip
+
+
 def served_version(port: int, name: str) -> int:
     return next((t["version"] for t in get_json(port, "/v1/templates")["templates"] if t["name"] == name), 0)
 
 
-def offline(folder: Path, texts: list[str], model: str | None) -> tuple[float, dict[str, dict[int, np.ndarray]]]:
-    """Offline texts/s of ``predict`` (sst2, all texts, best of two) and every template's probabilities."""
+def offline(folder: Path, texts: list[str], model: str | None) -> tuple[Any, float, dict[str, dict[int, np.ndarray]]]:
+    """The sst2 classifier, its offline texts/s (best of two) and every template's probabilities."""
     clf = Verbalizer(template=str(folder / "sst2.toml"), model=model)
     clf.predict(texts[:8])
-    rates = []
-    for _ in range(2):
-        t = time.perf_counter()
-        clf.predict(texts)
-        rates.append(len(texts) / (time.perf_counter() - t))
+    rate = max(offline_rate(clf, texts) for _ in range(2))
     want: dict[str, dict[int, np.ndarray]] = {"sst2": {1: clf.predict_proba(texts)}}
     for name in ("sst2_words", "movie"):
         want[name] = {1: Verbalizer(template=str(folder / f"{name}.toml"), model=model).predict_proba(texts)}
@@ -261,7 +280,14 @@ def offline(folder: Path, texts: list[str], model: str | None) -> tuple[float, d
         path = folder.parent / f"live_v{version}.toml"
         path.write_text(text, encoding="utf-8")
         want["live"][version] = Verbalizer(template=str(path), model=model).predict_proba(texts)
-    return max(rates), want
+    return clf, rate, want
+
+
+def offline_rate(clf: Any, texts: list[str]) -> float:
+    """Texts/s of one offline ``predict`` over all ``texts`` in one call."""
+    t = time.perf_counter()
+    clf.predict(texts)
+    return len(texts) / (time.perf_counter() - t)
 
 
 def start_server(folder: Path, model: str | None, window_ms: float, threads: int | None) -> tuple[Any, int]:
@@ -308,12 +334,25 @@ def main() -> None:
     for name, text in EXTRA.items():
         (folder / f"{name}.toml").write_text(text, encoding="utf-8")
     (folder / "live.toml").write_text(LIVE_V1, encoding="utf-8")
-    offline_rate, want = offline(folder, texts, args.model)
-    print(f"offline predict: {len(texts)} texts, {offline_rate:.1f} texts/s", flush=True)
+    clf, rate, want = offline(folder, texts, args.model)
+    print(f"offline predict: {len(texts)} texts, {rate:.1f} texts/s", flush=True)
     proc, port = start_server(folder, args.model, args.window_ms, args.threads)
     try:
-        levels = [asyncio.run(level(port, int(c), texts, want["sst2"][1], args.level_requests, args.level_seconds))
-                  for c in args.clients.split(",")]  # fmt: skip
+        levels = []
+        for c in args.clients.split(","):
+            # The offline rate is measured again just before and after the level (the server idles
+            # meanwhile): a shared machine's speed drifts over minutes, and the bar is a ratio.
+            near = [offline_rate(clf, texts)]
+            before, t0 = batch_totals(port), time.perf_counter()
+            r = asyncio.run(level(port, int(c), texts, want["sst2"][1], args.level_requests, args.level_seconds))
+            after, wall = batch_totals(port), time.perf_counter() - t0
+            near.append(offline_rate(clf, texts))
+            batches, n, busy = (a - b for a, b in zip(after, before, strict=True))
+            levels.append({**r, "texts_per_batch": n / max(batches, 1), "model_busy": busy / wall,
+                           "offline_texts_per_s": float(np.mean(near))})  # fmt: skip
+            print(f"{c} clients: {r['texts_per_s']:.2f} texts/s, offline around it {near[0]:.2f} and {near[1]:.2f}",
+                  flush=True)  # fmt: skip
+        del clf
         soaked = asyncio.run(soak(port, proc.pid, folder / "live.toml", texts, want, args.soak_seconds,
                                   args.soak_clients))  # fmt: skip
     finally:
@@ -324,19 +363,23 @@ def main() -> None:
             proc.kill()
             proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    report(offline_rate, levels, soaked, args.out)
+    report(rate, levels, soaked, args.out)
 
 
 def report(offline_rate: float, levels: list[dict], soaked: dict, out: str) -> None:
-    print("\n| clients | requests | texts/s | % of offline | p50 ms | p95 ms | p99 ms | max abs diff | 429 retried |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| clients | requests | texts/s | offline texts/s | % of offline | p50 ms | p95 ms | p99 ms"
+          " | texts per batch | model busy | max abs diff | 429 retried |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in levels:
-        share = 100 * r["texts_per_s"] / offline_rate
-        print(f"| {r['clients']} | {r['requests']} | {r['texts_per_s']:.1f} | {share:.0f}%"
-              f" | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_abs_diff']:.1e} |"
+        share = 100 * r["texts_per_s"] / r["offline_texts_per_s"]
+        print(f"| {r['clients']} | {r['requests']} | {r['texts_per_s']:.1f} | {r['offline_texts_per_s']:.1f}"
+              f" | {share:.0f}%"
+              f" | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['texts_per_batch']:.1f}"
+              f" | {100 * r['model_busy']:.0f}% | {r['max_abs_diff']:.1e} |"
               f" {r['retried_429']} |")  # fmt: skip
     at32 = next((r for r in levels if r["clients"] == 32), None)
-    bar1 = at32 is not None and at32["texts_per_s"] >= 0.7 * offline_rate and at32["max_abs_diff"] <= 1e-5
+    bar1 = at32 is not None and at32["texts_per_s"] >= 0.7 * at32["offline_texts_per_s"]
+    bar1 = bar1 and at32 is not None and at32["max_abs_diff"] <= 1e-5
     bar2 = (soaked["failed"] == 0 and soaked["lost"] == 0 and soaked["max_abs_diff"] <= 1e-5
             and soaked["rss_growth_mb"] <= max(20.0, 0.05 * (soaked["rss_mb_start"] or 0)))  # fmt: skip
     bar3 = soaked["live_versions"] == [1, 2] and soaked["wrong_version"] == 0 and bool(soaked["reported_problems"])

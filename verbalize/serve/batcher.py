@@ -2,10 +2,11 @@
 
 The event loop only enqueues work and awaits a future; one worker thread runs the model (torch
 releases the GIL in its kernels, so the loop keeps answering while the model runs). The worker
-waits at most ``window_s`` after the oldest queued request, or until ``max_batch_tokens`` fill,
-then scores every queued request in as few ``Scorer.score_words`` calls as the requests allow:
-one per (model, prefix, template start), across clients and across templates. A request whose
-client has gone is skipped; a failure is delivered to the requests it concerns only.
+waits at most ``window_s`` after the later of the oldest queued request and the previous batch's
+answers (a little longer for the clients it answered to come back), or until ``max_batch_tokens``
+fill, then scores every queued request in as few ``Scorer.score_words`` calls as the requests
+allow: one per (model, prefix, template start), across clients and across templates. A request
+whose client has gone is skipped; a failure is delivered to the requests it concerns only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from .adapter import Plan, merge_label_tokens, n_words, scoring_plan
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+RETURN_WINDOWS = 4
+"""After a batch, windows to wait at most for as many texts as it answered to be queued again."""
 
 
 class Overloaded(Exception):
@@ -62,7 +66,11 @@ class MicroBatcher:
     ----------
     metrics : Metrics
     window_s : float, default 0.005
-        Longest wait after the oldest queued request before its batch is scored.
+        Wait after the oldest queued request before its batch is scored. After a batch, the next one
+        also waits ``window_s`` after its answers went out, and up to ``RETURN_WINDOWS`` windows
+        for as many texts as it answered to come back (clients that were answered send their next
+        request at once, and join the requests that queued while the model ran; without this, a
+        busy server splits its clients into cohorts that alternate in half-size batches).
     max_batch_tokens : int, default 8192
         Estimated tokens (see :func:`estimate_tokens`) that close a batch before the window ends.
     max_queue_texts : int, default 4096
@@ -85,6 +93,8 @@ class MicroBatcher:
         self._model_lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="verbalize-model", daemon=True)
         self._rate = 50.0  # texts/s, refreshed after every batch (for Retry-After)
+        self._answered = 0.0  # perf_counter() when the previous batch's answers were handed over
+        self._expected = 0  # queued texts that would mean the previous batch's clients are back
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -161,23 +171,29 @@ class MicroBatcher:
                     logger.exception("batch of %d requests failed", len(jobs))
                     for job in jobs:
                         _deliver(job, None, exc)
-            seconds = time.perf_counter() - start
+            with self._cond:
+                self._answered = time.perf_counter()
+                self._expected = self._queued_texts + n
+            seconds = self._answered - start
             self._rate = 0.8 * self._rate + 0.2 * (n / max(seconds, 1e-6))
             self.metrics.batch_seconds.observe(seconds)
 
     def _take(self) -> list[Job] | None:
-        """Wait for a batch: the window after the oldest job, or a full token budget; None when stopped."""
+        """Wait for a batch (see ``window_s``) or a full token budget; None when stopped."""
         with self._cond:
             while not self._queue:
                 if self._stopping:
                     return None
                 self._cond.wait(0.5)
-            deadline = self._queue[0].enqueued + self.window_s
+            deadline = max(self._queue[0].enqueued, self._answered) + self.window_s
+            returns = self._answered + RETURN_WINDOWS * self.window_s  # the answered clients' last chance
             while not self._stopping and self._queued_tokens < self.max_batch_tokens:
-                left = deadline - time.perf_counter()
+                until = deadline if self._queued_texts >= self._expected else max(deadline, returns)
+                left = until - time.perf_counter()
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            self._expected = 0
             while self._exclusive_waiting:  # a reload is waiting for the model: let it go first
                 self._cond.wait(0.1)
             jobs: list[Job] = []
