@@ -24,6 +24,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from data import data_dir, load, template_path
@@ -64,7 +65,7 @@ def method_accuracies(clf: Verbalizer, raw: np.ndarray, test: tuple, train: tupl
     return acc
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace, sink: Any = None) -> list[dict]:
     root, rows = data_dir(args.data), []
     for dataset in args.datasets:
         test = load(dataset, "test", root, args.limit)
@@ -115,6 +116,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                     flush=True,
                 )
                 rows.append(row)
+                if sink is not None:
+                    sink.write(json.dumps(row) + "\n")
+                    sink.flush()
     return rows
 
 
@@ -179,10 +183,14 @@ def main() -> None:
         rows = [json.loads(line) for line in args.retable.read_text(encoding="utf-8").splitlines() if line.strip()]
         print(table(retable(rows, None if args.default == "none" else args.default)))
         return
-    rows = run(args)
-    if args.out:
+    partial = None
+    if args.out:  # rows go to OUT.partial as they finish (an interrupted run keeps them); OUT only at the end
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        partial = args.out.with_name(args.out.name + ".partial").open("w", encoding="utf-8")
+    rows = run(args, partial)
+    if args.out and partial is not None:
+        partial.close()
+        Path(partial.name).replace(args.out)
     print(table(rows))
 
 

@@ -121,15 +121,17 @@ class ModelIO:
         """
         if cache is None and use_cache:
             cache = new_cache(self.model.config)
-        args = dict(input_ids=input_ids, past_key_values=cache, use_cache=use_cache or cache is not None, **kw)
+        args = dict(input_ids=input_ids, use_cache=use_cache or cache is not None, **kw)
         if states:
             args["output_hidden_states"] = True
         if keep is None or self.path == "hand":
+            args[_cache_arg(self.model.base_model)] = cache
             with _routed(cache):
                 out = self.model.base_model(**args)
             h = out.last_hidden_state  # (b, L, d)
             logits = None if keep is None else self.hand_logits(_take(h, keep))  # (b, K, V)
-            return Pass(logits, h, list(out.hidden_states) if states else None, out.past_key_values)
+            return Pass(logits, h, list(out.hidden_states) if states else None, _out_cache(out))
+        args[_cache_arg(self.model)] = cache
         if self.path == "model":
             args["logits_to_keep"] = keep
         with _capture(self.model.base_model) as seen, _routed(cache):
@@ -140,7 +142,7 @@ class ModelIO:
         if logits.dim() != 3 or logits.shape[:2] != keep.shape:  # transformers < 5.x: 2-D keep not per row
             raise RuntimeError(f"logits_to_keep of shape {tuple(keep.shape)} gave logits {tuple(logits.shape)}")
         all_states = getattr(body, "hidden_states", None) if states else None
-        return Pass(logits, h, list(all_states) if all_states else None, out.past_key_values)
+        return Pass(logits, h, list(all_states) if all_states else None, _out_cache(out))
 
     def continuations(
         self, batch: Batch, cache: Any, n_prefix: int, words: list[tuple[int, ...]], pad_id: int, max_tokens: int | None
@@ -362,6 +364,24 @@ def _take(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Rows' own positions: x (b, L, ...) and keep (b, K) -> (b, K, ...)."""
     index = keep.to(x.device).view(*keep.shape, *([1] * (x.dim() - 2)))  # (b, K, 1...)
     return torch.take_along_dim(x, index, dim=1)
+
+
+_CACHE_ARG: dict[type, str] = {}
+
+
+def _cache_arg(module: torch.nn.Module) -> str:
+    """The forward's key/value cache argument: ``cache`` (transformers >= 5.25) or ``past_key_values``."""
+    kind = type(module)
+    if kind not in _CACHE_ARG:
+        params = inspect.signature(module.forward).parameters
+        _CACHE_ARG[kind] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_ARG[kind]
+
+
+def _out_cache(out: Any) -> Any:
+    """The cache a forward returned, under either name (see :func:`_cache_arg`)."""
+    cache = out.get("cache") if hasattr(out, "get") else None
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,9 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 RETURN_WINDOWS = 4
-"""After a batch, windows to wait at most for as many texts as it answered to be queued again."""
+"""After a batch, windows to wait for as many texts as it answered to be queued again, at most..."""
+RETURN_SHARE = 0.05
+"""... or this share of the batch's own time, if longer (the wait costs at most that share of throughput)."""
 
 
 class Overloaded(Exception):
@@ -68,6 +70,7 @@ class MicroBatcher:
     window_s : float, default 0.005
         Wait after the oldest queued request before its batch is scored. After a batch, the next one
         also waits ``window_s`` after its answers went out, and up to ``RETURN_WINDOWS`` windows
+        (or ``RETURN_SHARE`` of the batch's own time, if longer: at most that share of throughput)
         for as many texts as it answered to come back (clients that were answered send their next
         request at once, and join the requests that queued while the model ran; without this, a
         busy server splits its clients into cohorts that alternate in half-size batches).
@@ -95,6 +98,7 @@ class MicroBatcher:
         self._rate = 50.0  # texts/s, refreshed after every batch (for Retry-After)
         self._answered = 0.0  # perf_counter() when the previous batch's answers were handed over
         self._expected = 0  # queued texts that would mean the previous batch's clients are back
+        self._last_seconds = 0.0  # the previous batch's model time
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -174,7 +178,7 @@ class MicroBatcher:
             with self._cond:
                 self._answered = time.perf_counter()
                 self._expected = self._queued_texts + n
-            seconds = self._answered - start
+            seconds = self._last_seconds = self._answered - start
             self._rate = 0.8 * self._rate + 0.2 * (n / max(seconds, 1e-6))
             self.metrics.batch_seconds.observe(seconds)
 
@@ -186,7 +190,7 @@ class MicroBatcher:
                     return None
                 self._cond.wait(0.5)
             deadline = max(self._queue[0].enqueued, self._answered) + self.window_s
-            returns = self._answered + RETURN_WINDOWS * self.window_s  # the answered clients' last chance
+            returns = self._answered + max(RETURN_WINDOWS * self.window_s, RETURN_SHARE * self._last_seconds)
             while not self._stopping and self._queued_tokens < self.max_batch_tokens:
                 until = deadline if self._queued_texts >= self._expected else max(deadline, returns)
                 left = until - time.perf_counter()
