@@ -159,7 +159,8 @@ def test_the_models_own_forward_is_unchanged_by_the_switch(gpt2_tokenizer):
 
 
 @pytest.mark.parametrize(
-    ("model_type", "overrides"), [("mistral", {"sliding_window": 200}), ("bloom", {}), ("llama", {"attn_implementation": "eager"})]
+    ("model_type", "overrides"),
+    [("mistral", {"sliding_window": 200}), ("bloom", {}), ("llama", {"attn_implementation": "eager"})],
 )
 def test_models_the_shared_path_does_not_fit_keep_the_expanded_prefix(model_type, overrides, gpt2_tokenizer, calls):
     scorer, model, tokens, expected = _scorer_and_expected(model_type, gpt2_tokenizer, **overrides)
@@ -189,7 +190,7 @@ def test_off_the_plain_case_the_function_concatenates_and_stays_exact(gpt2_token
     prefix, rows = [3, 9, 27, 81, 50, 11, 4], torch.tensor([[7, 8, 9], [10, 11, 12]])
     whole = model(input_ids=torch.cat([torch.tensor([prefix] * 2), rows], 1)).logits[:, len(prefix) :].detach()
     with torch.no_grad():
-        first = model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+        first = model_io._out_cache(model(input_ids=torch.tensor([prefix]), use_cache=True))
     layers = model_io.snapshot(first)
     io = model_io.ModelIO(model, "model", shared=True)
     for grad in (False, True):

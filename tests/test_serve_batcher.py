@@ -16,21 +16,25 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-from verbalize.serve.batcher import MicroBatcher, _deliver  # noqa: E402
+from verbalize.serve.batcher import MicroBatcher  # noqa: E402
 from verbalize.serve.metrics import Metrics  # noqa: E402
 
 MODEL_SECONDS = 0.08
 
 
-def closed_loop(batcher: MicroBatcher, clients: int, requests_each: int, stagger: float) -> list[int]:
-    """Texts per batch while ``clients`` send one text at a time, starting ``stagger`` seconds apart."""
+def closed_loop(
+    batcher: MicroBatcher, clients: int, requests_each: int, stagger: float, waits: list[float] | None = None
+) -> list[int]:
+    """Texts per batch while ``clients`` send one text at a time, starting ``stagger`` seconds apart
+    (``waits``: filled with how long each batch's oldest request waited for the model)."""
     sizes: list[int] = []
 
-    def fake_run(jobs: list[Any]) -> None:  # the model: a fixed time per batch
+    def fake_run(jobs: list[Any], out: list[Any]) -> None:  # the model: a fixed time per batch
         sizes.append(sum(len(j.texts) for j in jobs))
+        if waits is not None:
+            waits.append(time.perf_counter() - min(j.enqueued for j in jobs))
         time.sleep(MODEL_SECONDS)
-        for job in jobs:
-            _deliver(job, np.zeros((len(job.texts), 2)), None)
+        out.extend((job, np.zeros((len(job.texts), 2)), None) for job in jobs)
 
     batcher._run = fake_run  # type: ignore[method-assign]
 
@@ -63,10 +67,8 @@ def test_staggered_clients_merge_into_full_batches() -> None:
 
 
 def test_a_lone_client_is_not_held_back() -> None:
-    """One client: each request is scored about one window after it arrives, not after four."""
-    batcher = MicroBatcher(Metrics(), window_s=0.05)
-    start = time.perf_counter()
-    sizes = closed_loop(batcher, clients=1, requests_each=6, stagger=0.0)
-    elapsed = time.perf_counter() - start
-    assert sizes == [1] * 6
-    assert elapsed < 6 * (MODEL_SECONDS + 0.05) + 0.15, elapsed  # four windows each would be >= 1.68 s
+    """One client: each request waits about one window, not the four kept for answered clients' return."""
+    window, waits = 0.2, []
+    sizes = closed_loop(MicroBatcher(Metrics(), window_s=window), clients=1, requests_each=5, stagger=0.0, waits=waits)
+    assert sizes == [1] * 5
+    assert all(w < 2.5 * window for w in waits), waits  # four windows would be 0.8 s

@@ -290,19 +290,20 @@ def test_a_cached_prefix_expanded_and_selected_continues_as_the_whole_sequence(s
     assert model_io.window(model.config) == sliding_window
     prefix, rows = [3, 9, 27, 81, 50, 11], torch.tensor([[7, 8, 9], [10, 11, 12], [13, 14, 15]])  # (3, 3)
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([prefix]), past_key_values=cache, use_cache=True)
-        layers = model_io.snapshot(out.past_key_values)
+        arg = model_io._cache_arg(model)  # "cache" from transformers 5.25, "past_key_values" before
+        out = model(input_ids=torch.tensor([prefix]), **{arg: cache}, use_cache=True)
+        layers = model_io.snapshot(model_io._out_cache(out))
         assert all(kv.keys is not None and kv.keys.shape[0] == 1 for kv in layers)
         expanded = model_io.expand(layers, 3, model.config)
         assert expanded.get_seq_length() == len(prefix)
-        got = model(input_ids=rows, past_key_values=expanded, use_cache=True).logits  # (3, 3, V)
+        got = model(input_ids=rows, **{arg: expanded}, use_cache=True).logits  # (3, 3, V)
         whole = model(input_ids=torch.cat([torch.tensor([prefix] * 3), rows], 1)).logits[:, len(prefix) :]  # (3, 3, V)
         torch.testing.assert_close(got, whole, atol=1e-5, rtol=0)
         assert layers[0].keys.shape[2] == (len(prefix) if sliding_window is None else sliding_window - 1)
         # the prefix's cache is untouched by the batch that ran after it; rows can be picked and repeated
         picked = model_io.select(model_io.snapshot(expanded), torch.tensor([2, 2, 0]), model.config)
         nxt = torch.tensor([[1], [2], [3]])  # (3, 1)
-        got = model(input_ids=nxt, past_key_values=picked, use_cache=True).logits[:, 0]  # (3, V)
+        got = model(input_ids=nxt, **{arg: picked}, use_cache=True).logits[:, 0]  # (3, V)
         seqs = torch.cat([torch.tensor([prefix] * 3), rows[[2, 2, 0]], nxt], 1)  # (3, P + 4)
         torch.testing.assert_close(got, model(input_ids=seqs).logits[:, -1], atol=1e-5, rtol=0)
 

@@ -56,6 +56,10 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+Outcome = tuple[Job, "np.ndarray | None", "BaseException | None"]
+"""A job and its result or its error, handed to the job's event loop by :func:`_deliver`."""
+
+
 def estimate_tokens(texts: list[str]) -> int:
     """A cheap upper-side token estimate for the batch budget (UTF-8 bytes / 3, plus template words)."""
     return sum(len(t.encode("utf-8")) // 3 + 16 for t in texts)
@@ -168,16 +172,21 @@ class MicroBatcher:
                 return
             start = time.perf_counter()
             n = sum(len(j.texts) for j in jobs)
+            out: list[Outcome] = []
             with self._model_lock:
                 try:
-                    self._run(jobs)
+                    self._run(jobs, out)
                 except Exception as exc:  # never let the worker die: fail this batch's requests only
                     logger.exception("batch of %d requests failed", len(jobs))
+                    done = {id(job) for job, _, _ in out}
                     for job in jobs:
-                        _deliver(job, None, exc)
-            with self._cond:
+                        if id(job) not in done:
+                            out.append((job, None, exc))
+            with self._cond:  # before any answer goes out: none of its clients can be back yet
                 self._answered = time.perf_counter()
                 self._expected = self._queued_texts + n
+            for job, result, error in out:
+                _deliver(job, result, error)
             seconds = self._last_seconds = self._answered - start
             self._rate = 0.8 * self._rate + 0.2 * (n / max(seconds, 1e-6))
             self.metrics.batch_seconds.observe(seconds)
@@ -211,7 +220,8 @@ class MicroBatcher:
             self.metrics.queue_depth.set(self._queued_texts)
         return jobs
 
-    def _run(self, jobs: list[Job]) -> None:
+    def _run(self, jobs: list[Job], out: list[Outcome]) -> None:
+        """Score ``jobs``, putting each one's result or error in ``out`` (delivered by the caller)."""
         live = [j for j in jobs if not j.future.done()]  # a client that went away cancelled its future
         if len(live) < len(jobs):
             self.metrics.abandoned.inc(len(jobs) - len(live))
@@ -220,7 +230,7 @@ class MicroBatcher:
             try:
                 plan = scoring_plan(job.clf, job.texts)
             except Exception as exc:
-                _deliver(job, None, exc)
+                out.append((job, None, exc))
                 continue
             groups[plan.key if plan.key is not None else ("alone", id(job))].append((job, plan))
         self.metrics.batch_requests.observe(len(live))
@@ -229,14 +239,14 @@ class MicroBatcher:
             try:
                 if members[0][1].key is None:
                     job = members[0][0]
-                    _deliver(job, np.asarray(job.clf.predict_proba(job.texts)), None)
+                    out.append((job, np.asarray(job.clf.predict_proba(job.texts)), None))
                     continue
                 for (job, _), proba in zip(members, score_together([p for _, p in members]), strict=True):
-                    _deliver(job, proba, None)
+                    out.append((job, proba, None))
             except Exception as exc:
                 logger.exception("scoring %d requests failed", len(members))
                 for job, _ in members:
-                    _deliver(job, None, exc)
+                    out.append((job, None, exc))
 
 
 def score_together(plans: list[Plan]) -> list[np.ndarray]:
