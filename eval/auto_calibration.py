@@ -188,7 +188,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         partial = args.out.with_name(args.out.name + ".partial").open("w", encoding="utf-8")
     rows = run(args, partial)
-    if args.out and partial is not None:
+    if partial is not None:
         partial.close()
         Path(partial.name).replace(args.out)
     print(table(rows))

@@ -233,34 +233,28 @@ def write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def get_json(port: int, path: str) -> Any:
+def get(port: int, path: str) -> bytes:
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", path)
-        return json.loads(conn.getresponse().read())
+        return conn.getresponse().read()
     finally:
         conn.close()
+
+
+def get_json(port: int, path: str) -> Any:
+    return json.loads(get(port, path))
 
 
 def batch_totals(port: int) -> tuple[float, float, float]:
     """(batches, texts, seconds) scored so far, from the server's Prometheus histograms."""
-    import http.client
+    from prometheus_client.parser import text_string_to_metric_families
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    got = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("verbalize_batch_texts_count", "verbalize_batch_texts_sum", "verbalize_batch_seconds_sum"):
-            got[name] = float(value)
-    return (got.get("verbalize_batch_texts_count", 0.0), got.get("verbalize_batch_texts_sum", 0.0),
-            got.get("verbalize_batch_seconds_sum", 0.0))  # fmt: skip
+    got = {s.name: s.value for f in text_string_to_metric_families(get(port, "/metrics").decode()) for s in f.samples}
+    names = ("verbalize_batch_texts_count", "verbalize_batch_texts_sum", "verbalize_batch_seconds_sum")
+    return tuple(float(got.get(n, 0.0)) for n in names)  # type: ignore[return-value]
 
 
 def served_version(port: int, name: str) -> int:
@@ -378,8 +372,8 @@ def report(offline_rate: float, levels: list[dict], soaked: dict, out: str) -> N
               f" | {100 * r['model_busy']:.0f}% | {r['max_abs_diff']:.1e} |"
               f" {r['retried_429']} |")  # fmt: skip
     at32 = next((r for r in levels if r["clients"] == 32), None)
-    bar1 = at32 is not None and at32["texts_per_s"] >= 0.7 * at32["offline_texts_per_s"]
-    bar1 = bar1 and at32 is not None and at32["max_abs_diff"] <= 1e-5
+    bar1 = (at32 is not None and at32["texts_per_s"] >= 0.7 * at32["offline_texts_per_s"]
+            and at32["max_abs_diff"] <= 1e-5)  # fmt: skip
     bar2 = (soaked["failed"] == 0 and soaked["lost"] == 0 and soaked["max_abs_diff"] <= 1e-5
             and soaked["rss_growth_mb"] <= max(20.0, 0.05 * (soaked["rss_mb_start"] or 0)))  # fmt: skip
     bar3 = soaked["live_versions"] == [1, 2] and soaked["wrong_version"] == 0 and bool(soaked["reported_problems"])

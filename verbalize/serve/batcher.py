@@ -178,16 +178,14 @@ class MicroBatcher:
                     self._run(jobs, out)
                 except Exception as exc:  # never let the worker die: fail this batch's requests only
                     logger.exception("batch of %d requests failed", len(jobs))
-                    done = {id(job) for job, _, _ in out}
-                    for job in jobs:
-                        if id(job) not in done:
-                            out.append((job, None, exc))
+                    for job in jobs:  # a job answered already keeps its answer (the first one settles)
+                        out.append((job, None, exc))
             with self._cond:  # before any answer goes out: none of its clients can be back yet
                 self._answered = time.perf_counter()
                 self._expected = self._queued_texts + n
+                seconds = self._last_seconds = self._answered - start
             for job, result, error in out:
                 _deliver(job, result, error)
-            seconds = self._last_seconds = self._answered - start
             self._rate = 0.8 * self._rate + 0.2 * (n / max(seconds, 1e-6))
             self.metrics.batch_seconds.observe(seconds)
 
