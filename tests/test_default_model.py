@@ -59,3 +59,17 @@ def test_gguf_conversion_on_a_cold_cache_equals_loading_the_gguf_directly(tmp_pa
         torch.testing.assert_close(model(ids).logits, ref(ids).logits, atol=1e-4, rtol=1e-4)
     assert load_tokenizer(None)("a b")["input_ids"] == ref_tok("a b")["input_ids"]  # now warm: no second conversion
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_low_precision_dtypes_load_and_stay_near_float32(default_scorer, dtype):
+    """bfloat16 and int8 pass the exactness probe on the real model (bfloat16 once failed it at 5e-2:
+    its log-probs move by ~0.1 between two shapes) and keep obvious decisions."""
+    from verbalize import Scorer
+
+    texts = ["a charming film", "two hours I will never get back", "the best movie of the year"]
+    ref = Verbalizer(template="sst2", model=default_scorer).fit()
+    low = Verbalizer(template="sst2", model=Scorer.from_pretrained(None, dtype=dtype)).fit()
+    assert low.predict(texts).tolist() == ref.predict(texts).tolist() == ["positive", "negative", "positive"]
+    log_odds = [np.diff(clf.decision_function(texts), axis=1) for clf in (low, ref)]
+    assert np.abs(log_odds[0] - log_odds[1]).max() < 0.6  # measured: 0.42 with int8

@@ -12,10 +12,9 @@ import torch
 
 from verbalize import LabelWords, Verbalizer
 from verbalize.errors import ModelLoadError
-from verbalize.models import is_quantized, quantize
+from verbalize.models import Int8Linear, float_activations, is_quantized, quantize
 from verbalize.scoring import Scorer
 
-pytest.importorskip("torchao", reason="int8 needs torchao: pip install 'verbalize[int8]'")
 
 TEXTS = [
     "the acting is good",
@@ -49,9 +48,39 @@ def one_thread() -> Any:
 def test_quantize_replaces_body_linears_only(int8_llama: Any, llama_model: Any) -> None:
     assert is_quantized(int8_llama) and not is_quantized(llama_model)
     out = int8_llama.get_output_embeddings()
-    assert type(out.weight) is torch.nn.Parameter and out.weight.dtype == torch.float32  # output layer stays float32
-    q = int8_llama.model.layers[0].self_attn.q_proj.weight
-    assert type(q).__name__ != "Parameter" or q.dtype != torch.float32  # a torchao int8 tensor subclass
+    assert type(out) is torch.nn.Linear and out.weight.dtype == torch.float32  # output layer stays float32
+    assert torch.equal(out.weight, llama_model.get_output_embeddings().weight)  # untouched
+    body = [m for m in int8_llama.modules() if isinstance(m, torch.nn.Linear) and m is not out]
+    assert body == []  # every body linear became an int8 layer
+    assert isinstance(int8_llama.model.layers[0].self_attn.q_proj, Int8Linear)
+
+
+def test_int8_layer_is_the_exact_integer_product() -> None:
+    """oneDNN's product equals the integer product of the quantized operands, computed here in float64.
+
+    On CPUs without AVX-512 VNNI a u8 x s8 pair sum saturates at int16 unless weights keep 7 bits;
+    inputs with large values in every channel would expose a wrong weight range."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 40)
+    layer = Int8Linear(lin)
+    x = torch.randn(5, 96) * 3 + 2  # mostly positive, so large activations meet large weights
+    qx_scale = x.abs().amax(1, keepdim=True) / 127
+    qx = torch.round(x / qx_scale)
+    want = (qx.double() @ layer.qweight.double().T) * layer.w_scale.double() * qx_scale.double() + lin.bias.double()
+    with torch.inference_mode():
+        got = layer(x)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert float((got - lin(x)).norm() / lin(x).norm()) < 0.05  # and close to float32
+
+
+def test_probe_sees_float_activations(int8_llama: Any) -> None:
+    layer = int8_llama.model.layers[0].mlp.up_proj
+    x = torch.randn(3, layer.in_features)
+    with torch.inference_mode(), float_activations():
+        got = layer(x)
+    torch.testing.assert_close(got, x @ (layer.qweight.float() * layer.w_scale[:, None]).T)
+    with torch.inference_mode():
+        assert not torch.equal(layer(x), got)  # outside the block, activations are rounded again
 
 
 def test_int8_scores_close_to_float32(llama: Any, int8_llama: Any, one_thread: Any) -> None:

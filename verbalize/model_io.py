@@ -277,11 +277,15 @@ def share_prefix(io: ModelIO, score: Callable[[ModelIO], torch.Tensor], want: to
 
 
 def tolerance(model: Any) -> float:
-    """Largest |log-prob difference| a probe accepts: 1e-4 with float32 weights, 5e-2 with 16-bit or
-    quantized ones (tensor subclasses, ``is_quantized``), where other shapes round differently."""
+    """Largest |log-prob difference| a probe accepts: 1e-4 with float32 weights, 5e-2 with float16 or
+    quantized ones (tensor subclasses, ``is_quantized``), where other shapes round differently, and
+    0.25 with bfloat16 (8 significant bits: a 30-layer model's log-probs move by ~0.1 between two
+    shapes of the same input). A wrong position or mask moves them by whole units."""
     params = list(model.parameters())
-    low = any(p.dtype in (torch.float16, torch.bfloat16) for p in params)
-    quantized = bool(getattr(model, "is_quantized", False)) or any(type(p.data) is not torch.Tensor for p in params)
+    if any(p.dtype == torch.bfloat16 for p in params):
+        return 0.25
+    low = any(p.dtype == torch.float16 for p in params)
+    quantized = bool(getattr(model, "is_quantized", False) or getattr(model, "verbalize_int8", False)) or any(type(p.data) is not torch.Tensor for p in params)
     return 5e-2 if low or quantized else 1e-4
 
 

@@ -7,10 +7,12 @@ alone) lives in :mod:`verbalize.model_files`; its names stay importable from her
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,44 +126,150 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 # -- int8 ---------------------------------------------------------------------------------------
-# The one place that knows which library quantizes. torchao's int8 dynamic quantization computes one
-# activation scale per token (row), so a text's scores never depend on the other rows of its batch
-# (torch.ao.quantization.quantize_dynamic uses one scale per tensor, which would break that, and is
-# deprecated in favour of torchao). Only the transformer body's linear layers are quantized: the
-# output layer runs on one position per text (about 1% of the FLOPs) and is tied to the input
-# embedding, so it stays float32.
+# The one place that knows how int8 runs. Every quantized layer computes one activation scale per
+# token (row) and one weight scale per output channel, symmetric, and accumulates in int32, so a
+# text's scores never depend on the other rows of its batch (torch.ao.quantization.quantize_dynamic
+# uses one scale per tensor, which breaks that and flipped 28% of SST-2 decisions; it is also
+# deprecated). Two back ends compute exactly that:
+# - CPU: oneDNN's int8 matrix product (torch.ops.onednn.qlinear_pointwise, the kernel torch.compile's
+#   x86 int8 lowering calls), eager, no compilation. torchao's eager path runs torch._int_mm, which
+#   on CPUs without AVX-512 VNNI is a reference loop (3 GFLOP/s against fp32's 130 measured here).
+# - elsewhere (CUDA), or where a torch build lacks the oneDNN ops: torchao's
+#   Int8DynamicActivationInt8WeightConfig, the same arithmetic.
+# Only the transformer body's linear layers are quantized: the output layer runs on one position per
+# text (about 1% of the FLOPs) and is tied to the input embedding, so it stays float32.
+class Int8Linear(torch.nn.Module):
+    """``torch.nn.Linear`` for inference with int8 weights (per output channel) and int8 activations
+    (per token, computed at run time), on oneDNN's u8 x s8 -> int32 product. Built by :func:`quantize`."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        top = _weight_range()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / top  # (out,)
+        qw = torch.round(w / scale[:, None]).clamp(-top, top).to(torch.int8)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("w_scale", scale, persistent=False)
+        self.register_buffer("w_zero", torch.zeros(len(scale), dtype=torch.int64), persistent=False)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float(), persistent=False)
+        self.register_buffer("qweight", qw, persistent=False)
+        self.packed = torch.ops.onednn.qlinear_prepack(qw, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(_FLOAT_ACTIVATIONS, "on", False):
+            return torch.nn.functional.linear(x, self.qweight.float() * self.w_scale[:, None], self.bias)
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]).float()
+        scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)  # (rows, 1), per token
+        # round(x / scale) is in [-127, 127]: shifted by 128 into uint8, the zero point oneDNN takes back out
+        qx = torch.round(x / scale).add_(128).to(torch.uint8)
+        y = torch.ops.onednn.qlinear_pointwise(
+            qx, 1.0, 128, self.packed, self.w_scale, self.w_zero, None, 1.0, 0, torch.float32, "none", [], ""
+        )
+        y = y.mul_(scale)
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 (oneDNN)"
+
+
+@functools.cache
+def _weight_range() -> int:
+    """127, or 63 (7-bit weights) where oneDNN's int8 product would saturate.
+
+    Without AVX-512 VNNI, x86 multiplies u8 x s8 pairs into int16 sums (vpmaddubsw), which saturate
+    at 32767: 2 x 255 x 127 does not fit and the product comes out wrong by up to 1e5 (measured on
+    an AVX2 CPU); 2 x 255 x 63 fits, so there weights keep 7 bits. The probe is the worst case.
+    """
+    k = 64
+    qw = torch.full((2, k), 127, dtype=torch.int8)
+    qx = torch.full((1, k), 255, dtype=torch.uint8)  # 127 after the zero point 128
+    y = torch.ops.onednn.qlinear_pointwise(
+        qx, 1.0, 128, torch.ops.onednn.qlinear_prepack(qw, None), torch.ones(2), torch.zeros(2, dtype=torch.int64),
+        None, 1.0, 0, torch.float32, "none", [], "",
+    )
+    return 127 if float(y[0, 0]) == k * 127 * 127 else 63
+
+
+_FLOAT_ACTIVATIONS = threading.local()  # per thread: the service scores in one thread while another loads
+
+
+@contextlib.contextmanager
+def float_activations() -> Iterator[None]:
+    """Within this block :class:`Int8Linear` layers keep their int8 weights but take float32 activations.
+
+    Scoring's exactness probe (:func:`verbalize.model_io.choose`) runs in it. It compares padded,
+    cached rows with the model's own forward; with int8 activations, the last-bit differences of
+    float32 attention between two shapes can move a value across an int8 step (a step is 1/127 of a
+    token's largest activation, which reaches 2.5e4 on SmolLM2's first token), and the probe would
+    measure that instead of the path. Each layer's activation rounding is per row, so exact paths
+    stay exact with it.
+    """
+    before = getattr(_FLOAT_ACTIVATIONS, "on", False)
+    _FLOAT_ACTIVATIONS.on = True
+    try:
+        yield
+    finally:
+        _FLOAT_ACTIVATIONS.on = before
+
+
+def _onednn_int8() -> bool:
+    """Whether this torch build runs :class:`Int8Linear` and gets the right numbers (one small check)."""
+    try:
+        lin = torch.nn.Linear(16, 8)
+        x = torch.randn(3, 16)
+        with torch.inference_mode():
+            return bool(torch.allclose(Int8Linear(lin)(x), lin(x), atol=0.05 * float(lin(x).abs().max())))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def quantize(model: torch.nn.Module) -> torch.nn.Module:
     """Quantize the linear layers of a causal LM's transformer body to int8, in place; returns the model.
 
     Weights get one int8 scale per output channel, activations one scale per token, computed at
-    run time (torchao's ``Int8DynamicActivationInt8WeightConfig``). The output layer and the
-    embeddings stay float32. The model is for inference only: fine-tune in float32, then quantize.
+    run time: :class:`Int8Linear` on CPU, torchao's ``Int8DynamicActivationInt8WeightConfig``
+    elsewhere. The output layer and the embeddings stay float32. The model is for inference only:
+    fine-tune in float32, then quantize.
 
     Raises
     ------
     ModelLoadError
-        If torchao is not installed or no longer provides the API (``pip install 'verbalize[int8]'``).
+        If the model has no linear layers to quantize, or off CPU without torchao
+        (``pip install 'verbalize[int8]'``).
     """
-    try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-    except ImportError as exc:
-        raise ModelLoadError(
-            "dtype='int8' needs torchao's Int8DynamicActivationInt8WeightConfig: pip install 'verbalize[int8]' "
-            f"(or use dtype='float32'); import failed with: {exc}"
-        ) from exc
     out = model.get_output_embeddings()  # type: ignore[operator]
-    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not out]
+    linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out}
     if not linear:
         raise ModelLoadError(
             f"dtype='int8' quantizes torch.nn.Linear layers and {type(model).__name__} has none outside its output "
             "layer (GPT-2 uses Conv1D); use dtype='float32'"
         )
-    config = Int8DynamicActivationInt8WeightConfig()  # per-token activations, per-channel weights, symmetric
-    with _quiet_torchao():
-        quantize_(model, config, filter_fn=lambda m, _name: isinstance(m, torch.nn.Linear) and m is not out)
+    if next(model.parameters()).device.type == "cpu" and _onednn_int8():
+        for name, m in linear.items():
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, Int8Linear(m))
+    else:
+        _torchao_int8(model, out)
     model.eval()
     model.verbalize_int8 = True  # type: ignore[assignment]
     return model
+
+
+def _torchao_int8(model: torch.nn.Module, out: Any) -> None:
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as exc:
+        raise ModelLoadError(
+            "dtype='int8' off CPU (or with a torch built without oneDNN) needs torchao's "
+            "Int8DynamicActivationInt8WeightConfig: pip install 'verbalize[int8]' (or use dtype='float32'); "
+            f"import failed with: {exc}"
+        ) from exc
+    config = Int8DynamicActivationInt8WeightConfig()  # per-token activations, per-channel weights, symmetric
+    with _quiet_torchao():
+        quantize_(model, config, filter_fn=lambda m, _name: isinstance(m, torch.nn.Linear) and m is not out)
 
 
 def is_quantized(model: torch.nn.Module) -> bool:

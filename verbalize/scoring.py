@@ -32,7 +32,7 @@ from .batching import Batch, Encoded, Spans, encode_prompts, pad_batch, pad_id_o
 from .errors import InputError, check_choice
 from .labels import LabelTokens, _ids
 from .model_io import ModelIO
-from .models import load_model
+from .models import float_activations, load_model
 from .prompts import leading_special_ids, reserved_tokens
 
 logger = logging.getLogger(__name__)
@@ -315,7 +315,8 @@ class Scorer:
                 return ModelIO(self.model, path, shared)
         paths = model_io.PATHS if logits == "auto" else (logits,)
         n_ids = min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
-        io = model_io.choose(self.model, self._score_probe, n_ids, paths)
+        with float_activations():  # int8 layers: check the path, not activation rounding (see there)
+            io = model_io.choose(self.model, self._score_probe, n_ids, paths)
         if logits == "auto":
             _PATH_OF[self.model] = (io.path, io.shared)
         return io
