@@ -15,7 +15,6 @@ from verbalize.errors import ModelLoadError
 from verbalize.models import Int8Linear, float_activations, is_quantized, quantize
 from verbalize.scoring import Scorer
 
-
 TEXTS = [
     "the acting is good",
     "the story is bad and the ending is terrible",

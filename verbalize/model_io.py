@@ -285,7 +285,8 @@ def tolerance(model: Any) -> float:
     if any(p.dtype == torch.bfloat16 for p in params):
         return 0.25
     low = any(p.dtype == torch.float16 for p in params)
-    quantized = bool(getattr(model, "is_quantized", False) or getattr(model, "verbalize_int8", False)) or any(type(p.data) is not torch.Tensor for p in params)
+    flagged = getattr(model, "is_quantized", False) or getattr(model, "verbalize_int8", False)
+    quantized = bool(flagged) or any(type(p.data) is not torch.Tensor for p in params)
     return 5e-2 if low or quantized else 1e-4
 
 

@@ -142,6 +142,11 @@ class Int8Linear(torch.nn.Module):
     """``torch.nn.Linear`` for inference with int8 weights (per output channel) and int8 activations
     (per token, computed at run time), on oneDNN's u8 x s8 -> int32 product. Built by :func:`quantize`."""
 
+    qweight: torch.Tensor
+    w_scale: torch.Tensor
+    w_zero: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         w = linear.weight.detach().float()
@@ -187,8 +192,19 @@ def _weight_range() -> int:
     qw = torch.full((2, k), 127, dtype=torch.int8)
     qx = torch.full((1, k), 255, dtype=torch.uint8)  # 127 after the zero point 128
     y = torch.ops.onednn.qlinear_pointwise(
-        qx, 1.0, 128, torch.ops.onednn.qlinear_prepack(qw, None), torch.ones(2), torch.zeros(2, dtype=torch.int64),
-        None, 1.0, 0, torch.float32, "none", [], "",
+        qx,
+        1.0,
+        128,
+        torch.ops.onednn.qlinear_prepack(qw, None),
+        torch.ones(2),
+        torch.zeros(2, dtype=torch.int64),
+        None,
+        1.0,
+        0,
+        torch.float32,
+        "none",
+        [],
+        "",
     )
     return 127 if float(y[0, 0]) == k * 127 * 127 else 63
 
