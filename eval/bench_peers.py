@@ -14,7 +14,9 @@ label's words with logsumexp; the decision is the best label.
 Cases (all on the first --n test texts):
 - one-token: SST-2, one word per label ("negative" / "positive");
 - multi-token: AG News, words of several tokens ("world politics", "science and technology", ...);
-- three-words: SST-2, the shipped template's three words per label;
+- three-words: SST-2, the shipped template's three words per label (single tokens, so lm-eval's logits
+  cache also runs one forward per text);
+- three-multi-token: AG News, three words of several tokens per label (one forward per word for lm-eval);
 - 8-demos: SST-2, one word per label, 8 shared demonstrations (balanced, seed 0) before every prompt.
 Rounds alternate the two systems; a row's texts/s are medians over rounds and its ratio is the
 median of the per-round ratios. Agreement is of decisions; max |delta log-odds| is over every
@@ -57,6 +59,16 @@ CASES = {
         },
     ),
     "three-words": Case("three words per label (SST-2)", "sst2", None),
+    "three-multi-token": Case(
+        "three multi-token words per label (AG News)",
+        "agnews",
+        {
+            "world": ["world politics", "international news", "foreign affairs"],
+            "sports": ["sports and games", "team sports", "sports news"],
+            "business": ["business and finance", "the economy", "stock markets"],
+            "technology": ["science and technology", "computer science", "technology news"],
+        },
+    ),
     "8-demos": Case("8 shared demonstrations (SST-2)", "sst2", {"negative": ["negative"], "positive": ["positive"]}, 8),
 }
 

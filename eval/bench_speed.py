@@ -12,7 +12,9 @@ Rows of the table (all in one run, same texts, same two labels "negative"/"posit
   position, the fallback for forwards without logits_to_keep);
 - FLOP bound: the matmul rate of this CPU, measured here on the model's own products (one block's
   q, k, v, o, gate, up, down on a batch of tokens, hot caches, best of 5), divided by the matmul
-  FLOPs that the same tokens need (linear layers, causal attention, the output row).
+  FLOPs that the same tokens need (linear layers, causal attention, the output row);
+- int8 FLOP bound: the same, with the rate of ``dtype="int8"``'s layers on the same products (per-token
+  activation rounding included); ``--dtype int8`` times the scorer on the int8 model.
 The naive rows run on --naive-n evenly spaced texts (they are slow), a share of them in each round;
 rates are texts per second. The FLOP bound counts every token of every prompt, although the scorer
 runs the tokens that all prompts share (the template's words before the text) only once.
@@ -55,6 +57,25 @@ def matmul_rate(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int, re
             for (k, _), weight in zip(shapes, w, strict=True):
                 a[k] @ weight
         best = max(best, 10 * flops / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def int8_rate(shapes: list[tuple[int, int]], rows: int, repeats: int = 5) -> float:
+    """Best GFLOP/s of the same products through ``dtype="int8"``'s layer (:class:`verbalize.models.Int8Linear`:
+    per-token activation rounding, oneDNN's int8 product, rescaling), counted as 2*rows*in*out FLOPs."""
+    from verbalize.models import Int8Linear
+
+    a = {k: torch.randn(rows, k) for k, _ in shapes}
+    layers = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for k, n in shapes]
+    flops = sum(2 * rows * k * n for k, n in shapes)
+    best = 0.0
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for _ in range(10):
+                for (k, _), layer in zip(shapes, layers, strict=True):
+                    layer(a[k])
+            best = max(best, 10 * flops / (time.perf_counter() - t) / 1e9)
     return best
 
 
@@ -113,6 +134,10 @@ PATHS = {
 }
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def timed(fn) -> tuple[float, object]:
     t = time.perf_counter()
     result = fn()
@@ -127,7 +152,7 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="logits paths to time")
     ap.add_argument("--naive-n", type=int, default=63, help="texts for the two naive baselines, spread over the rounds")
     ap.add_argument("--rounds", type=int, default=7, help="rounds of (scorer, matmul rate, naive share)")
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"])
     args = ap.parse_args()
 
     texts, _ = load("sst2", "test", data_dir(args.data), args.n)
@@ -142,7 +167,7 @@ def main() -> None:
     head = len(scorer.tokenizer(template.render("x")[: spans[0][0][0]].rstrip())["input_ids"])
 
     cfg = scorer.model.config
-    dtype = getattr(torch, args.dtype)
+    dtype = torch.float32 if args.dtype == "int8" else getattr(torch, args.dtype)  # int8: fp32 bound beside
     shapes, rows = layer_shapes(scorer.model), scorer.max_tokens or 1024
     flops = flops_per_text(scorer.model, lengths)
     # The naive baselines read evenly spaced texts (their lengths are those of the whole set), a
@@ -174,6 +199,7 @@ def main() -> None:
     ratio, fast, peak = medians[args.paths[0]]
     bound = peak * 1e9 / flops
     square = matmul_rate(dtype, [(2048, 2048)], 2048)
+    peak8 = int8_rate(shapes, rows)
     slow, pairs = len(sample) / slow_time, len(sample) / pairs_time
 
     print(f"model: {cfg.model_type}, {args.dtype}, torch threads: {torch.get_num_threads()}")
@@ -187,7 +213,8 @@ def main() -> None:
     )
     print(
         f"median round: matmul rate on this model's products ({rows} tokens) {peak:.1f} GFLOP/s "
-        f"(2048x2048 square product: {square:.1f} GFLOP/s); FLOP bound {bound:.1f} texts/s\n"
+        f"(2048x2048 square product: {square:.1f} GFLOP/s); FLOP bound {bound:.1f} texts/s; int8 layers "
+        f"on the same products {peak8:.1f} GFLOP/s ({peak8 / peak:.2f}x)\n"
     )
     print("| method | texts/s | x naive | % of FLOP bound |")
     print("|---|---:|---:|---:|")
@@ -196,7 +223,8 @@ def main() -> None:
         (f"batched (text, label) pairs, lm-eval style ({len(sample)} texts)", pairs),
     ]
     table += [(f"verbalize, {PATHS[p]} (median round)", m[1]) for p, m in medians.items()]
-    table.append(("FLOP bound (matmul peak / FLOPs of these tokens)", bound))
+    table.append((f"FLOP bound ({dtype_name(dtype)} matmul peak / FLOPs of these tokens)", bound))
+    table.append(("int8 FLOP bound (int8 layers' rate on the same products / the same FLOPs)", peak8 * 1e9 / flops))
     for name, r in table:
         print(f"| {name} | {r:.2f} | {r / slow:.1f} | {100 * r / bound:.0f}% |")
     for p, got in ours.items():
