@@ -323,7 +323,8 @@ def test_a_sliding_window_model_is_exact_past_its_window_or_refuses(gpt2_tokeniz
 
 def test_a_bfloat16_model_takes_the_models_own_path_and_stays_close(gpt2_tokenizer):
     model = tiny("granite", len(gpt2_tokenizer)).to(torch.bfloat16)
-    assert model_io.tolerance(model) == 5e-2
+    assert model_io.tolerance(model) == 0.25  # 8 significant bits; float16 keeps 5e-2
+    assert model_io.tolerance(tiny("granite", len(gpt2_tokenizer)).to(torch.float16)) == 5e-2
     scorer = Scorer(model, gpt2_tokenizer, batch_size=64)
     assert scorer.io.path == "model"
     c = case("granite", gpt2_tokenizer)
