@@ -1,7 +1,7 @@
 """verbalize against the real lm-evaluation-harness, same process, same model object, same texts.
 
     pip install -e ".[bench]"                                    # lm-eval (not a runtime dependency)
-    python eval/bench_peers.py --data ../shared/data             # 512 texts per case, fp32
+    python eval/bench_peers.py --data ../shared/data             # 512 texts per case, fp32 (slow: see --n)
     python eval/bench_peers.py --data ../shared/data --dtype int8 --cases one-token
 
 lm-eval runs through its own ``HFLM`` wrapper around the model verbalize already loaded
