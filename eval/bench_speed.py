@@ -30,8 +30,10 @@ import torch
 from data import data_dir, load, template_path
 
 from verbalize import LabelWords, Scorer, load_template
+from verbalize.models import Int8Linear
 
 LABELS = {"negative": ["negative"], "positive": ["positive"]}
+LINEAR = (torch.nn.Linear, Int8Linear)  # dtype="int8" replaces the body's linear layers
 
 
 def layer_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
@@ -40,7 +42,7 @@ def layer_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
         if isinstance(block, torch.nn.ModuleList):
             first = block[0]
             break
-    shapes = [(m.in_features, m.out_features) for m in first.modules() if isinstance(m, torch.nn.Linear)]
+    shapes = [(m.in_features, m.out_features) for m in first.modules() if isinstance(m, LINEAR)]
     shapes += [tuple(m.weight.shape) for m in first.modules() if type(m).__name__ == "Conv1D"]  # GPT-2
     return shapes
 
@@ -63,8 +65,6 @@ def matmul_rate(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int, re
 def int8_rate(shapes: list[tuple[int, int]], rows: int, repeats: int = 5) -> float:
     """Best GFLOP/s of the same products through ``dtype="int8"``'s layer (:class:`verbalize.models.Int8Linear`:
     per-token activation rounding, oneDNN's int8 product, rescaling), counted as 2*rows*in*out FLOPs."""
-    from verbalize.models import Int8Linear
-
     a = {k: torch.randn(rows, k) for k, _ in shapes}
     layers = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for k, n in shapes]
     flops = sum(2 * rows * k * n for k, n in shapes)
@@ -83,7 +83,7 @@ def flops_per_text(model: torch.nn.Module, lengths: list[int]) -> float:
     """Matmul FLOPs to score texts of these token lengths: body linears per token, causal attention, output row."""
     cfg = model.config
     body = model.base_model
-    linear_macs = sum(m.in_features * m.out_features for m in body.modules() if isinstance(m, torch.nn.Linear))
+    linear_macs = sum(m.in_features * m.out_features for m in body.modules() if isinstance(m, LINEAR))
     if linear_macs == 0:  # GPT-2 uses Conv1D modules for its projections
         linear_macs = sum(m.weight.numel() for m in body.modules() if type(m).__name__ == "Conv1D")
     n_layers = cfg.num_hidden_layers
