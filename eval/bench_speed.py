@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -47,36 +49,34 @@ def layer_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
     return shapes
 
 
-def matmul_rate(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int, repeats: int = 5) -> float:
-    """Best GFLOP/s of the given products on ``rows`` tokens, run back to back with hot caches."""
-    a = {k: torch.randn(rows, k, dtype=dtype) for k, _ in shapes}
-    w = [torch.randn(k, n, dtype=dtype) for k, n in shapes]
-    flops = sum(2 * rows * k * n for k, n in shapes)
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(10):
-            for (k, _), weight in zip(shapes, w, strict=True):
-                a[k] @ weight
-        best = max(best, 10 * flops / (time.perf_counter() - t) / 1e9)
-    return best
-
-
-def int8_rate(shapes: list[tuple[int, int]], rows: int, repeats: int = 5) -> float:
-    """Best GFLOP/s of the same products through ``dtype="int8"``'s layer (:class:`verbalize.models.Int8Linear`:
-    per-token activation rounding, oneDNN's int8 product, rescaling), counted as 2*rows*in*out FLOPs."""
-    a = {k: torch.randn(rows, k) for k, _ in shapes}
-    layers = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for k, n in shapes]
-    flops = sum(2 * rows * k * n for k, n in shapes)
+def best_rate(products: list[Callable[[], object]], flops: float, repeats: int = 5) -> float:
+    """Best GFLOP/s of running ``products`` (``flops`` in all) back to back, 10 times per repeat, hot caches."""
     best = 0.0
     with torch.inference_mode():
         for _ in range(repeats):
             t = time.perf_counter()
             for _ in range(10):
-                for (k, _), layer in zip(shapes, layers, strict=True):
-                    layer(a[k])
+                for product in products:
+                    product()
             best = max(best, 10 * flops / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def matmul_rate(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int) -> float:
+    """Best GFLOP/s of the given products on ``rows`` tokens."""
+    a = {k: torch.randn(rows, k, dtype=dtype) for k, _ in shapes}
+    w = [torch.randn(k, n, dtype=dtype) for k, n in shapes]
+    return best_rate([partial(torch.matmul, a[k], weight) for (k, _), weight in zip(shapes, w, strict=True)],
+                     sum(2 * rows * k * n for k, n in shapes))  # fmt: skip
+
+
+def int8_rate(shapes: list[tuple[int, int]], rows: int) -> float:
+    """Best GFLOP/s of the same products through ``dtype="int8"``'s layer (:class:`verbalize.models.Int8Linear`:
+    per-token activation rounding, oneDNN's int8 product, rescaling), counted as 2*rows*in*out FLOPs."""
+    a = {k: torch.randn(rows, k) for k, _ in shapes}
+    layers = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for k, n in shapes]
+    return best_rate([partial(layer, a[k]) for (k, _), layer in zip(shapes, layers, strict=True)],
+                     sum(2 * rows * k * n for k, n in shapes))  # fmt: skip
 
 
 def flops_per_text(model: torch.nn.Module, lengths: list[int]) -> float:
@@ -132,10 +132,6 @@ PATHS = {
     "hand": "hand path: body + output embedding + known transforms",
     "full": "logits by the model's own forward at every position (fallback)",
 }
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def timed(fn) -> tuple[float, object]:
@@ -223,7 +219,7 @@ def main() -> None:
         (f"batched (text, label) pairs, lm-eval style ({len(sample)} texts)", pairs),
     ]
     table += [(f"verbalize, {PATHS[p]} (median round)", m[1]) for p, m in medians.items()]
-    table.append((f"FLOP bound ({dtype_name(dtype)} matmul peak / FLOPs of these tokens)", bound))
+    table.append((f"FLOP bound ({str(dtype).removeprefix('torch.')} matmul peak / FLOPs of these tokens)", bound))
     table.append(("int8 FLOP bound (int8 layers' rate on the same products / the same FLOPs)", peak8 * 1e9 / flops))
     for name, r in table:
         print(f"| {name} | {r:.2f} | {r / slow:.1f} | {100 * r / bound:.0f}% |")

@@ -232,8 +232,9 @@ def float_activations() -> Iterator[None]:
         _FLOAT_ACTIVATIONS.on = before
 
 
+@functools.cache
 def _onednn_int8() -> bool:
-    """Whether this torch build runs :class:`Int8Linear` and gets the right numbers (one small check)."""
+    """Whether this torch build runs :class:`Int8Linear` and gets the right numbers (checked once per process)."""
     try:
         gen = torch.Generator().manual_seed(0)  # leaves the caller's random state alone
         lin = torch.nn.utils.skip_init(torch.nn.Linear, 16, 8)
