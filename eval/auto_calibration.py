@@ -30,8 +30,8 @@ import numpy as np
 from data import data_dir, load, template_path
 
 from verbalize import Verbalizer
-from verbalize.autocalibration import DEFAULT, AutoCalibrator, select
-from verbalize.calibration import calibrate, fit_calibrator, get_calibrator, log_softmax
+from verbalize.calibration.auto import DEFAULT, AutoCalibrator, select
+from verbalize.calibration.calibrators import calibrate, fit_calibrator, get_calibrator, log_softmax
 
 METHODS = ("none", "contextual", "domain", "batch", "temperature")
 

@@ -30,7 +30,7 @@ import torch
 from data import data_dir, load, template_path
 
 from verbalize import Verbalizer
-from verbalize.batching import span_lists
+from verbalize.engine.batching import span_lists
 
 
 def flops(model: torch.nn.Module, n_prefix: int, lengths: list[int], n_texts: int) -> float:

@@ -10,7 +10,7 @@ each candidate's ratio to fp32 is taken within its round). Candidates:
   ``+lm_head`` also quantizes the output layer (untied from the embeddings);
 - torchao: ``Int8DynamicActivationInt8WeightConfig`` (per-token activation scales), eager, and with
   ``torch.compile`` on the transformer body;
-- verbalize: ``verbalize.models.quantize`` (what ``dtype="int8"`` loads).
+- verbalize: ``verbalize.engine.models.quantize`` (what ``dtype="int8"`` loads).
 Each row also reports the agreement of decisions with fp32, max |delta log-odds| against fp32, and
 batch invariance: max |score alone - score inside the batch| over the first texts (0 means a text's
 score does not depend on its neighbours; per-tensor activation scales break this).
@@ -66,7 +66,7 @@ def torchao_int8(model: torch.nn.Module, compiled: bool = False) -> torch.nn.Mod
 
 
 def library_int8(model: torch.nn.Module) -> torch.nn.Module:
-    from verbalize.models import quantize
+    from verbalize.engine.models import quantize
 
     return quantize(copy.deepcopy(model))
 

@@ -53,10 +53,10 @@ def short_lines(path: Path, n: int, seed: int = 0) -> Path:
 
 
 def cli(args: list[str], kill_after: float | None = None) -> tuple[int, float, float]:
-    """Run `python -m verbalize.cli ARGS`: (return code, seconds, peak RSS in MB of that child)."""
+    """Run `python -m verbalize.cli.main ARGS`: (return code, seconds, peak RSS in MB of that child)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "verbalize.cli", *args], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "verbalize.cli.main", *args], env=env, stderr=subprocess.DEVNULL)
     if kill_after is not None:
         try:
             proc.wait(kill_after)  # reaps it if it ends first (then its peak RSS is not known)

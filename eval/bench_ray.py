@@ -47,7 +47,7 @@ def main() -> None:
     import pyarrow.parquet as pq
     import ray
 
-    from verbalize.cli import main as cli
+    from verbalize.cli.main import main as cli
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

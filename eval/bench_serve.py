@@ -288,7 +288,7 @@ def start_server(folder: Path, model: str | None, window_ms: float, threads: int
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "verbalize.cli", "serve", str(folder), "--port", str(port), "--log-level",
+    cmd = [sys.executable, "-m", "verbalize.cli.main", "serve", str(folder), "--port", str(port), "--log-level",
            "warning", "--reload-interval", "0.5", "--window-ms", str(window_ms)]  # fmt: skip
     cmd += (["--model", model] if model else []) + (["--threads", str(threads)] if threads else [])
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

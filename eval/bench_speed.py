@@ -32,7 +32,7 @@ import torch
 from data import data_dir, load, template_path
 
 from verbalize import LabelWords, Scorer, load_template
-from verbalize.models import Int8Linear
+from verbalize.engine.models import Int8Linear
 
 LABELS = {"negative": ["negative"], "positive": ["positive"]}
 LINEAR = (torch.nn.Linear, Int8Linear)  # dtype="int8" replaces the body's linear layers
@@ -71,7 +71,7 @@ def matmul_rate(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int) ->
 
 
 def int8_rate(shapes: list[tuple[int, int]], rows: int) -> float:
-    """Best GFLOP/s of the same products through ``dtype="int8"``'s layer (:class:`verbalize.models.Int8Linear`:
+    """Best GFLOP/s of the same products through ``dtype="int8"``'s layer (:class:`verbalize.engine.models.Int8Linear`:
     per-token activation rounding, oneDNN's int8 product, rescaling), counted as 2*rows*in*out FLOPs."""
     a = {k: torch.randn(rows, k) for k, _ in shapes}
     layers = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for k, n in shapes]

@@ -24,8 +24,8 @@ from finetune import sample
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verbalize import FineTuneConfig, Scorer, Verbalizer, load_template
-from verbalize.lm_mixing import perplexity
-from verbalize.prompts import leading_special_ids
+from verbalize.engine.tokens import leading_special_ids
+from verbalize.training.lm_mixing import perplexity
 
 PROMPT = "The history of the city begins"
 VARIANTS = ("none", "nll-train", "nll-unlabeled", "distill-train", "distill-unlabeled")

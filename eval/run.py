@@ -27,7 +27,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from verbalize import Verbalizer, get_calibrator, load_template
-from verbalize.calibration import log_softmax
+from verbalize.calibration.calibrators import log_softmax
 from verbalize.metrics import evaluate
 
 METHODS = ("none", "contextual", "domain", "batch", "temperature")

@@ -28,7 +28,7 @@ from data import DATASETS, data_dir, load, template_path
 from finetune import sample
 
 from verbalize import load_template, rank_templates, suggest_label_words
-from verbalize.calibration import CONTENT_FREE
+from verbalize.calibration.calibrators import CONTENT_FREE
 from verbalize.knn import next_token_log_probs, resolve_scorer
 from verbalize.search import accuracy_of
 

@@ -26,7 +26,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from verbalize.scoring import Scorer
+from verbalize.engine.scoring import Scorer
 
 _PARAGRAPHS = [
     "This movie review is positive. That movie review is negative. The film was good, the plot was bad.\n"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from verbalize import Verbalizer
-from verbalize.autocalibration import MIN_UNLABELED, AutoCalibrator, select
-from verbalize.calibration import (
+from verbalize.calibration.auto import MIN_UNLABELED, AutoCalibrator, select
+from verbalize.calibration.calibrators import (
     TemperatureCalibrator,
     calibrate,
     fit_calibrator,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from verbalize.batching import Batch, Encoded, encode_prompts, pad_id_of
+from verbalize.engine.batching import Batch, Encoded, encode_prompts, pad_id_of
 from verbalize.errors import InputError
-from verbalize.template import Template
+from verbalize.prompting.template import Template
 
 TEMPLATE = Template(prompt="Review: {text}\nSentiment:", labels={"negative": ["negative"], "positive": ["positive"]})
 # Ends in a letter: no token spans the end of the text and the template's "\n" (see the straddling test).
@@ -123,7 +123,7 @@ def split_cost(lengths, cuts, batch_size, max_tokens, overhead=64):
 
 
 def test_split_prefers_less_padding_over_full_batches():
-    from verbalize.batching import split_sorted
+    from verbalize.engine.batching import split_sorted
 
     assert split_sorted(np.array([10, 3, 3, 3]), batch_size=4, max_tokens=40, overhead=0) == [0, 1, 4]
     assert split_sorted(np.array([10, 3, 3, 3]), batch_size=4, max_tokens=40, overhead=64) == [0, 4]

@@ -3,12 +3,16 @@
 import numpy as np
 import pytest
 
-from verbalize import (
-    BatchCalibrator,
-    ContextualCalibrator,
-    DomainCalibrator,
-    TemperatureCalibrator,
-    get_calibrator,
+from verbalize import BatchCalibrator, ContextualCalibrator, DomainCalibrator, TemperatureCalibrator, get_calibrator
+from verbalize.calibration.calibrators import (
+    CALIBRATORS,
+    CONTENT_FREE,
+    Calibrator,
+    calibrate,
+    domain_texts,
+    fit_calibrator,
+    log_softmax,
+    unlabeled_texts_help,
 )
 
 
@@ -88,17 +92,6 @@ def test_metrics_on_a_hand_made_case():
 
 
 # -- what each calibrator is fitted on, and adding one in one place ------------------------------------------------
-
-from verbalize.calibration import (  # noqa: E402
-    CALIBRATORS,
-    CONTENT_FREE,
-    Calibrator,
-    calibrate,
-    domain_texts,
-    fit_calibrator,
-    log_softmax,
-    unlabeled_texts_help,
-)
 
 
 def _recording_scores(seen):

@@ -14,7 +14,7 @@ LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
 PROMPT = "Review: {text}\nSentiment:"
 X = ["good film", "bad film", "a great review", "terrible and bad", "the plot was bad", "good good"]
 Y = ["positive", "negative", "positive", "negative", "negative", "positive"]
-CONTENT_FREE = ["N/A", "", "[MASK]"]  # Zhao et al. (2021), as documented in verbalize.calibration
+CONTENT_FREE = ["N/A", "", "[MASK]"]  # Zhao et al. (2021), as documented in verbalize.calibration.calibrators
 
 
 def make(family, **kw):

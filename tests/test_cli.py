@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from verbalize.cli import main
+from verbalize.cli.main import main
 
 TEMPLATE = """
 name = "t"
@@ -274,7 +274,7 @@ def test_sigterm_stops_cleanly_and_resume_gives_the_same_bytes(tmp_path, tmp_tem
     out = tmp_path / "out.jsonl"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "verbalize.cli", *args, "-o", str(out)], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "verbalize.cli.main", *args, "-o", str(out)], env=env, stderr=subprocess.PIPE, text=True
     )
     state = tmp_path / "out.jsonl.partial" / "state.json"
     deadline = time.monotonic() + 120

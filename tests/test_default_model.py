@@ -28,7 +28,7 @@ def test_shipped_template_by_name_on_default_model(default_scorer):
 
 
 def test_tokenizer_alone_matches_the_model_and_knows_the_window(default_scorer):
-    from verbalize.models import load_tokenizer
+    from verbalize.engine.model_files import load_tokenizer
 
     tok = load_tokenizer(None)
     text = "Review: a charming film\nSentiment: positive"
@@ -43,7 +43,8 @@ def test_gguf_conversion_on_a_cold_cache_equals_loading_the_gguf_directly(tmp_pa
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from verbalize.models import default_gguf, load_model, load_tokenizer
+    from verbalize.engine.model_files import default_gguf, load_tokenizer
+    from verbalize.engine.models import load_model
 
     monkeypatch.setenv("VERBALIZE_CACHE", str(tmp_path / "cache"))
     model, tok = load_model(None)  # cold: converts into the temporary cache
@@ -64,12 +65,22 @@ def test_gguf_conversion_on_a_cold_cache_equals_loading_the_gguf_directly(tmp_pa
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_low_precision_dtypes_load_and_stay_near_float32(default_scorer, dtype):
     """bfloat16 and int8 pass the exactness probe on the real model (bfloat16 once failed it at 5e-2:
-    its log-probs move by ~0.1 between two shapes) and keep obvious decisions."""
+    its log-probs move by ~0.1 between two shapes) and keep obvious decisions.
+
+    The bound holds on every kernel: what int8 moves depends on the CPU (7-bit weights where AVX2 would
+    saturate, 8-bit with VNNI/AMX; rounding of per-token activations cascades through 30 layers), so the
+    test asks what users need, the same decision with a margin: each text's low-precision log-odds keep
+    float32's sign and move by less than float32's own margin (|d| < |log-odds|), and the texts are chosen
+    obvious (|log-odds| >= 0.5 in float32). bfloat16 is also held to its probe tolerance (0.25).
+    """
     from verbalize import Scorer
 
     texts = ["a charming film", "two hours I will never get back", "the best movie of the year"]
     ref = Verbalizer(template="sst2", model=default_scorer).fit()
     low = Verbalizer(template="sst2", model=Scorer.from_pretrained(None, dtype=dtype)).fit()
     assert low.predict(texts).tolist() == ref.predict(texts).tolist() == ["positive", "negative", "positive"]
-    log_odds = [np.diff(clf.decision_function(texts), axis=1) for clf in (low, ref)]
-    assert np.abs(log_odds[0] - log_odds[1]).max() < 0.6  # measured: 0.42 with int8
+    low_odds, ref_odds = (np.diff(clf.decision_function(texts), axis=1).ravel() for clf in (low, ref))
+    assert (np.abs(ref_odds) >= 0.5).all(), ref_odds  # the premise: obvious texts
+    assert (np.sign(low_odds) == np.sign(ref_odds)).all() and (np.abs(low_odds - ref_odds) < np.abs(ref_odds)).all()
+    if dtype == "bfloat16":
+        assert np.abs(low_odds - ref_odds).max() < 0.25

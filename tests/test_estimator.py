@@ -8,7 +8,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
 from verbalize import InputError, ModelLoadError, Scorer, Template, Verbalizer
-from verbalize.demos import similar_demos
+from verbalize.prompting.demos import similar_demos
 
 LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
 X = ["good film", "bad film", "a great review", "terrible and bad", "good good", "bad bad", "fine", "awful"]
@@ -201,7 +201,7 @@ def model_dir(gpt2_model, gpt2_tokenizer, tmp_path):
 @pytest.fixture
 def loads(monkeypatch):
     """Count the models really loaded (not served from the per-process cache)."""
-    import verbalize.scoring as scoring
+    import verbalize.engine.scoring as scoring
 
     calls = []
     real = scoring.load_model

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from verbalize import Template, Verbalizer
-from verbalize.batching import encode_prompts
-from verbalize.cli import main
+from verbalize.cli.main import main
+from verbalize.engine.batching import encode_prompts
 from verbalize.errors import InputError, TemplateError
-from verbalize.template import load_template
+from verbalize.prompting.template import load_template
 
 PAIR = "Premise: {premise}\nHypothesis: {hypothesis}\nAnswer:"
 LABELS = {"yes": ["yes"], "no": ["no"]}

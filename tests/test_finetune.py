@@ -13,11 +13,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from verbalize import FineTuneConfig, Head, Verbalizer
-from verbalize.batching import Batch, pad_batch
-from verbalize.demos import similar_demos
-from verbalize.lm_mixing import lm_loss, perplexity
-from verbalize.scoring import aggregate, label_logits
-from verbalize.training import Objective, _loss, _split
+from verbalize.engine.batching import Batch, pad_batch
+from verbalize.engine.scoring import aggregate, label_logits
+from verbalize.prompting.demos import similar_demos
+from verbalize.training.lm_mixing import lm_loss, perplexity
+from verbalize.training.loop import Objective, _loss, _split
 
 LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
 X = ["good film", "bad film", "a great review", "terrible and bad", "good good", "bad bad", "fine", "awful"]
@@ -204,7 +204,7 @@ def test_fine_tuning_errors_say_what_to_fix(gpt2):
 
 def test_similar_demonstrations_in_training_prompts_never_show_the_text_itself(gpt2, monkeypatch):
     """With demo_selection="similar", training prompts carry demonstrations, never the text itself."""
-    import verbalize.finetune as finetune
+    import verbalize.training.finetune as finetune
 
     seen = {}
 

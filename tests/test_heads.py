@@ -9,7 +9,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from verbalize import Head, Verbalizer
-from verbalize.heads import fit_probe, tune_thresholds
+from verbalize.training.heads import fit_probe, tune_thresholds
 
 LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
 X = ["good film", "bad film", "a great review", "terrible and bad", "good good", "bad bad", "fine", "awful"]

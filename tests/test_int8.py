@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from verbalize import LabelWords, Verbalizer
+from verbalize.engine.models import Int8Linear, float_activations, is_quantized, quantize
+from verbalize.engine.scoring import Scorer
 from verbalize.errors import ModelLoadError
-from verbalize.models import Int8Linear, float_activations, is_quantized, quantize
-from verbalize.scoring import Scorer
 
 TEXTS = [
     "the acting is good",

@@ -1,4 +1,4 @@
-"""Streaming batch jobs (verbalize.jobs): one output row per input row, per-row errors, interrupt and resume.
+"""Streaming batch jobs (verbalize.io.jobs): one output row per input row, per-row errors, interrupt and resume.
 
 Most tests use a toy classifier (deterministic probabilities from the text, fails on "BOOM") so that they
 test the job's logic in milliseconds; test_cli.py runs the same path with a real tiny model.
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from verbalize.errors import InputError
-from verbalize.inputs import dumps_row, open_source
-from verbalize.jobs import Job, run
+from verbalize.io.jobs import Job, run
+from verbalize.io.readers import dumps_row, open_source
 
 
 class Toy:

@@ -7,8 +7,9 @@ import re
 import numpy as np
 import pytest
 
+from verbalize.engine.tokens import LabelTokens
 from verbalize.errors import TemplateError
-from verbalize.labels import LabelTokens, LabelWords
+from verbalize.prompting.labels import LabelWords
 
 CONTEXTS = ["Review: the plot was bad.\nSentiment:", "Question: what is the topic? Answer:", "x =>"]
 WORDS = ["positive", "negative", "good", "bad", "sports", "technology", "superb", "xylophone"]

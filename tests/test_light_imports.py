@@ -16,7 +16,7 @@ import pytest
 from transformers import AutoTokenizer
 
 import verbalize
-from verbalize.model_files import _generic_fast_tokenizer, load_tokenizer
+from verbalize.engine.model_files import _generic_fast_tokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "sklearn")
@@ -42,14 +42,14 @@ def model_dir(request, tmp_path_factory):
 
 
 def test_importing_the_package_and_building_the_cli_parser_imports_no_torch():
-    assert _heavy_modules_after("import verbalize, verbalize.cli\nverbalize.cli._parser()") == []
+    assert _heavy_modules_after("import verbalize, verbalize.cli.main\nverbalize.cli.main._parser()") == []
 
 
 def test_check_imports_no_torch(model_dir, tmp_path):
     template = tmp_path / "t.toml"
     template.write_text(TEMPLATE)
     code = (
-        "import contextlib, io\nfrom verbalize.cli import main\n"
+        "import contextlib, io\nfrom verbalize.cli.main import main\n"
         f"with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['check', {str(template)!r}, "
         f"'--model', {str(model_dir)!r}]) == 0"
     )
@@ -59,7 +59,7 @@ def test_check_imports_no_torch(model_dir, tmp_path):
 def test_check_of_a_shipped_template_on_the_default_model_imports_no_torch(default_scorer):
     """``verbalize check sst2`` with a warm cache (the fixture converted the default model once)."""
     code = (
-        "import contextlib, io\nfrom verbalize.cli import main\n"
+        "import contextlib, io\nfrom verbalize.cli.main import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['check', 'sst2']) == 0"
     )
     assert _heavy_modules_after(code) == []

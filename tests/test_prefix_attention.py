@@ -18,10 +18,10 @@ import pytest
 import torch
 from test_zoo import TEXTS, own_log_probs, tiny
 
-from verbalize import model_io, prefix_attention
-from verbalize.batching import KV_TOKENS, Encoded
-from verbalize.scoring import Scorer
-from verbalize.template import Template
+from verbalize.engine import model_io, prefix_attention
+from verbalize.engine.batching import KV_TOKENS, Encoded
+from verbalize.engine.scoring import Scorer
+from verbalize.prompting.template import Template
 
 TEMPLATE = Template(
     prompt="Review: {text}\nSentiment:",
@@ -127,7 +127,7 @@ def test_the_llama_type_default_model_takes_the_shared_path(default_scorer, call
     assert default_scorer.model.config.model_type == "llama"
     assert default_scorer.io.shared
     assert default_scorer.model.config._attn_implementation == prefix_attention.NAME
-    from verbalize.labels import LabelWords
+    from verbalize.prompting.labels import LabelWords
 
     prefix = "Review: a fine film.\nSentiment: positive\n\nReview: a dull film.\nSentiment: negative\n\n"
     texts = ["Review: good fun.\nSentiment:", "Review: not for me at all, sadly.\nSentiment:"]

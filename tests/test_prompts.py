@@ -5,7 +5,8 @@ import logging
 import pytest
 
 from verbalize import LabelWords, Template
-from verbalize.prompts import PromptBuilder, leading_special_ids, reserved_tokens, resolve_template
+from verbalize.engine.tokens import leading_special_ids, reserved_tokens
+from verbalize.prompting.prompts import PromptBuilder, resolve_template
 
 LABELS = {"negative": ["bad"], "positive": ["good"]}
 

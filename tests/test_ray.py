@@ -1,4 +1,4 @@
-"""Ray Data path (verbalize.ray): a local 2-CPU Ray instance started here; output equals the single-process job."""
+"""Ray Data path (verbalize.io.ray): a local 2-CPU Ray instance started here; output equals the single-process job."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from verbalize.cli import main  # noqa: E402
+from verbalize.cli.main import main  # noqa: E402
 
 TEMPLATE = """
 name = "t"

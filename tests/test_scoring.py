@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from verbalize.batching import encode_prompts
+from verbalize.engine.batching import encode_prompts
+from verbalize.engine.scoring import AGGREGATIONS, aggregate
 from verbalize.errors import InputError
-from verbalize.labels import LabelWords
-from verbalize.scoring import AGGREGATIONS, aggregate
-from verbalize.template import Template
+from verbalize.prompting.labels import LabelWords
+from verbalize.prompting.template import Template
 
 TEMPLATE = Template(prompt="Review: {text}\nSentiment:", labels={"negative": ["negative"], "positive": ["positive"]})
 TEXTS = [

@@ -11,9 +11,9 @@ import pytest
 
 import verbalize.search as search
 from verbalize import Template, TemplateEnsemble, Verbalizer, load_template, rank_templates, suggest_label_words
-from verbalize.calibration import log_softmax
-from verbalize.cli import main
-from verbalize.scoring import aggregate
+from verbalize.calibration.calibrators import log_softmax
+from verbalize.cli.main import main
+from verbalize.engine.scoring import aggregate
 
 TOPICS = Template(
     prompt="Text: {text}\nTopic:",

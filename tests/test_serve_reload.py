@@ -36,7 +36,7 @@ from serve_support import (  # noqa: E402
 from serve_support import write_atomically as _write  # noqa: E402
 
 from verbalize import Client, Verbalizer  # noqa: E402
-from verbalize.cli import main as cli_main  # noqa: E402
+from verbalize.cli.main import main as cli_main  # noqa: E402
 from verbalize.serve import ServeConfig, create_app  # noqa: E402
 
 
@@ -101,7 +101,7 @@ def test_cli_serves_in_a_subprocess_and_stops_on_sigterm(gpt2: Any, files: dict[
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "verbalize.cli", "serve", str(files["senti"]), "--model", str(tmp_path / "m"),
+    cmd = [sys.executable, "-m", "verbalize.cli.main", "serve", str(files["senti"]), "--model", str(tmp_path / "m"),
            "--port", str(port), "--threads", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from verbalize.errors import TemplateError
-from verbalize.labels import LabelWords
-from verbalize.template import Template, load_template
+from verbalize.prompting.labels import LabelWords
+from verbalize.prompting.template import Template, load_template
 
 VALID = """
 name = "sst2"

@@ -34,7 +34,7 @@ def test_template_words_tokenize_apart_on_default_model(path, default_scorer):
 
 
 def test_shipped_templates_load_by_name():
-    from verbalize.template import shipped_templates
+    from verbalize.prompting.template import shipped_templates
 
     assert {n: p.resolve() for n, p in shipped_templates().items()} == {f.stem: f.resolve() for f in FILES}
     for f in FILES:

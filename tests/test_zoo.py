@@ -26,11 +26,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from verbalize import model_io
+from verbalize.engine import model_io
+from verbalize.engine.scoring import Scorer
 from verbalize.errors import InputError, ModelLoadError
-from verbalize.labels import LabelWords
-from verbalize.scoring import Scorer
-from verbalize.template import Template
+from verbalize.prompting.labels import LabelWords
+from verbalize.prompting.template import Template
 
 _H = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 _GPT = dict(n_embd=32, n_layer=2, n_head=4, n_positions=256)

@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .calibration import (
+    from verbalize.calibration.calibrators import (
         BatchCalibrator,
         Calibrator,
         ContextualCalibrator,
@@ -23,28 +23,28 @@ if TYPE_CHECKING:
         TemperatureCalibrator,
         get_calibrator,
     )
-    from .client import Client
-    from .ensemble import TemplateEnsemble
-    from .errors import InputError, ModelLoadError, TemplateError, VerbalizeError
-    from .estimator import Verbalizer
-    from .finetune import FineTuneConfig
-    from .heads import Head
-    from .knn import KNNPrompting
-    from .labels import LabelWords
-    from .scoring import Scorer
-    from .search import rank_templates, suggest_label_words
-    from .template import Template, load_template
+    from verbalize.client import Client
+    from verbalize.engine.scoring import Scorer
+    from verbalize.ensemble import TemplateEnsemble
+    from verbalize.errors import InputError, ModelLoadError, TemplateError, VerbalizeError
+    from verbalize.estimator import Verbalizer
+    from verbalize.knn import KNNPrompting
+    from verbalize.prompting.labels import LabelWords
+    from verbalize.prompting.template import Template, load_template
+    from verbalize.search import rank_templates, suggest_label_words
+    from verbalize.training.config import FineTuneConfig
+    from verbalize.training.heads import Head
 
 __version__ = "0.1.0"
 
 # public name -> the module (relative to this package) that defines it
 _HOMES = {
-    "BatchCalibrator": "calibration",
-    "Calibrator": "calibration",
-    "ContextualCalibrator": "calibration",
-    "DomainCalibrator": "calibration",
-    "TemperatureCalibrator": "calibration",
-    "get_calibrator": "calibration",
+    "BatchCalibrator": "calibration.calibrators",
+    "Calibrator": "calibration.calibrators",
+    "ContextualCalibrator": "calibration.calibrators",
+    "DomainCalibrator": "calibration.calibrators",
+    "TemperatureCalibrator": "calibration.calibrators",
+    "get_calibrator": "calibration.calibrators",
     "Client": "client",
     "TemplateEnsemble": "ensemble",
     "InputError": "errors",
@@ -52,15 +52,15 @@ _HOMES = {
     "TemplateError": "errors",
     "VerbalizeError": "errors",
     "Verbalizer": "estimator",
-    "FineTuneConfig": "finetune",
-    "Head": "heads",
+    "FineTuneConfig": "training.config",
+    "Head": "training.heads",
     "KNNPrompting": "knn",
-    "LabelWords": "labels",
-    "Scorer": "scoring",
+    "LabelWords": "prompting.labels",
+    "Scorer": "engine.scoring",
     "rank_templates": "search",
     "suggest_label_words": "search",
-    "Template": "template",
-    "load_template": "template",
+    "Template": "prompting.template",
+    "load_template": "prompting.template",
 }
 
 __all__ = [

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .errors import VerbalizeError
+from verbalize.errors import VerbalizeError
 
 logger = logging.getLogger(__name__)
 

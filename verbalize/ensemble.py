@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .calibration import log_softmax
-from .estimator import Verbalizer
-from .inputs import check_texts
-from .params import text_input_tags
-from .prompts import resolve_template
-from .scoring import Scorer
-from .template import Template
+from verbalize.calibration.calibrators import log_softmax
+from verbalize.engine.scoring import Scorer
+from verbalize.estimator import Verbalizer, text_input_tags
+from verbalize.prompting.prompts import resolve_template
+from verbalize.prompting.template import Template
+from verbalize.rows import check_texts
 
 
 class TemplateEnsemble(ClassifierMixin, BaseEstimator):

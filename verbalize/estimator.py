@@ -1,13 +1,14 @@
 """Verbalizer: a scikit-learn classifier that asks a causal LM which label word comes next.
 
 This module holds the scikit-learn surface and the order of the steps only: what the model reads
-is :mod:`verbalize.prompts`, calibration policy :mod:`verbalize.calibration`, head targets
-:mod:`verbalize.heads`, fine-tuning :mod:`verbalize.finetune`, saving :mod:`verbalize.persistence`.
+is :mod:`verbalize.prompting.prompts`, calibration policy :mod:`verbalize.calibration.calibrators`, head targets
+:mod:`verbalize.training.heads`, fine-tuning :mod:`verbalize.training.finetune`, saving :mod:`verbalize.persistence`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
-from . import persistence
-from .autocalibration import AutoCalibrator
-from .calibration import (
+from verbalize import persistence
+from verbalize.calibration.calibrators import (
     Calibrator,
     ScoreTexts,
     calibrate,
@@ -27,14 +27,100 @@ from .calibration import (
     log_softmax,
     warn_if_collapsed,
 )
-from .demos import choose_demos
-from .finetune import FineTuneConfig, train_classifier
-from .heads import FittedHead, Head, as_heads, fit_probes, head_params, one_or_all, split_targets
-from .inputs import check_rows
-from .params import check_params, ready, set_nested, text_input_tags
-from .prompts import PromptBuilder, Prompts, reserved_tokens, resolve_template
-from .scoring import Scorer, aggregate
-from .template import Template
+from verbalize.engine.scoring import AGGREGATIONS, Scorer, aggregate
+from verbalize.engine.tokens import reserved_tokens
+from verbalize.errors import ParameterError, check_choice
+from verbalize.prompting.demos import SELECTIONS, choose_demos
+from verbalize.prompting.prompts import PromptBuilder, Prompts, resolve_template
+from verbalize.prompting.template import Template
+from verbalize.rows import check_rows
+from verbalize.training.config import FineTuneConfig, replace_config
+from verbalize.training.finetune import train_classifier
+from verbalize.training.heads import (
+    FittedHead,
+    Head,
+    as_heads,
+    fit_probes,
+    head_params,
+    one_or_all,
+    replace_head,
+    split_targets,
+)
+
+RUNTIME_PARAMS = ("batch_size", "progress")  # may change after fit: they do not change what was learned
+
+
+def text_input_tags(tags: Any, requires_fit: bool = True) -> Any:
+    """scikit-learn tags of a classifier of texts: 1-D sequences of strings, never a 2-D array."""
+    tags.requires_fit = requires_fit
+    tags.input_tags.string = True
+    tags.input_tags.two_d_array = False
+    return tags
+
+
+def check_params(self: Any) -> None:
+    """Raise on a bad parameter of a Verbalizer ``self``, naming it and what is allowed."""
+    if self.calibration is not None and not isinstance(self.calibration, Calibrator):
+        get_calibrator(self.calibration)  # raises with the allowed names
+    check_choice(self.demo_selection, SELECTIONS, "demo_selection", "Verbalizer")
+    check_choice(self.aggregation, AGGREGATIONS, "aggregation", "Verbalizer")
+    if self.fine_tuning is not None and not isinstance(self.fine_tuning, FineTuneConfig):
+        raise TypeError(f"fine_tuning must be a FineTuneConfig, got {type(self.fine_tuning).__name__}")
+    if self.demos_per_class is not None and self.n_demos:
+        raise ParameterError(
+            f"Verbalizer got n_demos={self.n_demos} (a total) and demos_per_class={self.demos_per_class}; "
+            "give one of them (demos_per_class=k puts k demonstrations of each label in the prompt)"
+        )
+    checks = [("n_demos", self.n_demos, 0), ("batch_size", self.batch_size, 1)]
+    checks += [(k, v, 1) for k, v in (("demos_per_class", self.demos_per_class),) if v is not None]
+    checks += [(k, v, 1) for k, v in (("calibration_sample", self.calibration_sample),) if v is not None]
+    for name, value, low in checks:
+        if not isinstance(value, int | np.integer) or value < low:
+            raise ParameterError(
+                f"The {name!r} parameter of Verbalizer must be an int >= {low}. Got {value!r} instead."
+            )
+
+
+def ready(self: Any) -> None:
+    """Set up on first use, and again when parameters changed since (sharing the loaded model)."""
+    if not hasattr(self, "template_"):
+        self._setup()
+        return
+    changed = [k for k, v in self.get_params(deep=False).items() if not same(v, self._seen_params.get(k))]
+    if changed and not self._fitted:
+        self._setup()
+    elif changed and set(changed) <= set(RUNTIME_PARAMS):
+        check_params(self)
+        self._seen_params = copy.deepcopy(self.get_params(deep=False))
+        base = self.__dict__.get("scorer_")
+        if base is not None:
+            self.scorer_ = Scorer(base.model, base.tokenizer, self.batch_size, base.context_length, base.max_tokens)
+    elif changed:
+        raise NotFittedError(
+            f"the parameters {changed} of this Verbalizer changed since fit(): call fit again "
+            "(fit() without data for zero-shot use)"
+        )
+    if "scorer_" not in self.__dict__:  # unpickled without its model: load the shared one
+        self.scorer_ = self._load_scorer()
+
+
+def same(a: Any, b: Any) -> bool:
+    """Whether a parameter still has the value it had at set-up (arrays and calibrators included)."""
+    if isinstance(a, Calibrator) and type(a) is type(b):
+        a, b = json.dumps(a.get_state(), default=str), json.dumps(b.get_state(), default=str)
+    try:
+        return a is b or (type(a) is type(b) and bool(np.all(a == b)))
+    except (TypeError, ValueError):
+        return False
+
+
+def set_nested(self: Any, nested: dict[str, Any]) -> None:
+    """Apply ``fine_tuning__<field>`` and ``heads__<name>__<field>`` parameters, each to a copy of the config."""
+    for key, value in nested.items():
+        if key.startswith("fine_tuning__"):
+            self.fine_tuning = replace_config(self.fine_tuning, key, value)
+        else:
+            self.heads = replace_head(self.heads, key, value)
 
 
 class Verbalizer(ClassifierMixin, BaseEstimator):
@@ -54,8 +140,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         None for the embedded default model (SmolLM2-135M-Instruct); a hub id such as ``"gpt2"``;
         a local directory; a ``.gguf`` file; or a ready :class:`Scorer`.
     calibration : {None, "auto", "contextual", "domain", "batch", "temperature"} or Calibrator, default None
-        See :mod:`verbalize.calibration` for what each does and when it helps; a
-        :class:`~verbalize.calibration.Calibrator` instance is copied, never fitted in place.
+        See :mod:`verbalize.calibration.calibrators` for what each does and when it helps; a
+        :class:`~verbalize.calibration.calibrators.Calibrator` instance is copied, never fitted in place.
         ``"auto"`` uses batch calibration unless cross-validation on ``fit``'s labeled examples
         clearly prefers another (none included), and reports it in ``calibration_report_``; with
         ``fit(X)`` only, batch calibration fitted on ``X`` (8 texts or more); without ``fit``, none.
@@ -77,7 +163,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         Token budget per prompt; defaults to the model's context window.
     device : str, default "auto"
     dtype : {"float32", "bfloat16", "float16", "int8"}, default "float32"
-        ``"int8"`` quantizes the body's linear layers (see ``verbalize.models.quantize``); fine-tuning
+        ``"int8"`` quantizes the body's linear layers (see ``verbalize.engine.models.quantize``); fine-tuning
         trains in float32 and then serves the result in int8.
     random_state : int, optional
         Seeds demonstration selection.
@@ -199,7 +285,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         check_params(self)
 
     def _ready(self) -> None:
-        """Set up on first use, and again when parameters changed since (see :func:`verbalize.params.ready`)."""
+        """Set up on first use, and again when parameters changed since (see :func:`ready`)."""
         ready(self)
 
     # -- fit -----------------------------------------------------------------------------------
@@ -246,8 +332,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             folds = self._fold_scorer(texts, ys) if self._n_demos() and pool is None else None
             sample = self.calibration_sample
             fit_calibrator(self.calibrator_, self._raw_scores, texts, y_index, self.random_state, folds, sample)
-            if isinstance(self.calibrator_, AutoCalibrator):
-                self.calibration_report_ = self.calibrator_.report_
+            report = self.calibrator_.report()
+            if report is not None:
+                self.calibration_report_ = report
         self._fitted = True
         return self
 

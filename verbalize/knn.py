@@ -21,13 +21,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
-from .demos import select_demos
-from .inputs import check_labels, check_texts
-from .labels import LabelTokens
-from .params import text_input_tags
-from .prompts import resolve_template
-from .scoring import Scorer
-from .template import Template
+from verbalize.engine.scoring import Scorer
+from verbalize.engine.tokens import LabelTokens
+from verbalize.estimator import text_input_tags
+from verbalize.prompting.demos import select_demos
+from verbalize.prompting.prompts import resolve_template
+from verbalize.prompting.template import Template
+from verbalize.rows import check_labels, check_texts
 
 CHUNK = 256  # rows per vocabulary-sized block: bounds the (rows, V) float64 temporaries
 
@@ -36,7 +36,7 @@ def vocab_tokens(scorer: Scorer) -> LabelTokens:
     """Every token of the model's output layer as a one-token "word" of its own label.
 
     Scoring these words gives the whole next-token distribution through the scorer's own,
-    probe-verified logits path (:mod:`verbalize.model_io`), so kNN and label-word search read
+    probe-verified logits path (:mod:`verbalize.engine.model_io`), so kNN and label-word search read
     exactly what the model computes, whatever its output transform.
     """
     n = int(scorer.model.config.get_text_config(decoder=True).vocab_size)

@@ -23,18 +23,15 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .calibration import CALIBRATORS, Calibrator
-from .errors import SavedClassifierError
-from .finetune import FineTuneConfig
-from .heads import FittedHead, Head, one_or_all
-from .model_files import quiet
-from .scoring import Scorer
-from .template import Template
-
-if TYPE_CHECKING:
-    from .estimator import Verbalizer
+from verbalize.calibration.calibrators import CALIBRATORS, Calibrator
+from verbalize.engine.model_files import quiet
+from verbalize.engine.scoring import Scorer
+from verbalize.errors import SavedClassifierError
+from verbalize.prompting.template import Template
+from verbalize.training.config import FineTuneConfig
+from verbalize.training.heads import FittedHead, Head, one_or_all
 
 FORMAT_VERSION = 1
 STATE_FILE = "verbalize.json"
@@ -46,7 +43,7 @@ def _checkpoint(step: str) -> None:
     """A named step of :func:`save`; tests replace this function to simulate a crash at each step."""
 
 
-def save(clf: Verbalizer, path: str | Path) -> Path:
+def save(clf: Any, path: str | Path) -> Path:
     """Write ``clf`` (already set up) to the directory ``path``, replacing an earlier save atomically.
 
     Raises
@@ -114,7 +111,7 @@ def _rebuild_scorer(model_class: Any, config: Any, weights: Any, tokenizer: Any,
 copyreg.pickle(Scorer, reduce_scorer)
 
 
-def _state(clf: Verbalizer) -> dict[str, Any]:
+def _state(clf: Any) -> dict[str, Any]:
     params = clf.get_params(deep=False)
     in_dir = isinstance(params["model"], Scorer) or clf.fine_tuned_
     if in_dir:

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from .calibration import CONTENT_FREE, get_calibrator, log_softmax
-from .inputs import check_labels, check_texts
-from .knn import next_token_log_probs, resolve_scorer
-from .prompts import resolve_template
-from .scoring import Scorer, aggregate
-from .template import Template
-from .template_toml import to_toml, write_template
+from verbalize.calibration.calibrators import CONTENT_FREE, get_calibrator, log_softmax
+from verbalize.engine.scoring import Scorer, aggregate
+from verbalize.knn import next_token_log_probs, resolve_scorer
+from verbalize.prompting.prompts import resolve_template
+from verbalize.prompting.template import Template
+from verbalize.prompting.template_toml import to_toml, write_template
+from verbalize.rows import check_labels, check_texts
 
 __all__ = ["Suggestion", "WordChoice", "rank_templates", "suggest_label_words", "to_toml", "write_template"]
 

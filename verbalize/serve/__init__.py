@@ -30,7 +30,7 @@ def require_extra() -> None:
 def __getattr__(name: str) -> Any:
     if name in ("ServeConfig", "create_app"):
         require_extra()
-        from . import app
+        from verbalize.serve import app
 
         return getattr(app, name)
     raise AttributeError(f"module 'verbalize.serve' has no attribute {name!r}")

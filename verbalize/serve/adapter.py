@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..estimator import Verbalizer
-from ..prompts import reserved_tokens
+from verbalize.engine.tokens import reserved_tokens
+from verbalize.estimator import Verbalizer
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from ..errors import did_you_mean
-from .batcher import MicroBatcher, Overloaded
-from .metrics import Metrics
-from .registry import Entry, Registry, Source, build_classifier, expand_sources
-from .schemas import ClassifyRequest, ClassifyResponse, ErrorResponse
+from verbalize.errors import did_you_mean
+from verbalize.serve.batcher import MicroBatcher, Overloaded
+from verbalize.serve.metrics import Metrics
+from verbalize.serve.registry import Entry, Registry, Source, build_classifier, expand_sources
+from verbalize.serve.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .adapter import Plan, merge_label_tokens, n_words, scoring_plan
-from .metrics import Metrics
+from verbalize.serve.adapter import Plan, merge_label_tokens, n_words, scoring_plan
+from verbalize.serve.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TemplateError
-from ..estimator import Verbalizer
-from ..template import load_template
+from verbalize.errors import TemplateError
+from verbalize.estimator import Verbalizer
+from verbalize.prompting.template import load_template
 
 logger = logging.getLogger(__name__)
 

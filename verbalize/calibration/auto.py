@@ -1,0 +1,227 @@
+"""``calibration="auto"``: a safe default calibration, left only when cross-validation clearly says so.
+
+The candidates are every calibrator registered in :data:`verbalize.calibration.calibrators.CALIBRATORS` at the time
+of the choice (and no calibration), so adding a calibrator stays a one-file change to ``calibration.py``.
+This module holds the selection policy (:func:`select`, a pure function of held-out scores), and
+registers :class:`AutoCalibrator` as ``"auto"`` (the package's ``__init__`` imports it, so the name is always there).
+
+Why a default and a margin, not the plain CV winner: with a few labeled examples per class the
+held-out accuracies of the candidates differ by one or two examples, so the plain winner is mostly
+noise. The default is batch calibration (Zhou et al. 2024), which matched or beat no calibration,
+contextual (Zhao et al. 2021) and domain-conditional (Fei et al. 2023) calibration on average over
+their tasks and needs no labels and no hand-picked content-free inputs; it was also the best or
+within a point of the best method on average in ``eval/auto_calibration.py`` (see the README).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+
+from verbalize.calibration import calibrators as _cal
+from verbalize.calibration.calibrators import Calibrator, FoldScorer, ScoreTexts, log_softmax
+
+logger = logging.getLogger(__name__)
+
+DEFAULT = "batch"
+"""The choice unless cross-validation clearly prefers another, and the choice for ``fit(X)`` without labels."""
+MIN_UNLABELED = 8
+"""Unlabeled texts needed (``fit(X)``) to fit the default batch prior on; fewer: no calibration."""
+
+
+def _folds(y: np.ndarray, n_folds: int, random_state: int | None) -> list[np.ndarray]:
+    """Held-out rows of each fold, stratified by label (round-robin over each label's shuffled rows)."""
+    rng = np.random.default_rng(random_state)
+    fold_of = np.zeros(len(y), dtype=int)
+    for label in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == label))
+        fold_of[rows] = (np.arange(len(rows)) + rng.integers(n_folds)) % n_folds
+    return [np.flatnonzero(fold_of == k) for k in range(n_folds) if (fold_of == k).any()]
+
+
+def select(
+    log_proba: dict[str | None, np.ndarray], y: np.ndarray, default: str | None = DEFAULT
+) -> tuple[str | None, dict[str, dict[str, float]]]:
+    """The chosen method and every method's CV scores, from held-out log-probabilities per method.
+
+    Each candidate is compared with ``default`` on the same held-out examples (paired): its gain is
+    the mean of (candidate correct) - (default correct) over the examples, with the standard error of
+    that mean. A candidate is *clearly better* when its gain exceeds its standard error (and is
+    positive): with none broken that takes two examples more right, never one. The choice is the
+    default unless some candidate is clearly better; then the clearly better one with the highest
+    accuracy, ties to the lower log-loss, then to the order of ``log_proba``. Log-loss never overrules
+    accuracy: it ranks methods of equal accuracy (e.g. temperature against no calibration, which
+    always predict the same labels).
+    """
+    y = np.asarray(y, dtype=int)
+    rows = np.arange(len(y))
+    names = list(log_proba)
+    if default not in log_proba:
+        raise ValueError(f"the default {default!r} is not among the methods {names}")
+    correct = {k: (v.argmax(axis=1) == y).astype(float) for k, v in log_proba.items()}
+    scores: dict[str, dict[str, float]] = {}
+    clear = []
+    for k in names:
+        diff = correct[k] - correct[default]
+        se = float(diff.std(ddof=1) / np.sqrt(len(y))) if len(y) > 1 else 0.0
+        gain = float(diff.mean())
+        scores[str(k)] = {
+            "accuracy": float(correct[k].mean()),
+            "log_loss": float(-log_proba[k][rows, y].mean()),
+            "gain": gain,
+            "gain_se": se,
+        }
+        if k != default and gain > 0 and gain > se:
+            clear.append(k)
+    if not clear:
+        return default, scores
+    best = max(clear, key=lambda k: (scores[str(k)]["accuracy"], -scores[str(k)]["log_loss"], -names.index(k)))
+    return best, scores
+
+
+class AutoCalibrator(Calibrator):
+    """Batch calibration unless cross-validation on ``fit``'s labeled examples clearly prefers another.
+
+    Each fold's held-out texts are scored with demonstrations drawn from the other folds only (through
+    the fold scorer) and calibrated by calibrators fitted without them; :func:`select` then keeps the
+    default (``"batch"``) unless a candidate is more accurate by more than a paired standard error.
+    The choice is then fitted on all of ``fit``'s texts. Every registered calibrator is a candidate.
+
+    Without labels of two labels or more (``fit(X)``): batch calibration fitted on ``X``'s texts when
+    there are at least ``MIN_UNLABELED`` of them and not all of one label, else no calibration; without
+    ``fit``: no calibration
+    (batch calibration of a single predicted text would erase its scores).
+
+    Attributes
+    ----------
+    chosen_ : Calibrator or None
+        The chosen, fitted calibrator (None: no calibration).
+    report_ : dict
+        ``{"chosen", "default", "rule", "n_folds", "n_examples", "scores": {name: {"accuracy",
+        "log_loss", "gain", "gain_se"}}}`` (gain: paired accuracy gain over the default, and its
+        standard error); ``"reason"`` instead of the CV entries when there was no cross-validation.
+    cv_log_proba_ : dict
+        Held-out log-probabilities per method (not saved with the classifier): for studies of the rule.
+    """
+
+    name = "auto"
+    fitted_on = "fit's labeled texts (cross-validated choice), then what the chosen calibrator is fitted on"
+    n_folds: ClassVar[int] = 4
+    default: ClassVar[str | None] = DEFAULT
+    rule: ClassVar[str] = "default unless another method's paired CV accuracy gain exceeds its standard error"
+
+    @staticmethod
+    def candidates() -> list[str | None]:
+        return [None, *(n for n in _cal.CALIBRATORS if n != AutoCalibrator.name)]
+
+    def choose(self, fold_scorer: FoldScorer, texts: list[str], y: np.ndarray | None, random_state: int | None) -> None:
+        """Run the cross-validation and set ``chosen_`` (unfitted) and ``report_``."""
+        self.cv_log_proba_: dict[str | None, np.ndarray] = {}
+        y = None if y is None else np.asarray(y, dtype=int)
+        n_folds = 0 if y is None or len(np.unique(y)) < 2 else min(self.n_folds, int(np.bincount(y).max()))
+        if n_folds < 2:
+            one_label = y is not None and len(np.unique(y)) < 2  # a prior fitted on one label's texts is skewed
+            best = self.default if len(texts) >= MIN_UNLABELED and not one_label else None
+            self.chosen_: Calibrator | None = None if best is None else _cal.get_calibrator(best)
+            why = (
+                f"{best} fitted on fit's texts"
+                if best
+                else f"no calibration ({len(texts)} texts, one label or fewer than {MIN_UNLABELED})"
+            )
+            self.report_: dict[str, Any] = {
+                "chosen": best,
+                "default": self.default,
+                "reason": f"no labeled examples to cross-validate on (two labels, two of one label or more): {why}",
+            }
+            return
+        assert y is not None
+        folds = _folds(y, n_folds, random_state)
+        names, n = self.candidates(), len(y)
+        out = {k: np.zeros((n, 0)) for k in names}
+        for held in folds:
+            train = np.setdiff1d(np.arange(n), held)
+            score_texts = fold_scorer([int(i) for i in train])
+            held_texts = [texts[i] for i in held]
+            raw = score_texts(held_texts)
+            for name in names:
+                fold_out = self._fold_scores(name, score_texts, texts, train, y, raw, held_texts, random_state)
+                if out[name].shape[1] == 0:
+                    out[name] = np.zeros((n, fold_out.shape[1]))
+                out[name][held] = fold_out
+        best, scores = select(out, y, self.default)
+        self.cv_log_proba_ = out
+        self.chosen_ = _cal.get_calibrator(best) if best is not None else None
+        self.report_ = {
+            "chosen": best,
+            "default": self.default,
+            "rule": self.rule,
+            "n_folds": len(folds),
+            "n_examples": n,
+            "scores": scores,
+        }
+        logger.info("calibration='auto' chose %r: %s", best, scores)
+
+    @staticmethod
+    def _fold_scores(
+        name: str | None,
+        score_texts: ScoreTexts,
+        texts: list[str],
+        train: np.ndarray,
+        y: np.ndarray,
+        raw: np.ndarray,
+        held_texts: list[str],
+        random_state: int | None,
+    ) -> np.ndarray:
+        """Held-out log-probabilities under calibration ``name`` fitted on the training rows only."""
+        if name is None:
+            return log_softmax(raw)
+        cal = _cal.get_calibrator(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a fold's tiny fit may hit a bound; the CV score says so
+            _cal.fit_calibrator(cal, score_texts, [texts[i] for i in train], y[train], random_state)
+            return _cal.calibrate(cal, raw, held_texts, score_texts, random_state)
+
+    def select(
+        self, fold_scorer: FoldScorer, texts: list[str], y: np.ndarray | None, random_state: int | None
+    ) -> Calibrator | None:
+        self.choose(fold_scorer, texts, y, random_state)
+        return self.chosen_
+
+    def active(self) -> Calibrator | None:
+        # unfitted "auto" (zero-shot, no fit): the safe choice, no calibration
+        return getattr(self, "chosen_", None) if self.is_fitted() else None
+
+    def report(self) -> dict[str, Any] | None:
+        return getattr(self, "report_", None)
+
+    def fit(self, scores: np.ndarray, y: Any = None) -> AutoCalibrator:
+        raise TypeError("calibration='auto' is fitted through fit_calibrator (it scores texts); not on an array")
+
+    def transform(self, scores: np.ndarray) -> np.ndarray:
+        chosen = getattr(self, "chosen_", None)
+        return log_softmax(scores) if chosen is None else chosen.transform(scores)
+
+    def is_fitted(self) -> bool:
+        return hasattr(self, "report_")
+
+    def get_state(self) -> dict[str, Any]:
+        chosen = getattr(self, "chosen_", None)
+        if not self.is_fitted():
+            return {}
+        state = None if chosen is None else {"name": chosen.name, "state": chosen.get_state()}
+        return {"chosen_": state, "report_": self.report_}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> AutoCalibrator:
+        obj = cls()
+        if "report_" in state:
+            chosen = state.get("chosen_")
+            obj.chosen_ = None if chosen is None else _cal.CALIBRATORS[chosen["name"]].from_state(chosen["state"])
+            obj.report_ = state["report_"]
+        return obj
+
+
+_cal.CALIBRATORS[AutoCalibrator.name] = AutoCalibrator

@@ -1,0 +1,1 @@
+"""The ``verbalize`` command line (``verbalize.cli.main:main``): argparse over the public API only."""

@@ -1,0 +1,87 @@
+"""``verbalize check TEMPLATE [--model --text]``: validate a template against a model's tokenizer.
+
+The tokenizer alone shows how label words tokenize and whether the template fits the context window:
+no model weights are loaded, and on a warm model cache nothing imports torch (see ``model_files.py``),
+so the command answers in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from verbalize.engine.model_files import UNKNOWN_WINDOW, load_tokenizer
+from verbalize.errors import TemplateError
+from verbalize.prompting.prompts import resolve_template
+
+
+def check(template_arg: str, model: str | os.PathLike | None = None, text: str | None = None) -> int:
+    """Print the rendered prompt, each label word's tokens and the context used; return the exit code.
+
+    Parameters
+    ----------
+    template_arg : str
+        A template file, or the name of a shipped template.
+    model : str or path, optional
+        As in :func:`verbalize.engine.models.load_model`; None for the embedded default.
+    text : str, optional
+        Sample text to render; default: the template's ``sample_text``.
+
+    Returns
+    -------
+    int
+        0 when no problem was found; 1 when the label words cannot be encoded or the template leaves no
+        room for the text in the context window (the reason is on stderr).
+
+    Raises
+    ------
+    FileNotFoundError, TemplateError
+        When the template cannot be read (every problem listed, each with file and key).
+    ModelLoadError
+        When ``model`` has no tokenizer.
+    """
+    template = resolve_template(template_arg, None)
+    text = text or template.sample_text
+    print(f"template: {template.source}" + (f"  ({template.description})" if template.description else ""))
+    print("prompt for a sample text (shown with escapes):")
+    print("  " + json.dumps(template.render(text), ensure_ascii=False))
+    tok = load_tokenizer(model)
+    name = os.fspath(model) if model else "default"
+    try:
+        tokens = template.labels.encode(tok, template.label_prefix, template.render(text))
+    except TemplateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"label words with label_prefix {template.label_prefix!r}, as tokens of model {name}:")
+    firsts: dict[int, str] = {}
+    notes = []
+    for word, li, ids in zip(tokens.words, tokens.word_label, tokens.word_ids, strict=True):
+        label = tokens.labels[li]
+        pieces = tok.convert_ids_to_tokens(list(ids))
+        flag = "  (several tokens: scored exactly, costs a short second pass)" if len(ids) > 1 else ""
+        print(f"  {label:>14}  {word!r:20} -> {pieces}{flag}")
+        if ids[0] in firsts and firsts[ids[0]] != label:
+            notes.append(f"labels.{label}: {word!r} starts with the same token as a word of labels.{firsts[ids[0]]}")
+        firsts.setdefault(ids[0], label)
+    for note in notes:
+        print(f"note: {note} (fine: words are scored over all their tokens)")
+    window = tok.model_max_length if 0 < tok.model_max_length < UNKNOWN_WINDOW else None
+    if window:
+        # The template's own tokens (instruction, prompt words, special tokens) and the longest label word never
+        # shrink; only the text is cut to fit, so they must leave room for it.
+        longest = max(len(ids) for ids in tokens.word_ids)
+        fixed = len(tok(template.render(""))["input_ids"]) + longest
+        print(f"context: the template takes {fixed} of model {name}'s {window} tokens (with the longest label word)")
+        if fixed >= window:
+            print(
+                f"error: {template.source}: instruction + prompt take {fixed} tokens with the longest label word, "
+                f"not less than model {name}'s context window of {window}: no room is left for the text; "
+                "shorten the instruction or the prompt",
+                file=sys.stderr,
+            )
+            return 1
+        if len(tok(template.render(text))["input_ids"]) + longest > window:
+            print("warning: the sample text does not fit the context window; it would be cut to fit")
+    print("ok: no problems found")
+    return 0

@@ -1,0 +1,380 @@
+"""`verbalize check | predict | eval | finetune | serve | suggest`: a thin command line over the public API.
+
+Commands import what they need (torch, scikit-learn) when they run, so that ``verbalize check`` and
+``--help`` start fast; ``check``, ``serve`` and ``suggest`` live in their own modules.
+
+Exit codes: 0 every row done; 1 some rows could not be classified (each has an ``error`` field, or is
+listed on stderr for ``eval``/``finetune``); 2 a setup or usage error (template, model, calibration,
+options, input or output path), found before the first row; 128 + signal number when interrupted
+(130 for Ctrl-C, 143 for SIGTERM), with finished rows kept and a note on how to ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from verbalize import __version__
+from verbalize.cli.check import check
+from verbalize.cli.serve import add_parser as _add_serve  # `verbalize serve` (needs the [serve] extra to run)
+from verbalize.cli.suggest import add_parser as _add_suggest
+from verbalize.errors import InputError, VerbalizeError
+from verbalize.io.jobs import (
+    EXIT_OK,
+    EXIT_ROWS_FAILED,
+    EXIT_SETUP,
+    Job,
+    check_model_dir,
+    check_output,
+    classify_rows,
+    field_columns,
+    file_digest,
+    run,
+    sample_texts,
+)
+from verbalize.io.readers import Source, labeled_rows, open_source, read_table
+from verbalize.prompting.prompts import resolve_template
+from verbalize.rows import text_problem
+
+if TYPE_CHECKING:
+    from verbalize.estimator import Verbalizer
+
+CHUNK = 512
+CALIBRATION_SAMPLE = 1000  # the first usable texts that domain and batch calibration are fitted on
+PROBE = "A short example text."
+FIELD_HELP = (
+    "with a template of several fields: the column that fills FIELD (repeatable); "
+    "default: the column named like each field"
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # transformers imports torchao when it is installed (the int8 extra), and torchao warns about GPU-only
+    # kernels it cannot load on a CPU; that is no problem of the user's run.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    try:
+        return int(args.func(args))
+    except (VerbalizeError, FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    except KeyboardInterrupt:
+        print("interrupted before the first row; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return n
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="verbalize", description="Prompt-based text classification with causal LMs.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("template", help="template file (TOML), or a classifier directory written by finetune / save")
+        sp.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: embedded)")
+        sp.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "int8"], help="weights")
+
+    c = sub.add_parser("check", help="validate a template, show its prompt and how label words tokenize")
+    common(c)
+    c.add_argument("--text", default=None, help="sample text to render (default: the template's sample_text)")
+    c.set_defaults(func=lambda a: check(a.template, a.model, a.text))
+
+    r = sub.add_parser("predict", help="classify the texts of a CSV / TSV / JSONL / Parquet / plain-text file")
+    common(r)
+    r.add_argument("input", help="input file: .csv, .tsv, .jsonl, .parquet, or one text per line")
+    r.add_argument("--output", "-o", default=None, help="output file (.jsonl, .csv, .tsv or .parquet; default: stdout)")
+    r.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
+    r.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help=FIELD_HELP)
+    r.add_argument(
+        "--calibration",
+        default=None,
+        help=f"contextual, domain, batch (domain/batch: fitted on the first {CALIBRATION_SAMPLE} usable texts)",
+    )
+    r.add_argument("--batch-size", type=_positive, default=64)
+    r.add_argument("--chunk-size", type=_positive, default=CHUNK, help="rows classified and written at a time")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.partial")
+    r.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    r.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="ray: Ray Data (pip install verbalize[ray])"
+    )
+    r.add_argument("--concurrency", type=_positive, default=None, help="ray: number of actors (default: 2)")
+    r.add_argument("--threads-per-actor", type=_positive, default=1, help="ray: torch threads per actor")
+    r.add_argument("--cpus-per-actor", type=float, default=None, help="ray: CPUs reserved per actor (default: threads)")
+    r.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs per actor")
+    r.set_defaults(func=_predict)
+
+    e = sub.add_parser("eval", help="accuracy and macro-F1 on a labeled JSONL/CSV file (columns text, label)")
+    common(e)
+    e.add_argument("data", help="labeled file")
+    e.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
+    e.add_argument("--label-column", default="label")
+    e.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help=FIELD_HELP)
+    e.add_argument("--calibration", default=None)
+    e.add_argument("--batch-size", type=_positive, default=64)
+    e.add_argument("--limit", type=_positive, default=None, help="use the first N rows")
+    e.set_defaults(func=_eval)
+
+    f = sub.add_parser("finetune", help="prompt-based fine-tuning on a labeled file; saves a classifier directory")
+    common(f)
+    f.add_argument("train", help="labeled file (.jsonl, .csv, .tsv, .parquet) with a text and a label column")
+    f.add_argument("--output", "-o", required=True, help="directory to write (classifier + Hugging Face model/)")
+    f.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
+    f.add_argument("--label-column", default="label")
+    f.add_argument("--method", choices=["full", "lora"], default="full")
+    f.add_argument("--epochs", type=_positive, default=None)  # None: FineTuneConfig's default
+    f.add_argument("--learning-rate", type=float, default=None, help="default 2e-5 (full), 5e-4 (lora)")
+    f.add_argument("--batch-size", type=_positive, default=None)
+    f.add_argument("--validation-fraction", type=float, default=None)
+    f.add_argument("--lm-weight", type=float, default=0.0, help="mix in the LM loss to keep generation intact")
+    f.add_argument("--lm-texts", default=None, help="file of unlabeled plain text for the LM loss")
+    f.add_argument("--calibration", default=None)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=_finetune)
+    _add_serve(sub)
+    _add_suggest(sub)
+    return p
+
+
+def _saved(args: argparse.Namespace) -> Path | None:
+    path = Path(args.template)
+    return path if path.is_dir() and (path / "verbalize.json").is_file() else None
+
+
+def _classifier(args: argparse.Namespace, batch_size: int = 64) -> Verbalizer:
+    """A saved classifier directory (``finetune --output``, ``Verbalizer.save``) or a template file.
+
+    A saved directory carries its own model and calibration, so ``--model`` / ``--calibration`` with
+    one are refused rather than silently ignored.
+    """
+    from verbalize.estimator import Verbalizer  # torch: imported by the commands that classify, never by check
+
+    saved = _saved(args)
+    calibration = getattr(args, "calibration", None)
+    if saved is not None:
+        given = [f"--{n} {v}" for n, v in (("model", args.model), ("calibration", calibration)) if v is not None]
+        if given:
+            raise InputError(
+                f"{saved} is a saved classifier: it uses its own model and calibration, so {' and '.join(given)} "
+                "cannot apply. Drop them, or pass the template file instead of the directory (or fine-tune "
+                "again with them)"
+            )
+        return Verbalizer.load(saved, batch_size=batch_size, progress=False, **_dtype(args))
+    return Verbalizer(
+        template=args.template, model=args.model, calibration=calibration, batch_size=batch_size, **_dtype(args)
+    )
+
+
+def _classifier_and_source(args: argparse.Namespace, path: str) -> tuple[Verbalizer, Source, dict[str, str] | None]:
+    """The classifier (model not loaded yet), the input with its columns mapped to the template's fields
+    (a missing column is a setup error here), and that mapping (None: one field, one text column)."""
+    clf = _classifier(args, args.batch_size)
+    fields = (getattr(clf, "template_", None) or resolve_template(clf.template, clf.labels)).fields
+    fmap = field_columns(fields, getattr(args, "field", None))
+    return clf, open_source(path, args.column, fmap), fmap
+
+
+def _ready_classifier(clf: Verbalizer, source: Source, fmap: dict[str, str] | None) -> Verbalizer:
+    """Fit what is fitted on the input's texts and classify one probe, so every setup error shows before row 1."""
+    try:
+        if _fits_on_texts(clf):
+            texts = sample_texts(source, CALIBRATION_SAMPLE)
+            if texts:
+                clf.fit(texts)
+        clf.predict_proba([_probe(fmap)])
+    except (VerbalizeError, FileNotFoundError, ValueError, TypeError):
+        raise
+    except Exception as exc:  # a model that fails to load or run: one message, not one per row
+        raise VerbalizeError(f"setup failed before the first row: {type(exc).__name__}: {exc}") from exc
+    return clf
+
+
+def _fits_on_texts(clf: Verbalizer) -> bool:
+    """Whether the classifier's calibration is fitted on unlabeled texts of the input (domain, batch)."""
+    from verbalize.calibration.calibrators import unlabeled_texts_help
+
+    return unlabeled_texts_help(clf.calibration)
+
+
+def _dtype(args: argparse.Namespace) -> dict[str, Any]:
+    """``--dtype`` when given (a saved classifier keeps its own otherwise)."""
+    return {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return _predict_ray(args)
+    output = check_output(args.output)
+    clf, source, fmap = _classifier_and_source(args, args.input)
+    clf = _ready_classifier(clf, source, fmap)
+    options = {
+        "template": _template_digest(args),
+        "model": args.model,
+        "calibration": args.calibration,
+        "column": source.column,
+        "fields": fmap,
+        "batch_size": args.batch_size,  # batches inside a chunk: scores move at ~1e-7 with their composition
+        "verbalize": __version__,
+    }
+    job = Job(source, output, options, args.chunk_size, args.resume, progress=not args.no_progress)
+    result = run(job, clf)
+    if result.interrupted is not None:
+        print(_interrupted_note(args, job, result.rows, result.interrupted), file=sys.stderr)
+        return 128 + result.interrupted
+    where = f"to {output}" if output else "to stdout"
+    resumed = f" (resumed after {result.resumed_from})" if result.resumed_from else ""
+    print(f"{result.rows} rows written {where}{resumed}", file=sys.stderr)
+    if result.failed:
+        print(
+            f"{result.failed} of {result.rows} rows could not be classified; see their 'error' field", file=sys.stderr
+        )
+    return EXIT_ROWS_FAILED if result.failed else EXIT_OK
+
+
+def _template_digest(args: argparse.Namespace) -> str:
+    saved = _saved(args)
+    path = saved / "verbalize.json" if saved else Path(args.template)
+    return file_digest(path) if path.is_file() else str(args.template)
+
+
+def _interrupted_note(args: argparse.Namespace, job: Job, rows: int, signum: int) -> str:
+    import signal
+
+    name = signal.Signals(signum).name
+    if job.output is None:
+        return f"interrupted by {name} after {rows} rows (written to stdout); to resume a run, write it to a file (-o)"
+    again = [a for a in args.argv if a != "--resume"]
+    command = "verbalize " + shlex.join([*again, "--resume"])
+    return (
+        f"interrupted by {name}: {rows} finished rows are kept in {job.partial}; {job.output} was not touched.\n"
+        f"continue with: {command}"
+    )
+
+
+def _predict_ray(args: argparse.Namespace) -> int:
+    from verbalize.io.ray import predict_file
+
+    if args.resume:
+        raise InputError("--resume works with --engine local only; a Ray job reruns from the start")
+    out = check_output(args.output)
+    if out is None or out.suffix.lower() != ".parquet":
+        raise InputError("--engine ray writes Parquet: give --output FILE.parquet")
+    clf, source, fmap = _classifier_and_source(args, args.input)
+    if fmap:
+        raise InputError("--engine ray classifies one text column; use --engine local for templates of several fields")
+    clf = _ready_classifier(clf, source, fmap)  # every setup error here, before Ray starts
+    saved = _saved(args)
+    fit = _fits_on_texts(clf) and not saved
+    n = predict_file(
+        source,
+        out,
+        template=str(saved or args.template),
+        model=args.model,
+        calibration=args.calibration,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        concurrency=args.concurrency or 2,
+        threads=args.threads_per_actor,
+        num_cpus=args.cpus_per_actor,
+        num_gpus=args.gpus_per_actor,
+        fit_texts=sample_texts(source, CALIBRATION_SAMPLE) if fit else None,
+    )
+    print(f"{n} rows written to {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _probe(fmap: dict[str, str] | None) -> object:
+    return dict.fromkeys(fmap, PROBE) if fmap else PROBE
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    clf, source, fmap = _classifier_and_source(args, args.data)  # a missing column: a setup error, before the model
+    if _fits_on_texts(clf):
+        texts = sample_texts(source, CALIBRATION_SAMPLE)
+        clf.fit(texts or None)
+    clf.predict_proba([_probe(fmap)])
+    labels = [str(c) for c in clf.classes_]
+    rows, problems = labeled_rows(args.data, args.column, args.label_column, labels, args.limit, fmap)
+    y, pred = [], []
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start : start + CHUNK]
+        for row, out in zip(chunk, classify_rows(clf, chunk), strict=True):
+            if "error" in out:
+                problems.append(out["error"])
+            else:
+                y.append(row.fields[args.label_column])
+                pred.append(out["prediction"])
+    for p in problems:
+        print(f"skipped {p}", file=sys.stderr)
+    if not y:
+        print(f"error: no usable rows in {args.data}", file=sys.stderr)
+        return EXIT_SETUP
+    print(f"n={len(y)}  accuracy={accuracy_score(y, pred):.4f}  macro_f1={f1_score(y, pred, average='macro'):.4f}")
+    if problems:
+        print(f"{len(problems)} rows were skipped; see above", file=sys.stderr)
+    return EXIT_ROWS_FAILED if problems else EXIT_OK
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from verbalize.estimator import Verbalizer
+    from verbalize.training.config import FineTuneConfig
+
+    out = check_model_dir(args.output)
+    template = resolve_template(args.template, None)
+    rows, problems = labeled_rows(args.train, args.column, args.label_column, list(template.labels))
+    for p in problems:
+        print(f"skipped {p}", file=sys.stderr)
+    if not rows:
+        print(f"error: no usable rows in {args.train}", file=sys.stderr)
+        return EXIT_SETUP
+    lm_texts = None
+    if args.lm_texts:
+        lm_texts = tuple(t for t in read_table(args.lm_texts)[0] if text_problem(t) is None)
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "validation_fraction": args.validation_fraction}
+    config = FineTuneConfig(
+        method=args.method,
+        learning_rate=args.learning_rate,
+        lm_weight=args.lm_weight,
+        lm_texts=lm_texts,
+        progress=not args.no_progress,
+        **{k: v for k, v in given.items() if v is not None},  # the others keep FineTuneConfig's defaults
+    )
+    clf = Verbalizer(
+        template=template,
+        model=args.model,
+        calibration=args.calibration,
+        fine_tuning=config,
+        random_state=args.seed,
+    )
+    clf.fit([r.text for r in rows], [r.fields[args.label_column] for r in rows])
+    out = clf.save(out)
+    history = clf.training_.history
+    best = history[clf.training_.best_epoch - 1] if history else {}
+    print(
+        f"fine-tuned on {len(rows)} rows in {clf.training_.seconds:.0f} s "
+        f"({len(history)} epochs, best epoch {clf.training_.best_epoch}"
+        + (f", validation accuracy {best['val_accuracy']:.3f}" if "val_accuracy" in best else "")
+        + f"); saved to {out} (Hugging Face model in {out / 'model'})"
+    )
+    if problems:
+        print(f"{len(problems)} rows were skipped; see above", file=sys.stderr)
+    return EXIT_ROWS_FAILED if problems else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,263 @@
+"""Load a causal LM and its tokenizer from a model argument (None, hub id, local directory, GGUF file).
+
+Everything that needs no torch (the default model's GGUF file, the conversion cache, the tokenizer
+alone, the GGUF conversion) lives in :mod:`verbalize.engine.model_files`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from verbalize.engine.model_files import model_source, quiet
+from verbalize.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.float32}
+
+
+def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str = "float32") -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` in eval mode.
+
+    Parameters
+    ----------
+    name : str, path or None
+        None for the embedded default; a ``.gguf`` file; a local directory saved with
+        ``save_pretrained``; or a Hugging Face hub id such as ``"gpt2"`` (downloaded by transformers
+        when the hub is reachable, or found in the local hub cache).
+    device : {"auto", "cpu", "cuda", ...}
+        "auto" picks CUDA when available.
+    dtype : {"float32", "bfloat16", "float16", "int8"}
+        ``"int8"`` loads float32 weights and quantizes them with :func:`quantize`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    source = model_source(name)
+    try:
+        with quiet():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not load model {source!r}: it is not a local directory or GGUF file, and the Hugging Face "
+            f"hub did not provide it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Pass a hub id such "
+            "as 'gpt2' with the hub reachable or cached, a directory saved with save_pretrained, a .gguf file, "
+            "or None for the embedded default model"
+        ) from exc
+    model.to(resolve_device(device)).eval()  # type: ignore[arg-type]
+    _realign(model)
+    if dtype == "int8":
+        model = quantize(model)  # type: ignore[assignment]
+    return model, tokenizer
+
+
+@torch.no_grad()
+def _realign(model: torch.nn.Module) -> None:
+    """Give every weight its own, aligned memory.
+
+    safetensors maps the file, so weights can start at any byte offset; CPU matrix kernels then take
+    other code paths and round differently (~1e-6). Copied into fresh allocations, a reloaded model
+    computes exactly what the saved one did.
+    """
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device.type == "cpu" and t.data_ptr() % 64:
+            t.data = t.data.clone()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# -- int8 ---------------------------------------------------------------------------------------
+# The one place that knows how int8 runs. Every quantized layer computes one activation scale per
+# token (row) and one weight scale per output channel, symmetric, and accumulates in int32, so a
+# layer's output rows never depend on the other rows of its batch (torch.ao.quantization.quantize_dynamic
+# uses one scale per tensor, which breaks that and flipped 28% of SST-2 decisions; it is also
+# deprecated). End to end, float32's last-bit differences between batch shapes can still move a
+# rounded activation: see float_activations and the README's int8 figures. Two back ends compute exactly that:
+# - CPU: oneDNN's int8 matrix product (torch.ops.onednn.qlinear_pointwise, the kernel torch.compile's
+#   x86 int8 lowering calls), eager, no compilation. torchao's eager path runs torch._int_mm, which
+#   on CPUs without AVX-512 VNNI is a reference loop (3 GFLOP/s against fp32's 130 measured here).
+# - elsewhere (CUDA), or where a torch build lacks the oneDNN ops: torchao's
+#   Int8DynamicActivationInt8WeightConfig, the same arithmetic.
+# Only the transformer body's linear layers are quantized: the output layer runs on one position per
+# text (about 1% of the FLOPs) and is tied to the input embedding, so it stays float32.
+class Int8Linear(torch.nn.Module):
+    """``torch.nn.Linear`` for inference with int8 weights (per output channel) and int8 activations
+    (per token, computed at run time), on oneDNN's u8 x s8 -> int32 product. Built by :func:`quantize`."""
+
+    qweight: torch.Tensor
+    w_scale: torch.Tensor
+    w_zero: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        top = _weight_range()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / top  # (out,)
+        qw = torch.round(w / scale[:, None]).clamp(-top, top).to(torch.int8)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("w_scale", scale, persistent=False)
+        self.register_buffer("w_zero", torch.zeros(len(scale), dtype=torch.int64), persistent=False)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float(), persistent=False)
+        self.register_buffer("qweight", qw, persistent=False)
+        self.packed = torch.ops.onednn.qlinear_prepack(qw, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(_FLOAT_ACTIVATIONS, "on", False):
+            return torch.nn.functional.linear(x, self.qweight.float() * self.w_scale[:, None], self.bias)
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]).float()
+        scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)  # (rows, 1), per token
+        # round(x / scale) is in [-127, 127]: shifted by 128 into uint8, the zero point oneDNN takes back out
+        qx = torch.round(x / scale).add_(128).to(torch.uint8)
+        y = torch.ops.onednn.qlinear_pointwise(
+            qx, 1.0, 128, self.packed, self.w_scale, self.w_zero, None, 1.0, 0, torch.float32, "none", [], ""
+        )
+        y = y.mul_(scale)
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 (oneDNN)"
+
+
+@functools.cache
+def _weight_range() -> int:
+    """127, or 63 (7-bit weights) where oneDNN's int8 product would saturate.
+
+    Without AVX-512 VNNI, x86 multiplies u8 x s8 pairs into int16 sums (vpmaddubsw), which saturate
+    at 32767: 2 x 255 x 127 does not fit and the product comes out wrong by up to 1e5 (measured on
+    an AVX2 CPU); 2 x 255 x 63 fits, so there weights keep 7 bits. The probe is the worst case.
+    """
+    k = 64
+    qw = torch.full((2, k), 127, dtype=torch.int8)
+    qx = torch.full((1, k), 255, dtype=torch.uint8)  # 127 after the zero point 128
+    y = torch.ops.onednn.qlinear_pointwise(
+        qx,
+        1.0,
+        128,
+        torch.ops.onednn.qlinear_prepack(qw, None),
+        torch.ones(2),
+        torch.zeros(2, dtype=torch.int64),
+        None,
+        1.0,
+        0,
+        torch.float32,
+        "none",
+        [],
+        "",
+    )
+    return 127 if float(y[0, 0]) == k * 127 * 127 else 63
+
+
+_FLOAT_ACTIVATIONS = threading.local()  # per thread: the service scores in one thread while another loads
+
+
+@contextlib.contextmanager
+def float_activations() -> Iterator[None]:
+    """Within this block :class:`Int8Linear` layers keep their int8 weights but take float32 activations.
+
+    Scoring's exactness probe (:func:`verbalize.engine.model_io.choose`) runs in it. It compares padded,
+    cached rows with the model's own forward; with int8 activations, the last-bit differences of
+    float32 attention between two shapes can move a value across an int8 step (a step is 1/127 of a
+    token's largest activation, which reaches 2.5e4 on SmolLM2's first token), and the probe would
+    measure that instead of the path. Each layer's activation rounding is per row, so exact paths
+    stay exact with it.
+    """
+    before = getattr(_FLOAT_ACTIVATIONS, "on", False)
+    _FLOAT_ACTIVATIONS.on = True
+    try:
+        yield
+    finally:
+        _FLOAT_ACTIVATIONS.on = before
+
+
+@functools.cache
+def _onednn_int8() -> bool:
+    """Whether this torch build runs :class:`Int8Linear` and gets the right numbers (checked once per process)."""
+    try:
+        gen = torch.Generator().manual_seed(0)  # leaves the caller's random state alone
+        lin = torch.nn.utils.skip_init(torch.nn.Linear, 16, 8)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(8, 16, generator=gen))
+            lin.bias.copy_(torch.randn(8, generator=gen))
+        x = torch.randn(3, 16, generator=gen)
+        with torch.inference_mode():
+            return bool(torch.allclose(Int8Linear(lin)(x), lin(x), atol=0.05 * float(lin(x).abs().max())))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def quantize(model: torch.nn.Module) -> torch.nn.Module:
+    """Quantize the linear layers of a causal LM's transformer body to int8, in place; returns the model.
+
+    Weights get one int8 scale per output channel, activations one scale per token, computed at
+    run time: :class:`Int8Linear` on CPU, torchao's ``Int8DynamicActivationInt8WeightConfig``
+    elsewhere. The output layer and the embeddings stay float32. The model is for inference only:
+    fine-tune in float32, then quantize.
+
+    Raises
+    ------
+    ModelLoadError
+        If the model has no linear layers to quantize, or off CPU without torchao
+        (``pip install 'verbalize[int8]'``).
+    """
+    out = model.get_output_embeddings()  # type: ignore[operator]
+    linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out}
+    if not linear:
+        raise ModelLoadError(
+            f"dtype='int8' quantizes torch.nn.Linear layers and {type(model).__name__} has none outside its output "
+            "layer (GPT-2 uses Conv1D); use dtype='float32'"
+        )
+    if next(model.parameters()).device.type == "cpu" and _onednn_int8():
+        for name, m in linear.items():
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, Int8Linear(m))
+    else:
+        _torchao_int8(model, out)
+    model.eval()
+    model.verbalize_int8 = True  # type: ignore[assignment]
+    return model
+
+
+def _torchao_int8(model: torch.nn.Module, out: Any) -> None:
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as exc:
+        raise ModelLoadError(
+            "dtype='int8' off CPU (or with a torch built without oneDNN) needs torchao's "
+            "Int8DynamicActivationInt8WeightConfig: pip install 'verbalize[int8]' (or use dtype='float32'); "
+            f"import failed with: {exc}"
+        ) from exc
+    config = Int8DynamicActivationInt8WeightConfig()  # per-token activations, per-channel weights, symmetric
+    with _quiet_torchao():
+        quantize_(model, config, filter_fn=lambda m, _name: isinstance(m, torch.nn.Linear) and m is not out)
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether :func:`quantize` was applied to this model."""
+    return bool(getattr(model, "verbalize_int8", False))
+
+
+@contextlib.contextmanager
+def _quiet_torchao() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield

@@ -1,0 +1,385 @@
+"""Scorer: label-word log-probabilities from one forward pass of a causal LM per batch.
+
+The transformer body runs once over each length-sorted, right-padded batch. Only the hidden
+state at each prompt's last real token goes through the output layer, so the full-vocabulary
+logits are never built at every position. Right padding needs no attention mask: causal
+attention never lets a real token see the padding after it, and positions of real tokens are
+0..n-1 as if alone (this is what makes GPT-2, which has no pad token and learned absolute
+positions, correct under padding). Words of several tokens are scored exactly with a second,
+short pass that reuses the prompt's key/value cache. A prefix shared by all prompts (BOS,
+instruction, demonstrations, the template's words before the text) is run once and its key/value
+cache reused by every batch. Identical prompts in one call are run once.
+
+How the logits are computed and the key/value cache handled is :mod:`verbalize.engine.model_io`'s
+business; by default the model's own forward computes its logits (at the last positions only), and
+a probe at construction proves the chosen path equal to ``model(input_ids).logits`` or refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from verbalize.engine import model_io, prefix_attention
+from verbalize.engine.batching import (
+    Batch,
+    Encoded,
+    Spans,
+    encode_prompts,
+    pad_batch,
+    pad_id_of,
+    shift_spans,
+    span_lists,
+)
+from verbalize.engine.model_io import ModelIO
+from verbalize.engine.models import float_activations, load_model
+from verbalize.engine.tokens import LabelTokens, leading_special_ids, reserved_tokens
+from verbalize.engine.tokens import token_ids as _ids
+from verbalize.errors import InputError, check_choice
+
+logger = logging.getLogger(__name__)
+
+AGGREGATIONS = ("logsumexp", "mean", "max")
+POOLINGS = ("last", "mean")
+_LOADED: dict[tuple[str, str, str, Any], tuple[Any, Any]] = {}
+# model -> its exact logits path and whether its cached prefix is shared (see model_io.share_prefix)
+_PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
+
+
+class Scorer:
+    """Scores prompts with a causal LM.
+
+    Parameters
+    ----------
+    model : transformers causal LM (``PreTrainedModel`` with an output embedding)
+    tokenizer : its tokenizer (fast tokenizers allow truncation of long texts)
+    batch_size : int, default 64
+        Prompts per forward pass.
+    max_length : int, optional
+        Token budget per sequence; defaults to the model's context window.
+    max_tokens : int, optional, default 1024
+        Token budget per batch (rows x padded length). With length-sorted batches this keeps every
+        matrix product near the CPU's most efficient size: short prompts get more rows per batch.
+        The pass over the later tokens of multi-token words is cut into chunks under the same budget.
+    logits : {"auto", "model", "hand", "full"}, default "auto"
+        How logits are computed (see :mod:`verbalize.engine.model_io`). ``"auto"`` takes the first of
+        "model", "hand", "full" that a probe proves equal to the model's own forward; a named path
+        is probed too. No path that passes means a :class:`ModelLoadError` naming the model type.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 64,
+        max_length: int | None = None,
+        max_tokens: int | None = 1024,
+        logits: str = "auto",
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        self.max_tokens = max_tokens
+        config = model.config
+        window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.context_length = min(x for x in (window, max_length, 10**9) if x)
+        self.pad_id = pad_id_of(tokenizer)
+        self._lead = leading_special_ids(tokenizer)
+        self.last_n_truncated = 0
+        self.io = self._choose(logits)
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "float32", **kwargs: Any
+    ) -> Scorer:
+        """Load (once per process, per name/device/dtype) and wrap a model; see :func:`load_model`."""
+        # A local directory is also keyed by its inode and mtime: a classifier saved again to the same
+        # path (an atomic rename puts a new directory there) must not be served the old weights.
+        where = os.path.expanduser(os.fspath(name)) if name is not None else ""
+        stamp = (os.stat(where).st_ino, os.stat(where).st_mtime_ns) if where and os.path.isdir(where) else None
+        key = (str(name), str(device), str(dtype), stamp)
+        if key not in _LOADED:
+            _LOADED[key] = load_model(name, device, dtype)
+        return cls(*_LOADED[key], **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> Scorer:
+        # sklearn's clone deep-copies parameters; a Scorer holds no learned state, so share its weights.
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- public scoring ------------------------------------------------------------------------
+    def score_words(
+        self,
+        prompts: Sequence[str],
+        label_tokens: LabelTokens,
+        spans: Spans | None = None,
+        prefix: str = "",
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Log-probability of each label word after each prompt, shape (n_prompts, n_words).
+
+        The sequence scored is ``prefix + prompt + label_word``; ``spans`` say where the text lies in
+        each prompt, so that an over-long prompt loses tokens of its text only.
+        """
+        words, _ = self.outputs(prompts, label_tokens, (), spans, prefix, progress)
+        assert words is not None
+        return words
+
+    def features(
+        self,
+        prompts: Sequence[str],
+        spans: Spans | None = None,
+        prefix: str = "",
+        progress: bool = False,
+        pooling: str = "last",
+        layers: int = 1,
+    ) -> np.ndarray:
+        """Pooled hidden states, shape (n_prompts, hidden * layers); see :meth:`outputs`."""
+        return self.outputs(prompts, None, [(pooling, layers)], spans, prefix, progress)[1][0]
+
+    def outputs(
+        self,
+        prompts: Sequence[str],
+        label_tokens: LabelTokens | None,
+        pools: Sequence[tuple[str, int]] = (),
+        spans: Spans | None = None,
+        prefix: str = "",
+        progress: bool = False,
+    ) -> tuple[np.ndarray | None, list[np.ndarray]]:
+        """Label-word log-probs and pooled features from the same forward pass.
+
+        ``pools`` are (pooling, layers) pairs: pooling ``"last"`` takes each prompt's last token,
+        ``"mean"`` the mean over its tokens (the prefix included, leading special tokens such as BOS
+        not); ``layers`` > 1 concatenates the last that many layers (the last one after the final norm).
+        Returns (word scores of shape (n, n_words) or None, one (n, hidden * layers) array per pool).
+        """
+        widths = ([len(label_tokens.word_ids)] if label_tokens is not None else []) + [
+            self.model.config.hidden_size * layers for _, layers in pools
+        ]
+        room = reserved_tokens(label_tokens)
+        want_states = any(how == "mean" for how, _ in pools)
+
+        def step(batch: Batch, cache: Any, n_prefix: int, prefix_states: Any) -> list[torch.Tensor]:
+            words, feats = self.forward(batch, cache, n_prefix, label_tokens, pools, prefix_states)
+            return ([words] if words is not None else []) + feats
+
+        out = self._run(prompts, spans, prefix, step, room, widths, progress, want_states)
+        return (out[0] if label_tokens is not None else None), out[1 if label_tokens is not None else 0 :]
+
+    def forward(
+        self,
+        batch: Batch,
+        cache: Any,
+        n_prefix: int,
+        label_tokens: LabelTokens | None,
+        pools: Sequence[tuple[str, int]] = (),
+        prefix_states: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """One differentiable pass over a right-padded batch: (word log-probs (b, n_words) or None, features).
+
+        ``cache`` holds ``n_prefix`` shared tokens already run (or is None); ``prefix_states`` are the
+        per-layer sums of the prefix's hidden states (for mean pooling). Used by scoring and training.
+        """
+        multi = [j for j, ids in enumerate(label_tokens.word_ids) if len(ids) > 1] if label_tokens else []
+        deep = max((layers for _, layers in pools), default=1) > 1
+        dev = batch.input_ids.device
+        keep = batch.last_index.to(dev)[:, None] if label_tokens is not None else None  # (b, 1)
+        again = model_io.reusable(cache, self.model.config) if cache is not None and pools else None
+        out = self.io.run(batch.input_ids, cache, keep, use_cache=bool(multi), states=deep)
+        words = None
+        if label_tokens is not None:
+            assert out.logits is not None
+            first = torch.tensor([ids[0] for ids in label_tokens.word_ids], device=dev)  # (n_words,)
+            logp = torch.log_softmax(out.logits[:, 0].float(), dim=-1)  # (b, V)
+            words = logp[:, first]  # (b, n_words)
+            if multi:
+                later = [label_tokens.word_ids[j] for j in multi]
+                rest = self.io.continuations(batch, out.cache, n_prefix, later, self.pad_id, self.max_tokens)  # (b, m)
+                words = words.index_add(1, torch.tensor(multi, device=dev), rest)
+        if pools and (out.hidden is None or (deep and out.states is None)):
+            # The model's forward ran part of its body only (OPT): the features take a pass of their own.
+            out = self.io.run(batch.input_ids, again() if again is not None else None, None, states=deep)
+        states = out.states or ([out.hidden] if out.hidden is not None else [])
+        feats = [self._pool(states, batch, how, layers, n_prefix, prefix_states) for how, layers in pools]
+        return words, feats
+
+    # -- internals -------------------------------------------------------------------------------
+    def _pool(
+        self,
+        states: Sequence[torch.Tensor],
+        batch: Batch,
+        how: str,
+        layers: int,
+        n_prefix: int,
+        prefix_states: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        check_choice(how, POOLINGS, "pooling", "Head")
+        if layers > len(states):
+            raise ValueError(f"layers={layers} but the model returned {len(states)} hidden layers")
+        picked = states[-layers:]
+        last = batch.last_index.to(picked[0].device)
+        if how == "last":
+            rows = torch.arange(last.shape[0], device=last.device)
+            return torch.cat([s[rows, last] for s in picked], -1).float()
+        n_lead = len(self._lead)
+        positions = torch.arange(picked[0].shape[1], device=last.device)
+        mask = (positions[None, :] >= max(n_lead - n_prefix, 0)) & (positions[None, :] <= last[:, None])  # (b, L)
+        count = mask.sum(1, keepdim=True) + max(n_prefix - n_lead, 0)  # (b, 1)
+        vecs = []
+        for i, s in enumerate(picked):
+            total = torch.where(mask[..., None], s.float(), 0.0).sum(1)  # (b, d)
+            if prefix_states is not None and n_prefix:
+                total = total + prefix_states[len(prefix_states) - layers + i]
+            vecs.append(total / count)
+        return torch.cat(vecs, -1)
+
+    def encode(self, prompts: Sequence[str], spans: Spans | None, prefix: str, room: int = 0) -> Encoded:
+        """Token ids of ``prefix + prompt`` for each prompt, leading special tokens included, text cut to fit.
+
+        The model reads the tokens of the whole string (tokenizing the parts apart would change the
+        tokens at the seam); ``room`` tokens are kept free at the end for label words.
+        """
+        lead = self._lead
+        full = [prefix + p for p in prompts]
+        if spans is not None and prefix:
+            spans = shift_spans(spans, len(prefix))
+        budget = self.context_length - room - len(lead)
+        encoded = encode_prompts(self.tokenizer, full, spans, max_length=budget, add_special_tokens=False)
+        ids = [lead + x for x in encoded.ids]
+        empty = [i for i, x in enumerate(ids) if not x]
+        if empty:
+            raise InputError(f"prompts {empty[:5]} are empty and the tokenizer adds no BOS: nothing to condition on")
+        self.last_n_truncated = encoded.n_truncated
+        if encoded.n_truncated:
+            logger.warning(
+                "%d of %d texts did not fit in %d tokens; the end of their text was cut",
+                encoded.n_truncated,
+                len(prompts),
+                self.context_length,
+            )
+        return Encoded(ids, encoded.n_truncated)
+
+    def _run(
+        self,
+        prompts: Sequence[str],
+        spans: Spans | None,
+        prefix: str,
+        step: Callable[[Batch, Any, int, Any], list[torch.Tensor]],
+        room: int,
+        widths: list[int],
+        progress: bool,
+        want_states: bool = False,
+    ) -> list[np.ndarray]:
+        # The leading tokens that every row shares (BOS, instruction, demonstrations, the template's
+        # words before the text) are run once. What is shared depends on the prefix and template only,
+        # never on the other prompts of the call, so a text's scores do not depend on its neighbours.
+        # Identical prompts (same tokens) are run once and their results copied: a prompt's scores
+        # never depend on its neighbours, so this changes no number.
+        unique: dict[tuple[int, ...], int] = {}
+        encoded = self.encode(prompts, spans, prefix, room).ids
+        inverse = np.array([unique.setdefault(tuple(x), len(unique)) for x in encoded], dtype=np.int64)
+        ids = [list(x) for x in unique]
+        lead, head = self._lead, prefix + _common_head(prompts, spans)
+        n_shared = _shared_length(ids, lead + _ids(self.tokenizer, head)) if head or lead else 0
+        shared, rest = (ids[0][:n_shared] if ids else []), Encoded([x[n_shared:] for x in ids], 0)
+        out = [np.zeros((len(ids), w), dtype=np.float32) for w in widths]
+        with torch.inference_mode():
+            prefix_kv, prefix_states = self._prefix_kv(shared, want_states)
+            for batch in tqdm(
+                rest.batches(self.batch_size, self.pad_id, self.max_tokens, self.io.prefix_tokens_per_row(len(shared))),
+                disable=not progress,
+                desc="scoring",
+                unit="batch",
+            ):
+                batch = batch.to(self.device)
+                cache = self.io.batch_cache(prefix_kv, batch.input_ids.shape[0])
+                for o, r in zip(out, step(batch, cache, len(shared), prefix_states), strict=True):
+                    o[batch.rows] = r.float().cpu().numpy()
+        return [o[inverse] if len(o) else np.zeros((len(prompts), o.shape[1]), np.float32) for o in out]
+
+    def _prefix_kv(self, prefix_ids: list[int], want_states: bool = False) -> tuple[Any, list[torch.Tensor] | None]:
+        """Key/value cache of the shared prefix and, if wanted, each layer's sum of its hidden states after BOS."""
+        if not prefix_ids:
+            return None, None
+        ids = torch.tensor([prefix_ids], device=self.device)  # (1, P)
+        out = self.io.run(ids, None, None, use_cache=True, states=want_states)
+        sums = [s[0, len(self._lead) :].float().sum(0) for s in out.states or []] if want_states else None  # (d,)
+        return model_io.snapshot(out.cache), sums
+
+    def _choose(self, logits: str) -> ModelIO:
+        """The logits path for this model: the first that the probe proves exact (cached per model)."""
+        if logits == "auto" and self.model in _PATH_OF:
+            path, shared = _PATH_OF[self.model]
+            if not shared or prefix_attention.switched(self.model):  # (a later probe may have switched it back)
+                return ModelIO(self.model, path, shared)
+        paths = model_io.PATHS if logits == "auto" else (logits,)
+        n_ids = min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
+        with float_activations():  # int8 layers: check the path, not activation rounding (see there)
+            io = model_io.choose(self.model, self._score_probe, n_ids, paths)
+        if logits == "auto":
+            _PATH_OF[self.model] = (io.path, io.shared)
+        return io
+
+    def _score_probe(self, io: ModelIO, prefix: list[int], rows: list[list[int]], words: Any) -> torch.Tensor:
+        """Word log-probs (rows, words) through ``io`` and every step scoring takes (see :func:`model_io.choose`)."""
+        self.io = io
+        tokens = LabelTokens(tuple(map(str, words)), tuple(map(str, words)), np.arange(len(words)), tuple(words))
+        kv, _ = self._prefix_kv(prefix)
+        batch = pad_batch(rows, np.arange(len(rows)), self.pad_id).to(self.device)
+        got, _ = self.forward(batch, io.batch_cache(kv, len(rows)), len(prefix), tokens)
+        assert got is not None
+        return got
+
+
+def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> np.ndarray:
+    """Combine word log-probs (n, n_words) into label scores (n, n_labels), in float64.
+
+    ``logsumexp`` is the log of the label's total probability (the sum over its words),
+    ``mean`` the mean log-prob of its words, ``max`` its best word.
+    """
+    words = torch.from_numpy(np.asarray(word_scores, dtype=np.float64))
+    return label_logits(words, word_label, n_labels, how).numpy()
+
+
+def label_logits(words: torch.Tensor, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> torch.Tensor:
+    """:func:`aggregate` on a tensor, differentiable (training uses it): (b, n_words) -> (b, n_labels)."""
+    check_choice(how, AGGREGATIONS, "aggregation", "Verbalizer")
+    cols = []
+    for k in range(n_labels):
+        s = words[:, torch.as_tensor(np.flatnonzero(word_label == k), device=words.device)]  # (b, words of label k)
+        if how == "logsumexp":
+            cols.append(torch.logsumexp(s, dim=1))
+        elif how == "mean":
+            cols.append(s.mean(dim=1))
+        else:
+            cols.append(s.max(dim=1).values)
+    return torch.stack(cols, dim=1)
+
+
+def _common_head(prompts: Sequence[str], spans: Spans | None) -> str:
+    """The text before the first field when every prompt has the same one (a template's fixed start)."""
+    lists = span_lists(spans)
+    if not lists or not prompts or not all(lists):
+        return ""
+    head = prompts[0][: lists[0][0][0]]
+    return head if all(p[: x[0][0]] == head for p, x in zip(prompts, lists, strict=True)) else ""
+
+
+def _shared_length(rows: list[list[int]], prefix: list[int]) -> int:
+    """How many leading tokens of ``prefix`` every row starts with, leaving each row at least one token."""
+    n = len(prefix)
+    for row in rows:
+        n = min(n, len(row) - 1)
+        if row[:n] != prefix[:n]:
+            n = next(i for i, (a, b) in enumerate(zip(row, prefix[:n], strict=False)) if a != b)
+    return max(n, 0)

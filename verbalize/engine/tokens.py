@@ -1,0 +1,49 @@
+"""Token facts the scorer needs, with no knowledge of templates: label-word token ids, the tokens kept
+free after a prompt for them, and the special tokens a tokenizer puts in front of a text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class LabelTokens:
+    """Label words as token ids: ``word_ids[j]`` are the tokens of ``words[j]``, of label ``word_label[j]``."""
+
+    labels: tuple[str, ...]
+    words: tuple[str, ...]
+    word_label: np.ndarray  # (n_words,) index into labels
+    word_ids: tuple[tuple[int, ...], ...]
+
+    @property
+    def multi_token(self) -> np.ndarray:
+        """Boolean mask (n_words,): words that need more than one token."""
+        return np.array([len(ids) > 1 for ids in self.word_ids], dtype=bool)
+
+
+def token_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def reserved_tokens(label_tokens: LabelTokens | None) -> int:
+    """Tokens kept free after every prompt for the label words.
+
+    The first token of a word is predicted at the prompt's last position; only the others are
+    read by the model, so a word of k tokens needs k - 1 positions after the prompt.
+    """
+    if label_tokens is None:
+        return 0
+    return max((len(ids) for ids in label_tokens.word_ids), default=1) - 1
+
+
+def leading_special_ids(tokenizer: Any) -> list[int]:
+    """The special tokens (BOS) a tokenizer puts before a text; trailing ones (EOS) are not wanted here."""
+    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    for i in range(len(with_special) - len(plain) + 1):
+        if with_special[i : i + len(plain)] == plain:
+            return with_special[:i]
+    return []
