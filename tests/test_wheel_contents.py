@@ -3,7 +3,6 @@ a subpackage missing from a hand-kept list once shipped a wheel that could not i
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
