@@ -289,3 +289,19 @@ def test_sigterm_stops_cleanly_and_resume_gives_the_same_bytes(tmp_path, tmp_tem
     assert proc.returncode == 143 and "Traceback" not in err and "--resume" in err and not out.exists()
     assert main([*args, "-o", str(out), "--resume"]) == 0
     assert out.read_bytes() == whole.read_bytes()
+
+
+def test_eval_calibration_auto_is_fitted_on_the_input_and_none_means_none(
+    tmp_path, tmp_template, model_dir, gpt2_model, gpt2_tokenizer, capsys
+):
+    """`--calibration auto` once ran with no calibration at all (the CLI never fitted it); without labels it
+    is batch calibration fitted on the input's texts. `--calibration none` is the same as no flag."""
+    raw = _naive_predictions(gpt2_model, gpt2_tokenizer, calibrated=False)
+    cal = _naive_predictions(gpt2_model, gpt2_tokenizer, calibrated=True)
+    data = _labeled(tmp_path, EVAL_TEXTS * 2, cal * 2)  # 12 texts: auto needs 8 unlabeled texts or more
+    args = ["eval", str(tmp_template(TEMPLATE)), data, "--model", model_dir]
+    assert main([*args, "--calibration", "auto"]) == 0
+    assert _accuracy(capsys.readouterr().out) == (12, 1.0)
+    assert main([*args, "--calibration", "none"]) == 0
+    agree = sum(a == b for a, b in zip(raw, cal, strict=True)) / len(raw)
+    assert _accuracy(capsys.readouterr().out) == (12, round(agree, 4))

@@ -109,6 +109,7 @@ class AutoCalibrator(Calibrator):
 
     name = "auto"
     fitted_on = "fit's labeled texts (cross-validated choice), then what the chosen calibrator is fitted on"
+    unlabeled_texts_help = True  # fit(X) without labels: batch calibration fitted on X
     n_folds: ClassVar[int] = 4
     default: ClassVar[str | None] = DEFAULT
     rule: ClassVar[str] = "default unless another method's paired CV accuracy gain exceeds its standard error"

@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 
 CHUNK = 512
 CALIBRATION_SAMPLE = 1000  # the first usable texts that domain and batch calibration are fitted on
+CALIBRATION_HELP = (
+    f"none (default), auto, contextual, domain, batch or temperature; auto, domain and batch are fitted on the "
+    f"first {CALIBRATION_SAMPLE} usable texts of the input (auto without labels: batch calibration)"
+)
 PROBE = "A short example text."
 FIELD_HELP = (
     "with a template of several fields: the column that fills FIELD (repeatable); "
@@ -98,11 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", "-o", default=None, help="output file (.jsonl, .csv, .tsv or .parquet; default: stdout)")
     r.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
     r.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help=FIELD_HELP)
-    r.add_argument(
-        "--calibration",
-        default=None,
-        help=f"contextual, domain, batch (domain/batch: fitted on the first {CALIBRATION_SAMPLE} usable texts)",
-    )
+    r.add_argument("--calibration", type=_calibration, default=None, help=CALIBRATION_HELP)
     r.add_argument("--batch-size", type=_positive, default=64)
     r.add_argument("--chunk-size", type=_positive, default=CHUNK, help="rows classified and written at a time")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.partial")
@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
     e.add_argument("--label-column", default="label")
     e.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help=FIELD_HELP)
-    e.add_argument("--calibration", default=None)
+    e.add_argument("--calibration", type=_calibration, default=None, help=CALIBRATION_HELP)
     e.add_argument("--batch-size", type=_positive, default=64)
     e.add_argument("--limit", type=_positive, default=None, help="use the first N rows")
     e.set_defaults(func=_eval)
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--validation-fraction", type=float, default=None)
     f.add_argument("--lm-weight", type=float, default=0.0, help="mix in the LM loss to keep generation intact")
     f.add_argument("--lm-texts", default=None, help="file of unlabeled plain text for the LM loss")
-    f.add_argument("--calibration", default=None)
+    f.add_argument("--calibration", type=_calibration, default=None, help="none (default), auto or a calibrator name")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=_finetune)
@@ -207,6 +207,11 @@ def _fits_on_texts(clf: Verbalizer) -> bool:
     from verbalize.calibration.calibrators import unlabeled_texts_help
 
     return unlabeled_texts_help(clf.calibration)
+
+
+def _calibration(value: str) -> str | None:
+    """``--calibration``: "none" means no calibration; other names are checked when the classifier is set up."""
+    return None if value.strip().lower() == "none" else value
 
 
 def _dtype(args: argparse.Namespace) -> dict[str, Any]:
