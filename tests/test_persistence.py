@@ -139,3 +139,34 @@ def test_save_never_replaces_a_directory_that_is_not_a_classifier(scorer, tmp_pa
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (make(scorer).save(empty) / "verbalize.json").is_file()
+
+
+PAIRS = [
+    {"review1": "good film", "review2": "a great review"},
+    {"review1": "bad film", "review2": "good good"},
+    {"review1": "terrible and bad", "review2": "bad bad"},
+    {"review1": "fine", "review2": "awful"},
+]
+SAME = ["same", "different", "same", "different"]
+
+
+def test_a_few_shot_pair_classifier_saves_loads_and_pickles(scorer, tmp_path):
+    """Saved demonstrations of a two-field template are dicts {field: text}: they load and pickle as they were."""
+    import pickle
+
+    clf = Verbalizer(template="same_sentiment", model=scorer, demos_per_class=1, random_state=0).fit(PAIRS, SAME)
+    assert all(isinstance(row, dict) for row, _ in clf.demos_)
+    want = clf.predict_proba(PAIRS)
+    back = Verbalizer.load(clf.save(tmp_path / "pair"), device="cpu")
+    assert back.demos_ == clf.demos_
+    np.testing.assert_allclose(back.predict_proba(PAIRS), want, atol=1e-6)
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(again.predict_proba(PAIRS), want, atol=1e-6)
+
+
+def test_a_saved_demonstration_with_a_wrong_field_names_the_key(scorer, tmp_path):
+    clf = Verbalizer(template="same_sentiment", model=scorer, demos_per_class=1, random_state=0).fit(PAIRS, SAME)
+    path = clf.save(tmp_path / "pair")
+    _edit(path, lambda s: s["demos"][0][0].pop("review2"))
+    with pytest.raises(SavedClassifierError, match=r"demos: malformed .*review2"):
+        Verbalizer.load(path)

@@ -30,6 +30,7 @@ from verbalize.engine.model_files import quiet
 from verbalize.engine.scoring import Scorer
 from verbalize.errors import SavedClassifierError
 from verbalize.prompting.template import Template
+from verbalize.rows import Row
 from verbalize.training.config import FineTuneConfig
 from verbalize.training.heads import FittedHead, Head, one_or_all
 
@@ -195,8 +196,8 @@ class Saved:
 
     params: dict[str, Any]
     fine_tuned: bool = False
-    demos: list[tuple[str, str]] = field(default_factory=list)
-    demo_pool: list[tuple[str, str]] = field(default_factory=list)
+    demos: list[tuple[Row, str]] = field(default_factory=list)
+    demo_pool: list[tuple[Row, str]] = field(default_factory=list)
     calibrator: Calibrator | None = None
     heads: dict[str, FittedHead] = field(default_factory=dict)
 
@@ -234,10 +235,11 @@ def load(path: str | Path, known_params: Sequence[str]) -> Saved:
     saved = Saved(params)
     with _reading(file, "fine_tuned"):
         saved.fine_tuned = bool(state.get("fine_tuned"))
+    fields = params["template"].fields
     with _reading(file, "demos"):
-        saved.demos = [_pair(d) for d in state["demos"]]
+        saved.demos = [_demo(d, fields) for d in state["demos"]]
     with _reading(file, "demo_pool"):
-        saved.demo_pool = [_pair(d) for d in state["demo_pool"]]
+        saved.demo_pool = [_demo(d, fields) for d in state["demo_pool"]]
     saved.calibrator = _calibrator(file, state.get("calibrator"))
     saved.heads = _heads(path, file, state.get("heads"), params["heads"] or [])
     return saved
@@ -309,11 +311,18 @@ def _heads(path: Path, file: Path, saved: Any, heads: Sequence[Head]) -> dict[st
     return out
 
 
-def _pair(d: Any) -> tuple[str, str]:
-    text, label = d
-    if not isinstance(text, str) or not isinstance(label, str):
-        raise TypeError(f"expected [text, label] strings, got {d!r}")
-    return text, label
+def _demo(d: Any, fields: Sequence[str]) -> tuple[Row, str]:
+    """A saved demonstration: [text, label] (one field) or [{field: text}, label] (several), as fit chose it."""
+    row, label = d
+    if len(fields) == 1:
+        ok = isinstance(row, str)
+        want = "[text, label] strings"
+    else:
+        ok = isinstance(row, dict) and sorted(row) == sorted(fields) and all(isinstance(v, str) for v in row.values())
+        want = f"[{{field: text}} with the fields {list(fields)}, label]"
+    if not ok or not isinstance(label, str):
+        raise TypeError(f"expected {want}, got {d!r}")
+    return row, label
 
 
 def restore(cls: Any, path: str | Path, overrides: dict[str, Any]) -> Any:
