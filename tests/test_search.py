@@ -14,6 +14,8 @@ from verbalize import Template, TemplateEnsemble, Verbalizer, load_template, ran
 from verbalize.calibration.calibrators import log_softmax
 from verbalize.cli.main import main
 from verbalize.engine.scoring import aggregate
+from verbalize.errors import TemplateError
+from verbalize.prompting.template import shipped_templates
 
 TOPICS = Template(
     prompt="Text: {text}\nTopic:",
@@ -225,3 +227,47 @@ def test_ensemble_is_the_mean_of_calibrated_log_probs(gpt2: Any) -> None:
         TemplateEnsemble(templates=[a, other], model=scorer).fit()
     with pytest.raises(ValueError, match="weights must be 2 non-negative numbers"):
         TemplateEnsemble(templates=[a, b], model=scorer, weights=[1]).fit()
+
+
+def _round_trip(t: Template, tmp_path) -> Template:
+    return load_template(search.write_template(t, tmp_path / f"{t.name or 'x'}.rt.toml"))
+
+
+PAIR_TEMPLATE = Template(
+    prompt="Premise: {premise}\nHypothesis: {hypothesis}\nAnswer:",
+    labels={"yes": ["yes", "surely yes"], "no": ["no"]},
+    fields=("premise", "hypothesis"),
+    instruction="Decide.",
+    label_prefix=" ",
+    demo_format="P: {premise} H: {hypothesis} => {label}",
+    demo_separator="\n--\n",
+    name="pair",
+    description="a pair template",
+    sample_text="x",
+)
+
+
+@pytest.mark.parametrize("name", [*sorted(shipped_templates()), "<pair>"])
+def test_to_toml_round_trips_every_template_attribute(name, tmp_path) -> None:
+    """Every Template attribute (listed from the dataclass, not by hand) survives to_toml and load_template."""
+    t = PAIR_TEMPLATE if name == "<pair>" else load_template(name)
+    back = _round_trip(t, tmp_path)
+    for f in dataclasses.fields(Template):
+        if f.compare:
+            assert getattr(back, f.name) == getattr(t, f.name), f.name
+    assert back == t
+
+
+def test_write_template_never_leaves_a_file_that_does_not_load(tmp_path, monkeypatch) -> None:
+    """A template whose TOML would not load is refused before anything is written (nor an old file replaced)."""
+    from verbalize.prompting import template_toml
+
+    monkeypatch.setattr(template_toml, "to_toml", lambda t, header="": 'prompt = "{oops}"\n[labels]\na = ["b"]\n')
+    path = tmp_path / "bad.toml"
+    with pytest.raises(TemplateError, match=r"bad.toml: prompt: unknown placeholder(.|\n)*bad.toml: not written"):
+        template_toml.write_template(PAIR_TEMPLATE, path)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    path.write_text("old", encoding="utf-8")
+    with pytest.raises(TemplateError):
+        template_toml.write_template(PAIR_TEMPLATE, path)
+    assert path.read_text(encoding="utf-8") == "old"
