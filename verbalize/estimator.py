@@ -398,6 +398,28 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         log_proba = self._word_log_proba(self._rows(X))
         return self.labels_[log_proba.argmax(axis=1)] if len(log_proba) else np.array([], dtype=object)
 
+    def build_prompts(self, X: Any) -> Prompts:
+        """What :meth:`predict_proba` gives the model for ``X``: its prompts, the shared prefix, spans.
+
+        For callers that score several classifiers' prompts in one ``scorer_.score_words`` call (the
+        service's micro-batcher): ``scorer_.score_words(p.prompts, label_tokens_, p.spans, p.prefix)``
+        gives the word log-probabilities that :meth:`calibrate_words` turns into probabilities.
+        Rows are checked against the template's fields first (see :func:`verbalize.rows.check_rows`).
+        """
+        self._ready()
+        return self._prompts(self._rows(X))
+
+    def calibrate_words(self, words: np.ndarray, X: Any) -> np.ndarray:
+        """Probabilities (n, n_classes) from label-word log-probabilities (n, n_words) of ``X``'s prompts.
+
+        The same aggregation and calibration as :meth:`predict_proba` (calibrators that look at the
+        texts, such as ``"batch"``, see ``X``): with ``p = build_prompts(X)``,
+        ``calibrate_words(scorer_.score_words(p.prompts, label_tokens_, p.spans, p.prefix), X)`` equals
+        ``predict_proba(X)``.
+        """
+        self._ready()
+        return np.exp(self._from_words(np.asarray(words), self._rows(X)))
+
     def outputs(self, X: Any) -> dict[str, np.ndarray]:
         """Label-word probabilities (key ``"labels"``, columns ``labels_``) and every head's
         probabilities (key: the head's name), all from one forward pass per batch."""

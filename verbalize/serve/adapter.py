@@ -1,10 +1,9 @@
-"""The one place where the service reads a :class:`~verbalize.Verbalizer`'s internals.
+"""What the micro-batcher needs from a :class:`~verbalize.Verbalizer`, through its public API only.
 
 Cross-request and cross-template batching needs what ``predict_proba`` computes on the way to
-the model: the prompts, where each text lies in them, the prefix shared by all, and the label
-words as tokens. Everything else in ``verbalize.serve`` uses the public API only, so when the
-estimator's internals move (prompts / calibration / persistence split), only :func:`scoring_plan`
-and :func:`merge_label_tokens` need re-pointing.
+the model: the prompts, where each field's value lies in them, the prefix shared by all, and the
+label words as tokens (``Verbalizer.build_prompts`` and ``label_tokens_``); and the way back from
+word scores to calibrated probabilities (``Verbalizer.calibrate_words``).
 """
 
 from __future__ import annotations
@@ -39,15 +38,15 @@ class Plan:
     key: tuple[Any, ...] | None
 
 
-def scoring_plan(clf: Verbalizer, texts: list[str]) -> Plan:
-    """The prompts, label tokens and finishing step that ``clf.predict_proba(texts)`` would use.
+def scoring_plan(clf: Verbalizer, rows: list[Any]) -> Plan:
+    """The prompts, label tokens and finishing step that ``clf.predict_proba(rows)`` would use.
 
+    ``rows`` are texts, or dicts {field: text} for a template with several fields.
     ``finish(words)`` maps word log-probabilities (n, n_words) to probabilities (n, n_classes)
     through the classifier's own aggregation and calibration; calibrators that look at the
-    texts (domain, batch) see this request's texts, as offline ``predict_proba`` on them would.
+    texts (domain, batch) see this request's rows, as offline ``predict_proba`` on them would.
     """
-    clf._ready()
-    built = clf._prompts(texts)
+    built = clf.build_prompts(rows)
     prompts, spans, prefix = built.prompts, built.spans, built.prefix
     scorer, tokens = clf.scorer_, clf.label_tokens_
     room = reserved_tokens(tokens)
@@ -59,7 +58,7 @@ def scoring_plan(clf: Verbalizer, texts: list[str]) -> Plan:
         key = (id(scorer.model), scorer.batch_size, scorer.max_tokens, scorer.context_length, prefix, head, room)
 
     def finish(words: np.ndarray) -> np.ndarray:
-        return np.exp(clf._from_words(words, texts))
+        return clf.calibrate_words(words, rows)
 
     return Plan(scorer, prompts, spans, prefix, tokens, finish, key)
 

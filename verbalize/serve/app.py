@@ -23,7 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from verbalize.errors import did_you_mean
+from verbalize.errors import InputError, did_you_mean
+from verbalize.rows import check_rows, text_problem
 from verbalize.serve.batcher import MicroBatcher, Overloaded
 from verbalize.serve.metrics import Metrics
 from verbalize.serve.registry import Entry, Registry, Source, build_classifier, expand_sources
@@ -181,8 +182,8 @@ def _routes(app: FastAPI, service: Service) -> None:
         return Response(metrics.render(), media_type=metrics.content_type)
 
 
-async def _admit(request: Request, service: Service) -> tuple[Entry, list[str]]:
-    """Read and check a classify request: the served entry and the texts, or a ServeError."""
+async def _admit(request: Request, service: Service) -> tuple[Entry, list[Any]]:
+    """Read and check a classify request: the served entry and the rows, or a ServeError."""
     cfg, registry = service.config, service.registry
     if not registry.ready:
         detail = service.load_error or "the model and templates are still loading"
@@ -223,19 +224,25 @@ async def _admit(request: Request, service: Service) -> tuple[Entry, list[str]]:
             f"Served templates: {', '.join(served)} (GET /v1/templates)",
             location="template",
         )
-    return entry, _texts(req, cfg.max_request_texts)
+    return entry, _rows(req, entry, cfg.max_request_texts)
 
 
-def _texts(req: ClassifyRequest, limit: int) -> list[str]:
-    """The request's texts, from ``texts`` or ``inputs``, with every problem located."""
+def _rows(req: ClassifyRequest, entry: Entry, limit: int) -> list[Any]:
+    """The request's rows, from ``texts`` or ``inputs``, checked against the template's fields.
+
+    The shape (which keys each object has) is checked here, to answer with its location; the texts
+    go through :func:`verbalize.rows.check_rows`, the gate of every other entry point.
+    """
     if (req.texts is None) == (req.inputs is None):
         raise ServeError(
             422, "invalid_request", 'give exactly one of "texts" (list of strings) or "inputs"', location="texts"
         )
     key = "texts" if req.texts is not None else "inputs"
     items: list[Any] = req.texts if req.texts is not None else req.inputs  # type: ignore[assignment]
+    fields = list(entry.clf.template_.fields)
+    has = f"template {entry.name!r} has the fields {fields}"
     if not items:
-        raise ServeError(422, "empty_request", f"{key} is empty; send at least one text", location=key)
+        raise ServeError(422, "empty_request", f"{key} is empty; send at least one row", location=key)
     if len(items) > limit:
         raise ServeError(
             413,
@@ -243,24 +250,39 @@ def _texts(req: ClassifyRequest, limit: int) -> list[str]:
             f"{key} has {len(items)} items; at most {limit} per request: split it into several requests",
             location=key,
         )
-    texts = []
-    for i, item in enumerate(items):
-        if isinstance(item, dict):
-            if set(item) != {"text"}:
-                raise ServeError(
-                    422,
-                    "unknown_field",
-                    f'{key}[{i}] has fields {sorted(item)}; this template has the one field "text": {{"text": "..."}}',
-                    location=f"{key}[{i}]",
-                )
-            item = item["text"]
-        if not item.strip():
-            loc = f"{key}[{i}]" + (".text" if key == "inputs" else "")
+    if key == "texts" and len(fields) > 1:
+        example = json.dumps({f: "..." for f in fields})
+        raise ServeError(
+            422, "fields_needed", f'{has}: send "inputs": [{example}, ...] instead of "texts"', location=key
+        )
+    for i, item in enumerate(items if key == "inputs" else ()):
+        unknown = [k for k in item if k not in fields]
+        missing = [f for f in fields if f not in item]
+        if unknown:
+            hint = did_you_mean(unknown[0], fields)
             raise ServeError(
-                422, "empty_text", f"{loc} is empty or whitespace-only; drop it or send text", location=loc
+                422, "unknown_field", f"{key}[{i}] has the field {unknown[0]!r}, but {has}.{hint}", f"{key}[{i}]"
             )
-        texts.append(item)
-    return texts
+        if missing:
+            raise ServeError(422, "missing_field", f"{key}[{i}] has no field {missing[0]!r}; {has}", f"{key}[{i}]")
+    try:
+        return check_rows(items, fields, key)
+    except (InputError, TypeError) as exc:
+        where, problem = _first_bad(items, fields, key)
+        code = "empty_text" if "empty" in problem else "invalid_text"
+        raise ServeError(422, code, f"{exc} ({has})", location=where) from None
+
+
+def _first_bad(items: list[Any], fields: list[str], key: str) -> tuple[str, str]:
+    """Where the first unusable text of a request lies (``texts[3]``, ``inputs[0].premise``) and why."""
+    for i, item in enumerate(items):
+        values = item.items() if isinstance(item, dict) else [(None, item)]
+        for name, value in values:
+            if name in fields or name is None:
+                problem = text_problem(value)
+                if problem:
+                    return f"{key}[{i}]" + (f".{name}" if name is not None else ""), problem
+    return key, ""
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -45,11 +45,14 @@ class Overloaded(Exception):
 
 @dataclass
 class Job:
-    """One request's texts for one served template version, and where its answer goes."""
+    """One request's rows for one served template version, and where its answer goes.
+
+    ``texts`` holds the rows: str for a one-field template, dicts {field: text} for several fields.
+    """
 
     clf: Any
     template: str
-    texts: list[str]
+    texts: list[Any]
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
     tokens: int
@@ -60,9 +63,10 @@ Outcome = tuple[Job, "np.ndarray | None", "BaseException | None"]
 """A job and its result or its error, handed to the job's event loop by :func:`_deliver`."""
 
 
-def estimate_tokens(texts: list[str]) -> int:
+def estimate_tokens(rows: list[Any]) -> int:
     """A cheap upper-side token estimate for the batch budget (UTF-8 bytes / 3, plus template words)."""
-    return sum(len(t.encode("utf-8")) // 3 + 16 for t in texts)
+    values = (v for row in rows for v in (row.values() if isinstance(row, dict) else (row,)))
+    return sum(len(v.encode("utf-8")) // 3 for v in values) + 16 * len(rows)
 
 
 class MicroBatcher:
@@ -137,8 +141,8 @@ class MicroBatcher:
     def queued_texts(self) -> int:
         return self._queued_texts
 
-    async def submit(self, clf: Any, template: str, texts: list[str]) -> np.ndarray:
-        """Queue ``texts`` for ``clf`` and wait for their probabilities (n, n_classes).
+    async def submit(self, clf: Any, template: str, texts: list[Any]) -> np.ndarray:
+        """Queue ``texts`` (rows) for ``clf`` and wait for their probabilities (n, n_classes).
 
         Raises
         ------

@@ -23,7 +23,7 @@ from typing import Any
 
 from verbalize.errors import TemplateError
 from verbalize.estimator import Verbalizer
-from verbalize.prompting.template import load_template
+from verbalize.prompting.template import Template, load_template
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +101,15 @@ class Entry:
             "version": self.version,
             "digest": self.digest,
             "loaded_at": self.loaded_at,
-            "fields": ["text"],
+            "fields": list(template.fields),
             "labels": [{"label": str(c), "words": list(template.labels[str(c)])} for c in self.clf.classes_],
             "prompt": template.prompt,
         }
+
+
+def sample_row(template: Template) -> dict[str, str]:
+    """A row for a warm-up: the template's ``sample_text`` in each of its fields."""
+    return dict.fromkeys(template.fields, template.sample_text)
 
 
 def build_classifier(source: Source, model: Any, batch_size: int = 64) -> Verbalizer:
@@ -117,12 +122,11 @@ def build_classifier(source: Source, model: Any, batch_size: int = 64) -> Verbal
     """
     if source.kind == "classifier":
         clf = Verbalizer.load(source.path)
-        sample = clf.template_.sample_text
+        template = clf.template_
     else:
         template = load_template(source.path)
         clf = Verbalizer(template=template, model=model, batch_size=batch_size)
-        sample = template.sample_text
-    clf.predict_proba([sample])
+    clf.predict_proba([sample_row(template)])
     if getattr(clf, "heads_", None):
         raise TemplateError([f"{source.path}: heads: classifiers with heads are not served yet; serve the template"])
     return clf

@@ -6,19 +6,32 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 
 class ClassifyRequest(BaseModel):
-    """``POST /v1/classify``: one template and the texts to classify with it.
+    """``POST /v1/classify``: one template and the rows to classify with it.
 
-    Give ``texts`` (one string per item) or ``inputs`` (one object per item, field -> value;
-    today's templates have the single field ``text``, templates with several placeholders will
-    name theirs). Exactly one of the two.
+    Give ``inputs`` (one object per row, keyed by the template's field names as ``GET /v1/templates``
+    lists them: ``{"text": ...}``, or ``{"premise": ..., "hypothesis": ...}`` for a pair template), or,
+    for a template with one field, ``texts`` (one string per row). Exactly one of the two.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"template": "sst2", "texts": ["a charming film", "two hours I will never get back"]},
+                {"template": "same_sentiment", "inputs": [{"review1": "A gem.", "review2": "Loved it."}]},
+            ]
+        },
+    )
 
     template: StrictStr = Field(description="Name of a served template (see GET /v1/templates)")
-    texts: list[StrictStr] | None = Field(default=None, description="Texts to classify, in order")
+    texts: list[StrictStr] | None = Field(
+        default=None, description="Texts to classify, in order; only for a template with one field"
+    )
     inputs: list[dict[StrictStr, StrictStr]] | None = Field(
-        default=None, description='Items as {field: value}, e.g. [{"text": "a fine film"}]'
+        default=None,
+        description="Rows to classify, in order, each an object {field: text} holding every field of the "
+        'template (its "fields" in GET /v1/templates), e.g. [{"text": "a fine film"}] or '
+        '[{"review1": "A gem.", "review2": "Loved it."}]',
     )
 
 
@@ -35,6 +48,8 @@ class ClassifyResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: str = Field(description="Machine-readable code, e.g. unknown_template, empty_text, queue_full")
+    error: str = Field(
+        description="Machine-readable code, e.g. unknown_template, missing_field, empty_text, queue_full"
+    )
     message: str = Field(description="What is wrong, where, and how to fix it")
-    location: str | None = Field(default=None, description="Where in the request, e.g. texts[3]")
+    location: str | None = Field(default=None, description="Where in the request, e.g. texts[3], inputs[0].review2")
