@@ -1,10 +1,11 @@
 """What the model reads: one rule for the tokens reserved for label words, shared by the budget and the scorer."""
 
+import json
 import logging
 
 import pytest
 
-from verbalize import LabelWords, Template
+from verbalize import LabelWords, Template, load_template
 from verbalize.engine.tokens import leading_special_ids, reserved_tokens
 from verbalize.prompting.prompts import PromptBuilder, resolve_template
 
@@ -70,3 +71,74 @@ def test_resolve_template_explains_what_is_missing():
     t = resolve_template("classify: {text} =>", LABELS)
     assert list(t.labels) == ["negative", "positive"]
     assert list(resolve_template(t, {"a": ["x"], "b": ["y"]}).labels) == ["a", "b"]
+
+
+BOUNDARY_TEMPLATE = """
+prompt = "Review: {text}\\nSentiment:"
+[labels]
+negative = ["bad"]
+positive = ["a thoroughly positive review"]
+"""
+
+
+def _model_dir_with_window(family, path, window):
+    """The family's tokenizer, saved with a config whose context window is ``window`` (what `check` reads)."""
+    family.tokenizer.save_pretrained(path)
+    (path / "config.json").write_text(json.dumps({"max_position_embeddings": window, "n_positions": window}))
+    return path
+
+
+def test_builder_scorer_and_check_agree_on_fit_at_the_exact_boundary(family, tmp_template, tmp_path, capsys):
+    """One budget rule: at window = needed the prompt fits everywhere; one token less, it is cut everywhere."""
+    from verbalize.cli.main import main
+
+    tok, text = family.tokenizer, "a good film with a bad ending"
+    template = load_template(tmp_template(BOUNDARY_TEMPLATE))
+    prompt = template.render(text)
+    tokens = template.labels.encode(tok, template.label_prefix, prompt)
+    assert reserved_tokens(tokens) > 0
+    needed = len(family.lead) + len(tok(prompt, add_special_tokens=False)["input_ids"]) + reserved_tokens(tokens)
+    assert needed < family.model.config.max_position_embeddings  # the scorer's window is the one given
+    assert PromptBuilder(template, (), (), 0, tok, needed, reserved_tokens(tokens)).budget() == needed - len(
+        family.lead
+    ) - reserved_tokens(tokens)
+    for window, fits in ((needed, True), (needed - 1, False)):
+        built = PromptBuilder(template, (), (), 0, tok, window, reserved_tokens(tokens)).build([text])
+        scorer = family.scorer(max_length=window)
+        scorer.encode(built.prompts, built.spans, built.prefix, reserved_tokens(tokens))
+        assert scorer.last_n_truncated == (0 if fits else 1), window
+        model_dir = _model_dir_with_window(family, tmp_path / f"w{window}", window)
+        assert main(["check", str(template.source), "--model", str(model_dir), "--text", text]) == 0
+        out = capsys.readouterr().out
+        assert ("fits: the sample text" in out) == fits and ("would be cut" in out) != fits, (window, out)
+
+
+def test_similar_demonstrations_are_dropped_whole_and_the_text_is_never_cut(family, caplog):
+    """demo_selection="similar": per-text demonstrations go, least similar first, before a token of the text."""
+    tok = family.tokenizer
+    template = Template(prompt="Review: {text}\nSentiment:", labels=LABELS)
+    reserved = reserved_tokens(template.labels.encode(tok))
+    pool = [("the plot was bad and the film was terrible", "negative"), ("a good film", "positive")]
+    text = "a good film with a bad ending"
+    free = PromptBuilder(template, (), pool, 2).build([text])
+    nearest = template.render_demo("a good film", "positive")
+    assert free.prompts[0].count("Sentiment:") == 3 and free.prompts[0].index(nearest) > 0  # nearest last
+
+    def needed(prompts):
+        return len(family.lead) + len(tok(prompts.prefix + prompts.prompts[0], add_special_tokens=False)["input_ids"])
+
+    one_demo = PromptBuilder(template, (), pool[1:], 1).build([text])
+    window = needed(one_demo) + reserved  # room for the nearest demonstration, not for both
+    assert needed(free) + reserved > window
+    with caplog.at_level(logging.WARNING):
+        built = PromptBuilder(template, (), pool, 2, tok, window, reserved).build([text])
+    assert built.prompts[0] == one_demo.prompts[0] and "kept fewer of their own demonstrations" in caplog.text
+    [(a, b)] = built.spans[0]
+    assert built.prompts[0][a:b] == text
+    scorer = family.scorer(max_length=window)
+    scorer.encode(built.prompts, built.spans, built.prefix, reserved)
+    assert scorer.last_n_truncated == 0  # the text is whole
+    tight = PromptBuilder(
+        template, (), pool, 2, tok, needed(PromptBuilder(template).build([text])) + reserved, reserved
+    )
+    assert tight.build([text]).prompts[0] == template.spans([text])[0][0]  # no demonstration left, the text whole

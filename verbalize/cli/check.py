@@ -12,6 +12,7 @@ import os
 import sys
 
 from verbalize.engine.model_files import UNKNOWN_WINDOW, load_tokenizer
+from verbalize.engine.tokens import leading_special_ids, prompt_budget, reserved_tokens
 from verbalize.errors import TemplateError
 from verbalize.prompting.prompts import resolve_template
 
@@ -68,20 +69,28 @@ def check(template_arg: str, model: str | os.PathLike | None = None, text: str |
         print(f"note: {note} (fine: words are scored over all their tokens)")
     window = tok.model_max_length if 0 < tok.model_max_length < UNKNOWN_WINDOW else None
     if window:
-        # The template's own tokens (instruction, prompt words, special tokens) and the longest label word never
-        # shrink; only the text is cut to fit, so they must leave room for it.
-        longest = max(len(ids) for ids in tokens.word_ids)
-        fixed = len(tok(template.render(""))["input_ids"]) + longest
-        print(f"context: the template takes {fixed} of model {name}'s {window} tokens (with the longest label word)")
-        if fixed >= window:
+        # The scorer's rule (prompt_budget): the window less the special tokens in front and the positions kept
+        # for the label words. The template's own tokens never shrink; only the text is cut, so they must leave
+        # room for it.
+        reserved, n_lead = reserved_tokens(tokens), len(leading_special_ids(tok))
+        budget = prompt_budget(window, reserved, n_lead)
+        fixed = len(tok(template.render(""), add_special_tokens=False)["input_ids"])
+        print(
+            f"context: the template takes {fixed} of the {budget} tokens left for a prompt in model {name}'s window "
+            f"of {window} ({n_lead} special tokens in front, {reserved} kept for the label words)"
+        )
+        if fixed >= budget:
             print(
-                f"error: {template.source}: instruction + prompt take {fixed} tokens with the longest label word, "
-                f"not less than model {name}'s context window of {window}: no room is left for the text; "
-                "shorten the instruction or the prompt",
+                f"error: {template.source}: instruction + prompt take {fixed} tokens, not less than the {budget} "
+                f"tokens a prompt may take in model {name}'s context window of {window}: no room is left for the "
+                "text; shorten the instruction or the prompt",
                 file=sys.stderr,
             )
             return 1
-        if len(tok(template.render(text))["input_ids"]) + longest > window:
-            print("warning: the sample text does not fit the context window; it would be cut to fit")
+        used = len(tok(template.render(text), add_special_tokens=False)["input_ids"])
+        if used > budget:
+            print(f"warning: the sample text's prompt takes {used} of {budget} tokens; its text would be cut to fit")
+        else:
+            print(f"fits: the sample text's prompt takes {used} of {budget} tokens")
     print("ok: no problems found")
     return 0

@@ -40,7 +40,7 @@ from verbalize.engine.batching import (
 )
 from verbalize.engine.model_io import ModelIO
 from verbalize.engine.models import float_activations, load_model
-from verbalize.engine.tokens import LabelTokens, leading_special_ids, reserved_tokens
+from verbalize.engine.tokens import LabelTokens, leading_special_ids, prompt_budget, reserved_tokens
 from verbalize.engine.tokens import token_ids as _ids
 from verbalize.errors import InputError, check_choice
 
@@ -253,7 +253,7 @@ class Scorer:
         full = [prefix + p for p in prompts]
         if spans is not None and prefix:
             spans = shift_spans(spans, len(prefix))
-        budget = self.context_length - room - len(lead)
+        budget = prompt_budget(self.context_length, room, len(lead))
         encoded = encode_prompts(self.tokenizer, full, spans, max_length=budget, add_special_tokens=False)
         ids = [lead + x for x in encoded.ids]
         empty = [i for i, x in enumerate(ids) if not x]

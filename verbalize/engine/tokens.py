@@ -39,6 +39,22 @@ def reserved_tokens(label_tokens: LabelTokens | None) -> int:
     return max((len(ids) for ids in label_tokens.word_ids), default=1) - 1
 
 
+def prompt_budget(context_length: int, reserved: int, n_lead: int) -> int:
+    """Tokens a prompt may take: ``prefix + prompt`` tokenized as one string without special tokens.
+
+    The one budget rule, used by the prompt builder (to drop demonstrations), the scorer (to cut a
+    text) and ``verbalize check`` (to report fit): the context window less the ``n_lead`` special
+    tokens put in front (BOS) and the ``reserved`` positions kept free for the label words
+    (:func:`reserved_tokens`). A prompt fits when its token count is ``<=`` this number.
+
+    Examples
+    --------
+    >>> prompt_budget(64, reserved=2, n_lead=1)
+    61
+    """
+    return int(context_length) - int(reserved) - int(n_lead)
+
+
 def leading_special_ids(tokenizer: Any) -> list[int]:
     """The special tokens (BOS) a tokenizer puts before a text; trailing ones (EOS) are not wanted here."""
     with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])

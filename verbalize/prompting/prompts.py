@@ -1,8 +1,9 @@
 """What the model reads: the template's prompt, demonstrations (shared or per text) and the context budget.
 
-One rule decides how many tokens stay free after a prompt for the label words
-(:func:`reserved_tokens`); the scorer truncates texts with it and the budget that drops
-demonstrations uses it too, so a prompt that fits here is never cut there.
+One rule decides how many tokens a prompt may take (:func:`~verbalize.engine.tokens.prompt_budget`);
+the scorer truncates texts with it and the budget that drops demonstrations uses it too, so a
+prompt that fits here is never cut there. Only the classified text's field values are ever cut;
+demonstrations, shared or per text, are dropped whole before that.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from verbalize.engine.tokens import leading_special_ids
+from verbalize.engine.tokens import leading_special_ids, prompt_budget
 from verbalize.prompting.demos import similar_demos
 from verbalize.prompting.labels import LabelWords
 from verbalize.prompting.template import Span, Template, load_template
@@ -84,7 +85,8 @@ class PromptBuilder:
     n_demos : int
     tokenizer : tokenizer, optional
         With ``context_length``, drops shared demonstrations from the end until the longest prompt
-        fits with ``reserved`` tokens to spare (the text itself is never cut for a demonstration).
+        fits with ``reserved`` tokens to spare, and a text's own (``demo_pool``) demonstrations from
+        the least similar on until its prompt fits: the text itself is never cut for a demonstration.
     context_length : int, optional
     reserved : int
         Tokens kept free for the label words: :func:`reserved_tokens`.
@@ -110,25 +112,60 @@ class PromptBuilder:
         flat = [_flat(t.values(x)) for x, _ in self.demo_pool]
         picks = similar_demos(flat, [_flat(t.values(x)) for x in texts], self.n_demos, leave_out_same)
         shared = t.prefix()  # the instruction, shared by all; each text's own demonstrations follow it
-        heads = [t.prefix([self.demo_pool[i] for i in pick])[len(shared) :] for pick in picks]
+        heads = self.fitting_heads(shared, picks, prompts)
         prompts = [h + p for h, p in zip(heads, prompts, strict=True)]
         spans = [[(a + len(h), b + len(h)) for a, b in x] for h, x in zip(heads, spans, strict=True)]
         return Prompts(prompts, spans, shared)
 
+    def budget(self) -> int | None:
+        """Tokens a prompt (prefix included) may take (:func:`prompt_budget`); None without a tokenizer or window."""
+        if self.tokenizer is None or self.context_length is None:
+            return None
+        return prompt_budget(self.context_length, self.reserved, len(leading_special_ids(self.tokenizer)))
+
+    def _n_tokens(self, strings: Sequence[str]) -> list[int]:
+        # tokenized as the scorer reads it: prefix and prompt as one string, no special tokens
+        return [len(x) for x in self.tokenizer(list(strings), add_special_tokens=False)["input_ids"]]
+
+    def fitting_heads(self, shared: str, picks: Sequence[Sequence[int]], prompts: Sequence[str]) -> list[str]:
+        """Each text's own demonstrations (rendered, after ``shared``), the least similar dropped whole
+        (the first of ``picks[i]``) until the text's prompt fits the budget."""
+        t, budget = self.template, self.budget()
+
+        def head(pick: Sequence[int]) -> str:
+            return t.prefix([self.demo_pool[i] for i in pick])[len(shared) :]
+
+        heads = [head(pick) for pick in picks]
+        if budget is None or not prompts:
+            return heads
+        lengths = self._n_tokens([shared + h + p for h, p in zip(heads, prompts, strict=True)])
+        over = [i for i, n in enumerate(lengths) if n > budget and picks[i]]
+        for i in over:
+            pick = list(picks[i])
+            while pick and self._n_tokens([shared + heads[i] + prompts[i]])[0] > budget:
+                pick = pick[1:]  # the nearest demonstration stays next to the text
+                heads[i] = head(pick)
+        if over:
+            logger.warning(
+                "prompt budget: %d of %d texts kept fewer of their own demonstrations so that they fit in %d tokens",
+                len(over),
+                len(prompts),
+                self.context_length,
+            )
+        return heads
+
     def fitting_prefix(self, prompts: Sequence[str]) -> str:
         """The shared prefix, with demonstrations dropped from the end until the longest prompt fits."""
-        t, tok = self.template, self.tokenizer
+        t, budget = self.template, self.budget()
         demos = list(self.demos)
         prefix = t.prefix(demos)
-        if not demos or not prompts or tok is None or self.context_length is None:
+        if not demos or not prompts or budget is None:
             return prefix
-        lengths = [len(x) for x in tok(list(prompts), add_special_tokens=False)["input_ids"]]
+        lengths = self._n_tokens(prompts)
         longest = prompts[max(range(len(prompts)), key=lengths.__getitem__)]
-        n_lead = len(leading_special_ids(tok))
 
-        def fits(prefix: str) -> bool:  # tokenized as the scorer reads it: prefix and prompt as one string
-            n = n_lead + len(tok(prefix + longest, add_special_tokens=False)["input_ids"])
-            return n + self.reserved <= self.context_length  # type: ignore[operator]
+        def fits(prefix: str) -> bool:
+            return self._n_tokens([prefix + longest])[0] <= budget  # type: ignore[operator]
 
         while demos and not fits(prefix):
             demos.pop()
