@@ -201,16 +201,16 @@ def model_dir(gpt2_model, gpt2_tokenizer, tmp_path):
 @pytest.fixture
 def loads(monkeypatch):
     """Count the models really loaded (not served from the per-process cache)."""
-    import verbalize.engine.scoring as scoring
+    import verbalize.engine.cache as cache
 
     calls = []
-    real = scoring.load_model
+    real = cache.load_model
 
     def counting(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scoring, "load_model", counting)
+    monkeypatch.setattr(cache, "load_model", counting)
     return calls
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         get_calibrator,
     )
     from verbalize.client import Client
+    from verbalize.engine.cache import clear_model_cache
     from verbalize.engine.scoring import Scorer
     from verbalize.ensemble import TemplateEnsemble
     from verbalize.errors import InputError, ModelLoadError, TemplateError, VerbalizeError
@@ -57,6 +58,7 @@ _HOMES = {
     "KNNPrompting": "knn",
     "LabelWords": "prompting.labels",
     "Scorer": "engine.scoring",
+    "clear_model_cache": "engine.cache",
     "rank_templates": "search",
     "suggest_label_words": "search",
     "Template": "prompting.template",
@@ -82,6 +84,7 @@ __all__ = [
     "TemplateError",
     "VerbalizeError",
     "Verbalizer",
+    "clear_model_cache",
     "get_calibrator",
     "load_template",
     "rank_templates",

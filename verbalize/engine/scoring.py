@@ -38,8 +38,9 @@ from verbalize.engine.batching import (
     shift_spans,
     span_lists,
 )
+from verbalize.engine.cache import MODELS
 from verbalize.engine.model_io import ModelIO
-from verbalize.engine.models import float_activations, load_model
+from verbalize.engine.models import float_activations
 from verbalize.engine.tokens import LabelTokens, leading_special_ids, prompt_budget, reserved_tokens
 from verbalize.engine.tokens import token_ids as _ids
 from verbalize.errors import InputError, check_choice
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("logsumexp", "mean", "max")
 POOLINGS = ("last", "mean")
-_LOADED: dict[tuple[str, str, str, Any], tuple[Any, Any]] = {}
 # model -> its exact logits path and whether its cached prefix is shared (see model_io.share_prefix)
 _PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
 
@@ -99,15 +99,9 @@ class Scorer:
     def from_pretrained(
         cls, name: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "float32", **kwargs: Any
     ) -> Scorer:
-        """Load (once per process, per name/device/dtype) and wrap a model; see :func:`load_model`."""
-        # A local directory is also keyed by its inode and mtime: a classifier saved again to the same
-        # path (an atomic rename puts a new directory there) must not be served the old weights.
-        where = os.path.expanduser(os.fspath(name)) if name is not None else ""
-        stamp = (os.stat(where).st_ino, os.stat(where).st_mtime_ns) if where and os.path.isdir(where) else None
-        key = (str(name), str(device), str(dtype), stamp)
-        if key not in _LOADED:
-            _LOADED[key] = load_model(name, device, dtype)
-        return cls(*_LOADED[key], **kwargs)
+        """Load (once per process, per name/device/dtype: :data:`verbalize.engine.cache.MODELS`) and wrap
+        a model; see :func:`load_model`. ``verbalize.clear_model_cache()`` forgets the loaded models."""
+        return cls(*MODELS.get(name, device, dtype), **kwargs)
 
     def __deepcopy__(self, memo: dict) -> Scorer:
         # sklearn's clone deep-copies parameters; a Scorer holds no learned state, so share its weights.
