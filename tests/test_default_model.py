@@ -50,7 +50,7 @@ def test_gguf_conversion_on_a_cold_cache_equals_loading_the_gguf_directly(tmp_pa
     model, tok = load_model(None)  # cold: converts into the temporary cache
     (converted,) = (tmp_path / "cache").iterdir()
     assert (converted / "config.json").is_file() and (converted / "model.safetensors").is_file()
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp")]  # no half-written folder
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name]  # no half-written folder
     gguf = default_gguf()
     ref_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

@@ -16,15 +16,12 @@ import contextlib
 import copyreg
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verbalize.atomic import atomic_dir
 from verbalize.calibration.calibrators import CALIBRATORS, Calibrator
 from verbalize.engine.model_files import quiet
 from verbalize.engine.scoring import Scorer
@@ -54,9 +51,7 @@ def save(clf: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     _check_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with atomic_dir(path, checkpoint=_checkpoint) as tmp:  # steps "rename" and "clean up" are atomic_dir's
         _checkpoint("model")
         state = _state(clf)
         if state["params"]["model"] == MODEL_DIR:
@@ -69,9 +64,6 @@ def save(clf: Any, path: str | Path) -> Path:
             save_file(tensors, str(tmp / HEADS_FILE))
         _checkpoint("state")  # written last: a directory without it is never taken for a classifier
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")
-        _replace(tmp, path)
-    finally:
-        _discard(tmp)
     return path
 
 
@@ -147,29 +139,6 @@ def _check_target(path: Path) -> None:
             f"{path} is a non-empty directory without {STATE_FILE}: it is not a saved classifier, and saving "
             "would replace it. Choose a new or empty directory"
         )
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an earlier ``path`` is moved aside first and deleted only afterwards."""
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}" if path.exists() else None
-    if old is not None:
-        os.rename(path, old)
-    try:
-        _checkpoint("rename")
-        os.rename(tmp, path)
-    except BaseException:
-        if old is not None and not path.exists():
-            os.rename(old, path)  # put the earlier save back
-        raise
-    try:
-        _checkpoint("clean up")
-    finally:
-        if old is not None:
-            _discard(old)
-
-
-def _discard(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # -- load --------------------------------------------------------------------------------------------------

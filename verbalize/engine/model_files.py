@@ -15,12 +15,11 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from verbalize.atomic import atomic_dir
 from verbalize.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -203,16 +202,8 @@ def convert_gguf(gguf: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None  # type: ignore[assignment]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
-        with quiet():
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a concurrent or interrupted conversion never leaves half a model
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # atomic: an interrupted conversion never leaves half a model; of two concurrent ones, the first to finish stays
+    with atomic_dir(target, keep_existing=True) as tmp, quiet():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from verbalize.atomic import write_text
 from verbalize.errors import InputError
 from verbalize.io.readers import FORMATS, Row, Source
 from verbalize.io.sinks import Sink, open_sink
@@ -290,9 +291,7 @@ def _save_state(job: Job, state: dict[str, Any]) -> None:
     """Replace state.json atomically (write a sibling, then rename)."""
     if job.partial is None:
         return
-    tmp = job.partial / "state.json.tmp"
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, job.partial / "state.json")
+    write_text(job.partial / "state.json", json.dumps(state))
 
 
 def _finish(job: Job, sink: Sink, state: dict[str, Any]) -> None:

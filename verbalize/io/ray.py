@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from verbalize.atomic import atomic_path
 from verbalize.io.readers import FORMATS, Row, Source
 from verbalize.rows import text_problem
 
@@ -180,17 +181,16 @@ def predict_file(source: Source, output: str | Path, **options: Any) -> int:
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     out = classify_dataset(read_dataset(source), column=source.column or "text", **options)
     output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
     writer, n = None, 0
-    try:
-        for table in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer = writer or pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-            n += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise ValueError(f"{source.path}: no rows to classify")
-    os.replace(tmp, output)
+    with atomic_path(output) as tmp:
+        try:
+            for table in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                n += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"{source.path}: no rows to classify")
     return n

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from verbalize.atomic import atomic_path
 from verbalize.io.readers import dumps_row
 
 logger = logging.getLogger(__name__)
@@ -156,9 +157,8 @@ class _ParquetSink:
             n: [arrow_value(r.get(n), self._typed and n not in ("prediction", "error")) for r in rows] for n in names
         }
         table = pa.Table.from_pydict(cols, schema=self.schema)
-        tmp = self.folder / "part.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self._part(self.parts))
+        with atomic_path(self._part(self.parts)) as tmp:
+            pq.write_table(table, tmp)
         self.parts += 1
 
     def position(self) -> dict[str, int]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from verbalize.atomic import atomic_path
 from verbalize.errors import TemplateError
 from verbalize.prompting.template import Template, load_template
 
@@ -68,18 +67,11 @@ def write_template(template: Template, path: str | Path, source: str | Path | No
     path = Path(path)
     if source is not None and Path(source).exists() and path.resolve() == Path(source).resolve():
         raise FileExistsError(f"{path} is the input template; suggest never overwrites it: pass another --output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=".toml")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(to_toml(template, header))
+    with atomic_path(path) as tmp:
+        tmp.write_text(to_toml(template, header), encoding="utf-8")
         try:
             load_template(tmp)  # the loader's checks, before the file takes its name: a bad file is never left
         except TemplateError as exc:
             issues = [i.replace(str(tmp), str(path)) for i in exc.issues]
             raise TemplateError([*issues, f"{path}: not written: the template above would not load again"]) from None
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
