@@ -29,8 +29,8 @@ from finetune import sample
 
 from verbalize import load_template, rank_templates, suggest_label_words
 from verbalize.calibration.calibrators import CONTENT_FREE
-from verbalize.knn import next_token_log_probs, resolve_scorer
-from verbalize.search import accuracy_of
+from verbalize.engine.scoring import Scorer
+from verbalize.search import accuracy_of, next_token_log_probs
 
 VARIANTS = ("shipped", "words", "words+prompt")
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
     root = data_dir(args.data)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scorer = resolve_scorer(args.model, "auto", "float32", 64, None)
+    scorer = Scorer.resolve(args.model, batch_size=64, max_length=None)
     with out.open("a", encoding="utf-8") as f:
         for ds in args.datasets:
             test, pool = load(ds, "test", root, args.limit), load(ds, "train", root)

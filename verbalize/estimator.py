@@ -94,7 +94,7 @@ def ready(self: Any) -> None:
         self._seen_params = copy.deepcopy(self.get_params(deep=False))
         base = self.__dict__.get("scorer_")
         if base is not None:
-            self.scorer_ = Scorer(base.model, base.tokenizer, self.batch_size, base.context_length, base.max_tokens)
+            self.scorer_ = base.with_settings(batch_size=self.batch_size)
     elif changed:
         raise NotFittedError(
             f"the parameters {changed} of this Verbalizer changed since fit(): call fit again "
@@ -277,9 +277,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     def _load_scorer(self) -> Scorer:
         """The shared model (cached per process), wrapped with this classifier's batch size and budget."""
-        model = self.model
-        base = model if isinstance(model, Scorer) else Scorer.from_pretrained(model, self.device, self.dtype)
-        return Scorer(base.model, base.tokenizer, self.batch_size, self.max_length, base.max_tokens)
+        return Scorer.resolve(
+            self.model, self.device, self.dtype, batch_size=self.batch_size, max_length=self.max_length
+        )
 
     def _check_params(self) -> None:
         check_params(self)

@@ -17,10 +17,12 @@ a probe at construction proves the chosen path equal to ``model(input_ids).logit
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import weakref
 from collections.abc import Callable, Sequence
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -87,9 +89,7 @@ class Scorer:
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
         self.max_tokens = max_tokens
-        config = model.config
-        window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        self.context_length = min(x for x in (window, max_length, 10**9) if x)
+        self.context_length = min(x for x in (self._window(), max_length, 10**9) if x)
         self.pad_id = pad_id_of(tokenizer)
         self._lead = leading_special_ids(tokenizer)
         self.last_n_truncated = 0
@@ -102,6 +102,55 @@ class Scorer:
         """Load (once per process, per name/device/dtype: :data:`verbalize.engine.cache.MODELS`) and wrap
         a model; see :func:`load_model`. ``verbalize.clear_model_cache()`` forgets the loaded models."""
         return cls(*MODELS.get(name, device, dtype), **kwargs)
+
+    @classmethod
+    def resolve(cls, model: Any = None, device: str = "auto", dtype: str = "float32", **settings: Any) -> Scorer:
+        """``model`` as a Scorer with ``settings`` (see :meth:`with_settings`): a Scorer is re-wrapped
+        (sharing its weights), a name, directory or file loaded once per process (:meth:`from_pretrained`)."""
+        base = model if isinstance(model, Scorer) else cls.from_pretrained(model, device, dtype)
+        return base.with_settings(**settings)
+
+    def with_settings(
+        self,
+        *,
+        batch_size: int | None = None,
+        max_length: int | None | EllipsisType = ...,
+        max_tokens: int | None | EllipsisType = ...,
+        model: Any = None,
+    ) -> Scorer:
+        """A Scorer over the same model and tokenizer with other batch settings: the one way to change them.
+
+        Parameters
+        ----------
+        batch_size : int, optional
+            Prompts per forward pass (default: this scorer's).
+        max_length : int or None, optional
+            Token budget per prompt; None is the model's context window (default: this scorer's budget).
+        max_tokens : int or None, optional
+            Token budget per batch (default: this scorer's).
+        model : causal LM, optional
+            Another model of the same tokenizer (a fine-tuned copy): it is probed as a new Scorer's model is.
+
+        Examples
+        --------
+        >>> small = scorer.with_settings(batch_size=8)  # doctest: +SKIP
+        >>> small.model is scorer.model  # doctest: +SKIP
+        True
+        """
+        batch = self.batch_size if batch_size is None else batch_size
+        length = self.context_length if max_length is ... else max_length
+        tokens = self.max_tokens if max_tokens is ... else max_tokens
+        if model is not None:
+            return Scorer(model, self.tokenizer, batch, length, tokens)
+        out = copy.copy(self)  # shares the model, tokenizer and the probed logits path (self.io)
+        window = out._window()
+        out.batch_size, out.max_tokens, out.last_n_truncated = int(batch), tokens, 0
+        out.context_length = min(x for x in (window, length, 10**9) if x)
+        return out
+
+    def _window(self) -> int | None:
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
     def __deepcopy__(self, memo: dict) -> Scorer:
         # sklearn's clone deep-copies parameters; a Scorer holds no learned state, so share its weights.
@@ -128,6 +177,19 @@ class Scorer:
         words, _ = self.outputs(prompts, label_tokens, (), spans, prefix, progress)
         assert words is not None
         return words
+
+    def next_token_log_probs(
+        self, prompts: Sequence[str], spans: Spans | None = None, prefix: str = "", progress: bool = False
+    ) -> np.ndarray:
+        """The log-distribution over the whole vocabulary after each prompt, shape (n_prompts, V), float32.
+
+        Every token of the output layer is scored as a one-token word, so this reads exactly what
+        :meth:`score_words` reads (the probe-verified logits path), whatever the model's output transform.
+        """
+        n = int(self.model.config.get_text_config(decoder=True).vocab_size)
+        names = tuple(str(i) for i in range(n))
+        vocab = LabelTokens(names, names, np.arange(n), tuple((i,) for i in range(n)))
+        return self.score_words(prompts, vocab, spans, prefix, progress)
 
     def features(
         self,

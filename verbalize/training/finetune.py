@@ -64,9 +64,7 @@ def train_classifier(
         )
     _refuse_single_class(y, labels, [(h, *head_ys[h.name]) for h in joint])
     # Train a copy: the loaded model is shared (cached per process) with other classifiers.
-    tuned = Scorer(
-        copy.deepcopy(scorer.model), scorer.tokenizer, scorer.batch_size, scorer.context_length, scorer.max_tokens
-    )
+    tuned = scorer.with_settings(model=copy.deepcopy(scorer.model))
     hidden = tuned.model.config.hidden_size
     objective = Objective(  # the label-word loss (when y is given) and the joint heads' losses
         label_tokens=label_tokens,
