@@ -54,3 +54,40 @@ def test_ray_engine_output_equals_single_process_row_for_row(
     assert got[7]["error"] == "text is empty or whitespace-only" and want[7]["error"].startswith(
         "line 8: text is empty"
     )
+
+
+PAIR_TEMPLATE = """
+name = "pair"
+fields = ["first", "second"]
+prompt = "A: {first}\\nB: {second}\\nSame?"
+[labels]
+same = ["good"]
+different = ["bad"]
+"""
+
+
+def test_ray_engine_reads_a_template_s_fields_from_their_columns(
+    tmp_path, tmp_template, gpt2_model, gpt2_tokenizer, local_ray
+):
+    """A two-field template on --engine ray: each row is {field: text} from its columns, as the local job reads it."""
+    model_dir = tmp_path / "model"
+    gpt2_model.save_pretrained(model_dir)
+    gpt2_tokenizer.save_pretrained(model_dir)
+    src = tmp_path / "in.jsonl"
+    rows = [
+        {"id": i, "first": f"film {i} was good", "other": f"it was {'bad' if i % 2 else 'fine'}"} for i in range(12)
+    ]
+    rows[3]["other"] = ""
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tpl = str(tmp_template(PAIR_TEMPLATE))
+    common = ["predict", tpl, str(src), "--model", str(model_dir), "--field", "second=other", "--no-progress"]
+    local = tmp_path / "local.parquet"
+    assert main([*common, "-o", str(local)]) == 1  # one empty field
+    out = tmp_path / "ray.parquet"
+    assert main([*common, "-o", str(out), "--engine", "ray", "--concurrency", "1", "--cpus-per-actor", "0.5"]) == 0
+    got, want = pq.read_table(out).to_pylist(), pq.read_table(local).to_pylist()
+    assert [r["id"] for r in got] == list(range(12))
+    for g, w in zip(got, want, strict=True):
+        assert (g["prediction"], g["probability"]) == (w["prediction"], w["probability"])
+    assert got[3]["error"] == "other is empty or whitespace-only" and got[3]["prediction"] is None
+    assert len({g["prediction"] for g in got if g["prediction"]}) >= 1

@@ -277,9 +277,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
     out = check_output(args.output)
     if out is None or out.suffix.lower() != ".parquet":
         raise InputError("--engine ray writes Parquet: give --output FILE.parquet")
-    clf, source, fmap = _classifier_and_source(args, args.input)
-    if fmap:
-        raise InputError("--engine ray classifies one text column; use --engine local for templates of several fields")
+    clf, source, fmap = _classifier_and_source(args, args.input)  # a template's fields: source.field_map
     clf = _ready_classifier(clf, source, fmap)  # every setup error here, before Ray starts
     saved = _saved(args)
     fit = _fits_on_texts(clf) and not saved

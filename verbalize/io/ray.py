@@ -42,7 +42,14 @@ def _ray() -> Any:
 class _Predictor:
     """A Ray actor: builds the classifier once, then classifies one Arrow block per call."""
 
-    def __init__(self, params: dict[str, Any], column: str, fit_texts: list[str] | None, threads: int):
+    def __init__(
+        self,
+        params: dict[str, Any],
+        column: str,
+        fit_texts: list[Any] | None,
+        threads: int,
+        fields: dict[str, str] | None = None,
+    ):
         import torch
 
         from verbalize.estimator import Verbalizer
@@ -55,7 +62,7 @@ class _Predictor:
             self.clf = Verbalizer(**params)
         if fit_texts:
             self.clf.fit(fit_texts)
-        self.column = column
+        self.column, self.fields = column, fields
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
@@ -63,11 +70,7 @@ class _Predictor:
         from verbalize.io.jobs import classify_rows
         from verbalize.io.sinks import arrow_value
 
-        rows = []
-        for fields in table.to_pylist():
-            text = fields.get(self.column)
-            bad = text_problem(text)
-            rows.append(Row(0, text, fields, f"{self.column} {bad}" if bad else None))
+        rows = [_row_of(values, self.column, self.fields) for values in table.to_pylist()]
         out = classify_rows(self.clf, rows)
         base = [f for f in table.schema if f.name not in ("prediction", "probability", "error")]
         schema = pa.schema(
@@ -80,6 +83,17 @@ class _Predictor:
         )
         cols = {n: [arrow_value(r.get(n), True) for r in out] for n in schema.names}
         return pa.Table.from_pydict(cols, schema=schema)
+
+
+def _row_of(values: dict[str, Any], column: str, fields: dict[str, str] | None) -> Row:
+    """An input row for :func:`classify_rows`: the ``column``'s text, or {field: text} from the mapped columns."""
+    if fields:
+        text = {f: values.get(c) for f, c in fields.items()}
+        bad = [f"{c} {p}" for f, c in fields.items() if (p := text_problem(text[f]))]
+        return Row(0, text, values, "; ".join(bad) or None)
+    text = values.get(column)
+    problem = text_problem(text)
+    return Row(0, text, values, f"{column} {problem}" if problem else None)
 
 
 def classify_dataset(
@@ -95,10 +109,11 @@ def classify_dataset(
     threads: int = 1,
     num_cpus: float | None = None,
     num_gpus: float = 0,
-    fit_texts: list[str] | None = None,
+    fit_texts: list[Any] | None = None,
+    fields: dict[str, str] | None = None,
 ) -> Any:
-    """Classify the ``column`` of a Ray dataset; returns a dataset with the input's columns plus
-    ``prediction``, ``probability`` and ``error``, one row per input row, in input order.
+    """Classify the ``column`` (or the ``fields``' columns) of a Ray dataset; returns a dataset with the
+    input's columns plus ``prediction``, ``probability`` and ``error``, one row per input row, in input order.
 
     Parameters
     ----------
@@ -117,8 +132,8 @@ def classify_dataset(
     num_cpus, num_gpus : float
         Ray resources reserved per actor (``num_cpus`` defaults to ``threads``). Leave CPUs for the read
         tasks: with ``concurrency * num_cpus`` equal to all of the cluster's CPUs, nothing is read.
-    fit_texts : list of str, optional
-        Unlabeled texts that domain / batch calibration are fitted on (in every actor).
+    fit_texts : list of rows, optional
+        Unlabeled rows (str, or {field: text}) that domain / batch calibration are fitted on (in every actor).
 
     Examples
     --------
@@ -137,7 +152,13 @@ def classify_dataset(
     blocks = ds.repartition(target_num_rows_per_block=chunk_size, strict=True)
     return blocks.map_batches(
         _Predictor,
-        fn_constructor_kwargs={"params": params, "column": column, "fit_texts": fit_texts, "threads": threads},
+        fn_constructor_kwargs={
+            "params": params,
+            "column": column,
+            "fit_texts": fit_texts,
+            "threads": threads,
+            "fields": fields,
+        },
         batch_size=chunk_size,
         batch_format="pyarrow",
         concurrency=concurrency,
@@ -179,7 +200,8 @@ def predict_file(source: Source, output: str | Path, **options: Any) -> int:
     if source.kind not in FORMATS.values():
         logger.info("plain-text input is read in the driver; use Parquet or JSONL for large inputs")
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    out = classify_dataset(read_dataset(source), column=source.column or "text", **options)
+    fields = source.field_map
+    out = classify_dataset(read_dataset(source), column=source.column or "text", fields=fields, **options)
     output = Path(output)
     writer, n = None, 0
     with atomic_path(output) as tmp:
