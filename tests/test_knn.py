@@ -118,3 +118,26 @@ def test_sklearn_contract_and_errors(gpt2: Any) -> None:
     once = KNNPrompting(template=TEMPLATE, model=gpt2.scorer()).fit(X, Y)
     twice = KNNPrompting(template=TEMPLATE, model=gpt2.scorer()).fit(X, Y).fit(X, Y)
     np.testing.assert_array_equal(once.anchors_, twice.anchors_)
+
+
+PAIR = Template(
+    prompt="A: {first}\nB: {second}\nSame?",
+    labels={"same": ["good"], "different": ["bad"]},
+    fields=("first", "second"),
+)
+PAIR_X = [{"first": a, "second": b} for a, b in zip(X, X[::-1], strict=True)]
+PAIR_Y = ["same", "different", "same", "different", "same", "different"]
+
+
+def test_knn_takes_the_rows_of_a_template_with_several_fields(gpt2: Any) -> None:
+    """Dicts, tuples in field order and a DataFrame are the same rows; anchors are the rendered pairs."""
+    import pandas as pd
+
+    clf = KNNPrompting(template=PAIR, model=gpt2.scorer(), k=3).fit(PAIR_X, PAIR_Y)
+    want = np.stack([_naive_log_probs(gpt2, PAIR.render(r)) for r in PAIR_X])
+    np.testing.assert_allclose(clf.anchors_, want, atol=1e-4)
+    p = clf.predict_proba(PAIR_X)
+    np.testing.assert_array_equal(clf.predict_proba([(r["first"], r["second"]) for r in PAIR_X]), p)
+    np.testing.assert_array_equal(clf.predict_proba(pd.DataFrame(PAIR_X)), p)
+    with pytest.raises(ValueError, match="has no field 'second'"):
+        clf.predict([{"first": "x"}])

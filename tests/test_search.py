@@ -271,3 +271,57 @@ def test_write_template_never_leaves_a_file_that_does_not_load(tmp_path, monkeyp
     with pytest.raises(TemplateError):
         template_toml.write_template(PAIR_TEMPLATE, path)
     assert path.read_text(encoding="utf-8") == "old"
+
+
+PAIR_TOPICS = Template(
+    prompt="First: {a}\nSecond: {b}\nTopic:",
+    labels={"sports": ["world"], "business": ["review"]},
+    fields=("a", "b"),
+    description="Topic of two texts.",
+)
+PAIR_X = [{"a": t, "b": t.split()[-1]} for t in X]
+
+
+def test_the_search_takes_rows_of_several_fields(gpt2: Any) -> None:
+    """suggest_label_words and rank_templates read {field: text} rows; every candidate keeps the fields."""
+    scorer = gpt2.scorer()
+    found = suggest_label_words(PAIR_X, Y, PAIR_TOPICS, scorer, n_words=(1,), cv=2)
+    assert found.template.fields == ("a", "b") and list(found.template.labels) == ["sports", "business"]
+    ranked = rank_templates(PAIR_X, Y, PAIR_TOPICS, scorer, n_words=(1,), cv=2)
+    assert len(ranked) == 5 and {s.template.fields for s in ranked} == {("a", "b")}
+    # the search reads what the Verbalizer reads: the input words' scores equal its decision_function
+    logp = search.next_token_log_probs(scorer, PAIR_TOPICS, PAIR_X)
+    ids = [gpt2.tokenizer(" " + w[0])["input_ids"][0] for w in PAIR_TOPICS.labels.values()]
+    raw = Verbalizer(template=PAIR_TOPICS, model=scorer).decision_function(PAIR_X)
+    np.testing.assert_allclose(logp[:, ids], raw, atol=1e-5)
+
+
+def test_cli_suggest_on_a_pair_template_writes_a_file_that_loads(tmp_path, tmp_template, gpt2, capsys) -> None:
+    model_dir = tmp_path / "model"
+    gpt2.model.save_pretrained(model_dir)
+    gpt2.tokenizer.save_pretrained(model_dir)
+    tpl = tmp_template(search.to_toml(PAIR_TOPICS))
+    data = tmp_path / "labeled.jsonl"
+    data.write_text(
+        "".join(json.dumps({"a": r["a"], "other": r["b"], "label": y}) + "\n" for r, y in zip(PAIR_X, Y, strict=True))
+    )
+    args = ["suggest", str(tpl), str(data), "--model", str(model_dir), "--n-words", "1", "--cv", "2"]
+    assert main([*args, "--field", "b=other"]) == 0
+    out = load_template(tmp_path / "t.suggested.toml")
+    assert out.fields == ("a", "b")
+    clf = Verbalizer(template=out, model=str(model_dir))
+    assert clf.predict(PAIR_X[:2]).shape == (2,)
+
+
+def test_ensemble_takes_positional_templates_and_rows_of_several_fields(gpt2: Any) -> None:
+    from sklearn.base import clone
+
+    other = dataclasses.replace(PAIR_TOPICS, prompt="{a} / {b} =>")
+    scorer = gpt2.scorer()
+    ens = TemplateEnsemble([PAIR_TOPICS, other], model=scorer, calibration=None).fit()
+    la = Verbalizer(template=PAIR_TOPICS, model=scorer).predict_log_proba(PAIR_X)
+    lb = Verbalizer(template=other, model=scorer).predict_log_proba(PAIR_X)
+    np.testing.assert_allclose(ens.predict_log_proba(PAIR_X), log_softmax(0.5 * la + 0.5 * lb), atol=1e-6)
+    assert clone(ens).get_params()["templates"] == [PAIR_TOPICS, other]
+    with pytest.raises(ValueError, match=r"TemplateEnsemble: template .* has the fields \['text'\], the first"):
+        TemplateEnsemble([PAIR_TOPICS, TOPICS], model=scorer).fit()

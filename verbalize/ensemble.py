@@ -20,7 +20,7 @@ from verbalize.engine.scoring import Scorer
 from verbalize.estimator import Verbalizer, text_input_tags
 from verbalize.prompting.prompts import resolve_template
 from verbalize.prompting.template import Template
-from verbalize.rows import check_texts
+from verbalize.rows import check_rows
 
 
 class TemplateEnsemble(ClassifierMixin, BaseEstimator):
@@ -30,7 +30,9 @@ class TemplateEnsemble(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     templates : list of (str, Path or Template)
-        Templates with the same label names (in any order); the first one fixes ``classes_``.
+        Templates with the same label names (in any order) and the same fields (in the same order): they
+        read the same rows (as for :class:`Verbalizer`: a str, or a dict {field: text} for several fields).
+        The first one fixes ``classes_``. The only parameter that may be given by position.
     weights : list of float, optional
         One weight per template (default: equal).
     model, calibration, n_demos, batch_size, device, dtype, random_state, progress
@@ -38,15 +40,15 @@ class TemplateEnsemble(ClassifierMixin, BaseEstimator):
 
     Examples
     --------
-    >>> ens = TemplateEnsemble(templates=["templates/sst2.toml", "sst2_suggested.toml"])  # doctest: +SKIP
+    >>> ens = TemplateEnsemble(["sst2", "sst2_suggested.toml"])  # doctest: +SKIP
     >>> ens.fit().predict(["a charming film"])                                           # doctest: +SKIP
     array(['positive'], dtype=object)
     """
 
     def __init__(
         self,
-        *,
         templates: Sequence[str | Path | Template] = (),
+        *,
         weights: Sequence[float] | None = None,
         model: str | Path | Scorer | None = None,
         calibration: str | None = "contextual",
@@ -88,7 +90,14 @@ class TemplateEnsemble(ClassifierMixin, BaseEstimator):
                     f"template {t.source} has labels {list(t.labels)}, the first template {list(self.classes_)}: "
                     "every template of an ensemble needs the same label names"
                 )
+            if t.fields != resolved[0].fields:
+                raise ValueError(
+                    f"TemplateEnsemble: template {t.source} has the fields {list(t.fields)}, the first template "
+                    f"{list(resolved[0].fields)}: every template of an ensemble reads the same rows, so they need "
+                    "the same fields in the same order; put templates of other fields in another ensemble"
+                )
             self.columns_.append([list(t.labels).index(c) for c in self.classes_])
+        self.fields_ = resolved[0].fields
         params = dict(model=self.model, calibration=self.calibration, n_demos=self.n_demos,
                       batch_size=self.batch_size, device=self.device, dtype=self.dtype,
                       random_state=self.random_state, progress=self.progress)  # fmt: skip
@@ -100,7 +109,7 @@ class TemplateEnsemble(ClassifierMixin, BaseEstimator):
         """Weighted mean of the templates' calibrated log-probabilities, renormalized; (n, n_classes)."""
         if not hasattr(self, "members_"):
             self.fit()
-        texts = check_texts(X)
+        texts = check_rows(X, self.fields_)
         total = np.zeros((len(texts), len(self.classes_)))
         for w, member, cols in zip(self.weights_, self.members_, self.columns_, strict=True):
             total += w * member.predict_log_proba(texts)[:, cols]

@@ -22,41 +22,28 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
 from verbalize.engine.scoring import Scorer
-from verbalize.engine.tokens import LabelTokens
 from verbalize.estimator import text_input_tags
 from verbalize.prompting.demos import select_demos
 from verbalize.prompting.prompts import resolve_template
 from verbalize.prompting.template import Template
-from verbalize.rows import check_labels, check_texts
+from verbalize.rows import Row, check_labels, check_rows
 
 CHUNK = 256  # rows per vocabulary-sized block: bounds the (rows, V) float64 temporaries
-
-
-def vocab_tokens(scorer: Scorer) -> LabelTokens:
-    """Every token of the model's output layer as a one-token "word" of its own label.
-
-    Scoring these words gives the whole next-token distribution through the scorer's own,
-    probe-verified logits path (:mod:`verbalize.engine.model_io`), so kNN and label-word search read
-    exactly what the model computes, whatever its output transform.
-    """
-    n = int(scorer.model.config.get_text_config(decoder=True).vocab_size)
-    names = tuple(str(i) for i in range(n))
-    return LabelTokens(names, names, np.arange(n), tuple((i,) for i in range(n)))
 
 
 def next_token_log_probs(
     scorer: Scorer,
     template: Template,
-    texts: Sequence[str],
-    demos: Sequence[tuple[str, str]] = (),
+    rows: Sequence[Row],
+    demos: Sequence[tuple[Row, str]] = (),
     progress: bool = False,
 ) -> np.ndarray:
-    """The LM's log-distribution over its vocabulary after each rendered prompt, shape (n, V), float32.
+    """The LM's log-distribution over its vocabulary after each rendered row, shape (n, V), float32.
 
-    One forward pass per batch (the scorer's); ``demos`` are put before every prompt.
+    One forward pass per batch (:meth:`Scorer.next_token_log_probs`); ``demos`` are put before every prompt.
     """
-    prompts, spans = template.spans(texts)
-    return scorer.score_words(prompts, vocab_tokens(scorer), spans, template.prefix(demos), progress)
+    prompts, spans = template.spans(rows)
+    return scorer.next_token_log_probs(prompts, spans, template.prefix(demos), progress)
 
 
 def kl_divergence(anchors: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -109,14 +96,6 @@ def vote(distances: np.ndarray, anchor_labels: np.ndarray, k: int, n_classes: in
         first[np.arange(len(labels)), labels[:, rank]] = rank
     pred = np.lexsort((first, -counts), axis=1)[:, 0] if counts.size else np.zeros(0, dtype=int)
     return counts / max(k, 1), pred
-
-
-def resolve_scorer(
-    model: str | Path | Scorer | None, device: str, dtype: str, batch_size: int, max_length: int | None
-) -> Scorer:
-    """A Scorer with these batch settings over the (cached) weights of ``model``."""
-    base = model if isinstance(model, Scorer) else Scorer.from_pretrained(model, device, dtype)
-    return Scorer(base.model, base.tokenizer, batch_size, max_length, base.max_tokens)
 
 
 class KNNPrompting(ClassifierMixin, BaseEstimator):
@@ -196,11 +175,13 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"The {name!r} parameter of KNNPrompting must be an int >= {low}. Got {value!r}.")
         self.template_ = resolve_template(self.template, self.labels)
         self.classes_ = np.array(list(self.template_.labels), dtype=object)
-        texts = check_texts(X)
+        texts = check_rows(X, self.template_.fields)
         ys = check_labels(y, list(self.classes_))
         if len(ys) != len(texts):
             raise ValueError(f"X and y have different lengths: {len(texts)} texts, {len(ys)} labels")
-        self.scorer_ = resolve_scorer(self.model, self.device, self.dtype, self.batch_size, self.max_length)
+        self.scorer_ = Scorer.resolve(
+            self.model, self.device, self.dtype, batch_size=self.batch_size, max_length=self.max_length
+        )
         demo_idx: list[int] = []
         if self.demos_per_class:
             n = self.demos_per_class * len(self.classes_)
@@ -223,7 +204,8 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         """Next-token log-probabilities over the vocabulary after each rendered text, shape (n, V)."""
         self._check_fitted()
-        return next_token_log_probs(self.scorer_, self.template_, check_texts(X), self.demos_, self.progress)
+        rows = check_rows(X, self.template_.fields)
+        return next_token_log_probs(self.scorer_, self.template_, rows, self.demos_, self.progress)
 
     def kneighbors(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """(KL divergences (n, k), anchor indices (n, k)) of each text's ``k`` nearest anchors, nearest first."""

@@ -26,11 +26,10 @@ from sklearn.model_selection import StratifiedKFold
 
 from verbalize.calibration.calibrators import CONTENT_FREE, get_calibrator, log_softmax
 from verbalize.engine.scoring import Scorer, aggregate
-from verbalize.knn import next_token_log_probs, resolve_scorer
 from verbalize.prompting.prompts import resolve_template
 from verbalize.prompting.template import Template
 from verbalize.prompting.template_toml import to_toml, write_template
-from verbalize.rows import check_labels, check_texts
+from verbalize.rows import Row, check_labels, check_rows
 
 __all__ = ["Suggestion", "WordChoice", "rank_templates", "suggest_label_words", "to_toml", "write_template"]
 
@@ -241,6 +240,12 @@ def search_words(
     )
 
 
+def next_token_log_probs(scorer: Scorer, template: Template, rows: Sequence[Row], progress: bool = False) -> np.ndarray:
+    """The model's log-distribution over its vocabulary after each rendered row, (n, V) (the Scorer's own path)."""
+    prompts, spans = template.spans(rows)
+    return scorer.next_token_log_probs(prompts, spans, template.prefix(), progress)
+
+
 def _shipped_ids(template: Template, scorer: Scorer) -> list[np.ndarray]:
     """The template's own words as token ids per label (a word of several tokens by its first token)."""
     tokens = template.labels.encode(scorer.tokenizer, template.label_prefix, template.render(template.sample_text))
@@ -267,8 +272,9 @@ def suggest_label_words(
 
     Parameters
     ----------
-    X : sequence of str
-        Labeled texts, a few per label (LM-BFF uses 16).
+    X : sequence of rows
+        Labeled rows, a few per label (LM-BFF uses 16): as for :class:`Verbalizer` (a str per row for a
+        one-field template; a dict {field: text}, a tuple in field order or a DataFrame for several fields).
     y : sequence of str
         Their labels, names from the template.
     template : str, Path or Template
@@ -303,16 +309,16 @@ def suggest_label_words(
         raise ValueError(f"calibration for the search must be one of {CALIBRATIONS}, got {calibration!r}")
     tpl = resolve_template(template, None)
     labels = list(tpl.labels)
-    texts, ys = check_texts(X), check_labels(y, labels)
+    texts, ys = check_rows(X, tpl.fields), check_labels(y, labels)
     if len(texts) != len(ys):
-        raise ValueError(f"X and y have different lengths: {len(texts)} texts, {len(ys)} labels")
-    scorer = resolve_scorer(model, "auto", "float32", 64, None)
+        raise ValueError(f"X and y have different lengths: {len(texts)} rows, {len(ys)} labels")
+    scorer = Scorer.resolve(model, batch_size=64, max_length=None)
     y_idx = np.array([labels.index(v) for v in ys])
     cols, words = word_tokens(scorer.tokenizer, tpl.label_prefix, scorer.model.config.vocab_size)
     ok = eligible(words, [w for ws in tpl.labels.values() for w in ws])
     cols, words = cols[ok], [w for w, k in zip(words, ok, strict=True) if k]
     full = next_token_log_probs(scorer, tpl, texts, progress=progress)  # (n, V)
-    full_cf = next_token_log_probs(scorer, tpl, list(CONTENT_FREE))  # (m, V)
+    full_cf = next_token_log_probs(scorer, tpl, list(CONTENT_FREE))  # (m, V): a str fills every field
     shipped = _shipped_ids(tpl, scorer)
     found = search_words(
         full, y_idx, full_cf, len(labels), n_words, n_candidates, cv, calibration, random_state, cols, shipped
@@ -336,13 +342,25 @@ def suggest_label_words(
     )
 
 
+def generic_prompts(fields: Sequence[str]) -> list[str]:
+    """:data:`DEFAULT_PROMPTS` with the template's fields in place of ``{text}`` (several: one per line)."""
+    filled = "\n".join("{" + f + "}" for f in fields)
+    return [p.replace("{text}", filled) for p in DEFAULT_PROMPTS]
+
+
 def candidate_templates(template: Template, prompts: Sequence[str] | None = None) -> list[Template]:
     """The template itself, the template with its description as instruction, and other prompts
-    (``prompts``, or a few generic ones); all keep the template's labels."""
+    (``prompts``, or a few generic ones with the template's fields); all keep the template's labels and fields.
+
+    Raises
+    ------
+    TemplateError
+        A prompt of ``prompts`` without the template's fields (the message lists the allowed placeholders).
+    """
     out = [template]
     if template.description and not template.instruction:
         out.append(dataclasses.replace(template, instruction=template.description))
-    for p in DEFAULT_PROMPTS if prompts is None else prompts:
+    for p in generic_prompts(template.fields) if prompts is None else prompts:
         if p != template.prompt:
             out.append(dataclasses.replace(template, prompt=p, demo_format=None))
     return out
@@ -360,6 +378,6 @@ def rank_templates(
     """Search label words for each candidate prompt (see :func:`candidate_templates`) and rank the
     results by cross-validated accuracy, best first; ``search`` goes to :func:`suggest_label_words`."""
     tpl = resolve_template(template, None)
-    scorer = resolve_scorer(model, "auto", "float32", 64, None)
+    scorer = Scorer.resolve(model, batch_size=64, max_length=None)
     found = [suggest_label_words(X, y, t, scorer, **search) for t in candidate_templates(tpl, prompts)]
     return sorted(found, key=lambda s: -round(s.cv_accuracy, 9))  # stable: on ties the input template first

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from verbalize.io.readers import read_table
+from verbalize.io.jobs import field_columns
+from verbalize.io.readers import open_source
 from verbalize.prompting.template import load_template
 
 
@@ -26,7 +27,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: embedded)")
     s.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
     s.add_argument("--label-column", default="label")
-    s.add_argument("--prompt", action="append", default=None, help="a candidate prompt with {text} (repeatable)")
+    s.add_argument(
+        "--field", action="append", default=[], metavar="FIELD=COLUMN", help="column of a template field (repeatable)"
+    )
+    s.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a candidate prompt with the template's fields, e.g. {text} (repeatable)",
+    )
     s.add_argument("--words-only", action="store_true", help="keep the template's prompt; search words only")
     s.add_argument("--n-words", type=int, nargs="+", default=None, help="words per label to try")
     s.add_argument("--calibration", default="contextual", choices=["none", "contextual", "batch"])
@@ -35,6 +44,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite --output if it exists (never the input)")
     s.set_defaults(func=run_suggest)
     return s
+
+
+def _labeled(args: argparse.Namespace, fields: tuple[str, ...]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The labeled file's rows (a str, or {field: text} for several fields) and their columns (``_error``: why
+    a row is unusable); columns map to fields as in ``predict`` (same names, or ``--field FIELD=COLUMN``)."""
+    source = open_source(args.labeled, args.column, field_columns(fields, args.field))
+    texts, rows = [], []
+    for row in source.rows():
+        texts.append(row.text)
+        rows.append(row.fields | ({"_error": f"line {row.line}: {row.problem}"} if row.problem else {}))
+    return texts, rows
 
 
 def run_suggest(args: argparse.Namespace) -> int:
@@ -51,7 +71,7 @@ def run_suggest(args: argparse.Namespace) -> int:
             f"error: {out} is the input template; suggest never overwrites it: pass another --output", file=sys.stderr
         )
         return 2
-    texts, rows = read_table(args.labeled, args.column)
+    texts, rows = _labeled(args, template.fields)
     labels = list(template.labels)
     bad = [f"row {i + 1}: label {r.get(args.label_column)!r}" for i, r in enumerate(rows)
            if r.get(args.label_column) not in labels or r.get("_error")]  # fmt: skip
