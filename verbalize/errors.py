@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,7 +31,8 @@ class ModelLoadError(VerbalizeError, OSError):
 
 
 class ParameterError(VerbalizeError, ValueError):
-    """A parameter has a value outside the allowed ones."""
+    """A parameter has a value outside the allowed ones (raised by :func:`check_choice`, :func:`check_int`,
+    :func:`check_number` and :func:`raise_problems`, the one vocabulary of parameter checks)."""
 
 
 class SavedClassifierError(VerbalizeError, ValueError):
@@ -76,3 +78,80 @@ def check_choice(value: Any, allowed: Sequence[Any], name: str, owner: str, hidd
     if problem:
         raise ParameterError(problem)
     return value
+
+
+def number_problem(
+    value: Any,
+    name: str,
+    owner: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> str | None:
+    """The message for a value that is not a number (an int with ``integer``) within the bounds; None when it is.
+
+    Bounds are inclusive unless ``low_open``/``high_open``. Booleans are not numbers here.
+
+    Examples
+    --------
+    >>> print(number_problem(0, "k", "KNNPrompting", low=1, integer=True))
+    The 'k' parameter of KNNPrompting must be an int >= 1. Got 0 instead.
+    >>> print(number_problem(1.0, "validation_fraction", "FineTuneConfig", 0, 1, high_open=True))
+    The 'validation_fraction' parameter of FineTuneConfig must be a number in [0, 1). Got 1.0 instead.
+    """
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return None
+    if low is not None and high is not None:
+        where = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        where = f" {'>' if low_open else '>='} {low}"
+    elif high is not None:
+        where = f" {'<' if high_open else '<='} {high}"
+    else:
+        where = ""
+    kind_name = "an int" if integer else "a number"
+    return f"The {name!r} parameter of {owner} must be {kind_name}{where}. Got {value!r} instead."
+
+
+def check_int(value: Any, name: str, owner: str, low: int | None = None, high: int | None = None) -> Any:
+    """Return ``value`` when it is an int within ``[low, high]``; else raise :class:`ParameterError`.
+
+    Raises
+    ------
+    ParameterError
+        "The 'k' parameter of KNNPrompting must be an int >= 1. Got 0 instead."
+    """
+    raise_problems([number_problem(value, name, owner, low, high, integer=True)])
+    return value
+
+
+def check_number(
+    value: Any,
+    name: str,
+    owner: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
+    """Return ``value`` when it is a number within the bounds (see :func:`number_problem`); else raise
+    :class:`ParameterError`."""
+    raise_problems([number_problem(value, name, owner, low, high, low_open=low_open, high_open=high_open)])
+    return value
+
+
+def raise_problems(problems: Iterable[str | None]) -> None:
+    """Raise one :class:`ParameterError` listing every problem (``None`` entries are no problem), if any."""
+    found = [p for p in problems if p]
+    if found:
+        raise ParameterError(found[0] if len(found) == 1 else f"{len(found)} problems: " + " ".join(found))

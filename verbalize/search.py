@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
 from verbalize.calibration.calibrators import CONTENT_FREE, get_calibrator, log_softmax
+from verbalize.calibration.folds import stratified_folds
 from verbalize.engine.scoring import Scorer, aggregate
 from verbalize.prompting.prompts import resolve_template
 from verbalize.prompting.template import Template
@@ -172,8 +172,7 @@ def _folds(y: np.ndarray, cv: int, random_state: int | None) -> list[tuple[np.nd
             f"label-word search needs at least 2 labeled examples of every label for cross-validation; "
             f"one label has {smallest}: give a few examples per label (LM-BFF uses 16)"
         )
-    skf = StratifiedKFold(n_splits=min(cv, smallest), shuffle=True, random_state=random_state)
-    return list(skf.split(np.zeros(len(y)), y))
+    return stratified_folds(y, min(cv, smallest), random_state)
 
 
 def _options(

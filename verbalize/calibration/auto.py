@@ -23,6 +23,7 @@ import numpy as np
 
 from verbalize.calibration import calibrators as _cal
 from verbalize.calibration.calibrators import Calibrator, FoldScorer, ScoreTexts, log_softmax
+from verbalize.calibration.folds import stratified_folds
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +31,6 @@ DEFAULT = "batch"
 """The choice unless cross-validation clearly prefers another, and the choice for ``fit(X)`` without labels."""
 MIN_UNLABELED = 8
 """Unlabeled texts needed (``fit(X)``) to fit the default batch prior on; fewer: no calibration."""
-
-
-def _folds(y: np.ndarray, n_folds: int, random_state: int | None) -> list[np.ndarray]:
-    """Held-out rows of each fold, stratified by label (round-robin over each label's shuffled rows)."""
-    rng = np.random.default_rng(random_state)
-    fold_of = np.zeros(len(y), dtype=int)
-    for label in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == label))
-        fold_of[rows] = (np.arange(len(rows)) + rng.integers(n_folds)) % n_folds
-    return [np.flatnonzero(fold_of == k) for k in range(n_folds) if (fold_of == k).any()]
 
 
 def select(
@@ -139,11 +130,10 @@ class AutoCalibrator(Calibrator):
             }
             return
         assert y is not None
-        folds = _folds(y, n_folds, random_state)
+        folds = stratified_folds(y, n_folds, random_state)
         names, n = self.candidates(), len(y)
         out = {k: np.zeros((n, 0)) for k in names}
-        for held in folds:
-            train = np.setdiff1d(np.arange(n), held)
+        for train, held in folds:
             score_texts = fold_scorer([int(i) for i in train])
             held_texts = [texts[i] for i in held]
             raw = score_texts(held_texts)
