@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 import verbalize.search as search
-from verbalize import Template, TemplateEnsemble, Verbalizer, load_template, rank_templates, suggest_label_words
+from verbalize import (
+    ParameterError,
+    Template,
+    TemplateEnsemble,
+    Verbalizer,
+    load_template,
+    rank_templates,
+    suggest_label_words,
+)
 from verbalize.calibration.calibrators import log_softmax
 from verbalize.cli.main import main
 from verbalize.engine.scoring import aggregate
@@ -162,8 +170,11 @@ def test_suggest_label_words_on_a_task_where_the_right_words_are_known(gpt2: Any
 def test_search_errors_say_what_to_fix(gpt2: Any) -> None:
     with pytest.raises(ValueError, match="at least 2 labeled examples of every label"):
         suggest_label_words(X[:9], Y[:9], TOPICS, gpt2.scorer())
-    with pytest.raises(ValueError, match="calibration for the search must be one of"):
-        suggest_label_words(X, Y, TOPICS, gpt2.scorer(), calibration="domain")
+    allowed = r"must be one of \[None, 'contextual', 'batch'\]\. Got 'contextal' instead\. Did you mean 'contextual'\?"
+    with pytest.raises(ParameterError, match=r"The 'calibration' parameter of suggest_label_words " + allowed):
+        suggest_label_words(X, Y, TOPICS, gpt2.scorer(), calibration="contextal")
+    with pytest.raises(ParameterError, match=r"The 'cv' parameter of suggest_label_words must be an int >= 2\. Got 1"):
+        suggest_label_words(X, Y, TOPICS, gpt2.scorer(), cv=1)
 
 
 def test_written_template_round_trips(tmp_path) -> None:
@@ -225,7 +236,7 @@ def test_ensemble_is_the_mean_of_calibrated_log_probs(gpt2: Any) -> None:
     other = Template(prompt="{text}", labels={"spam": ["spam"], "ham": ["ham"]})
     with pytest.raises(ValueError, match="same label names"):
         TemplateEnsemble(templates=[a, other], model=scorer).fit()
-    with pytest.raises(ValueError, match="weights must be 2 non-negative numbers"):
+    with pytest.raises(ValueError, match="The 'weights' parameter of TemplateEnsemble must be 2 non-negative numbers"):
         TemplateEnsemble(templates=[a, b], model=scorer, weights=[1]).fit()
 
 

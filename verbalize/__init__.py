@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from verbalize.engine.cache import clear_model_cache
     from verbalize.engine.scoring import Scorer
     from verbalize.ensemble import TemplateEnsemble
-    from verbalize.errors import InputError, ModelLoadError, TemplateError, VerbalizeError
+    from verbalize.errors import InputError, ModelLoadError, ParameterError, TemplateError, VerbalizeError
     from verbalize.estimator import Verbalizer
     from verbalize.knn import KNNPrompting
     from verbalize.prompting.labels import LabelWords
@@ -50,6 +50,7 @@ _HOMES = {
     "TemplateEnsemble": "ensemble",
     "InputError": "errors",
     "ModelLoadError": "errors",
+    "ParameterError": "errors",
     "TemplateError": "errors",
     "VerbalizeError": "errors",
     "Verbalizer": "estimator",
@@ -77,6 +78,7 @@ __all__ = [
     "KNNPrompting",
     "LabelWords",
     "ModelLoadError",
+    "ParameterError",
     "Scorer",
     "TemperatureCalibrator",
     "Template",

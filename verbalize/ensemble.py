@@ -17,6 +17,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from verbalize.calibration.calibrators import log_softmax
 from verbalize.engine.scoring import Scorer
+from verbalize.errors import ParameterError, number_problem
 from verbalize.estimator import Verbalizer, text_input_tags
 from verbalize.prompting.prompts import resolve_template
 from verbalize.prompting.template import Template
@@ -73,14 +74,29 @@ class TemplateEnsemble(ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         return text_input_tags(super().__sklearn_tags__(), requires_fit=False)
 
+    def _weights(self, n: int) -> np.ndarray:
+        """The templates' weights (all 1 by default), checked: ``n`` non-negative numbers, not all 0."""
+        if self.weights is None:
+            return np.ones(n)
+        given = list(self.weights) if isinstance(self.weights, list | tuple | np.ndarray) else None
+        numbers = given is not None and all(number_problem(w, "weights", "TemplateEnsemble", 0) is None for w in given)
+        weights = np.asarray(given, dtype=np.float64) if numbers else np.zeros(0)
+        if weights.shape != (n,) or weights.sum() <= 0:
+            raise ParameterError(
+                f"The 'weights' parameter of TemplateEnsemble must be {n} non-negative numbers (one per template), "
+                f"not all 0. Got {self.weights!r} instead."
+            )
+        return weights
+
     def fit(self, X: Any = None, y: Any = None) -> TemplateEnsemble:
         """Fit every template's classifier on the same examples (demonstrations, calibrator); returns self."""
         templates = list(self.templates)
         if len(templates) < 1:
-            raise ValueError("TemplateEnsemble needs templates=[...]: one or more template files or Templates")
-        weights = np.ones(len(templates)) if self.weights is None else np.asarray(self.weights, dtype=np.float64)
-        if weights.shape != (len(templates),) or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"weights must be {len(templates)} non-negative numbers, not all 0; got {self.weights!r}")
+            raise ParameterError(
+                "The 'templates' parameter of TemplateEnsemble must be a list of one or more template files or "
+                f"Templates. Got {self.templates!r} instead."
+            )
+        weights = self._weights(len(templates))
         resolved = [resolve_template(t, None) for t in templates]
         self.classes_ = np.array(list(resolved[0].labels), dtype=object)
         self.columns_ = []

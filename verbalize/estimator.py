@@ -29,7 +29,7 @@ from verbalize.calibration.calibrators import (
 )
 from verbalize.engine.scoring import AGGREGATIONS, Scorer, aggregate
 from verbalize.engine.tokens import reserved_tokens
-from verbalize.errors import ParameterError, check_choice
+from verbalize.errors import ParameterError, check_choice, check_int
 from verbalize.prompting.demos import SELECTIONS, choose_demos
 from verbalize.prompting.prompts import PromptBuilder, Prompts, resolve_template
 from verbalize.prompting.template import Template
@@ -75,10 +75,7 @@ def check_params(self: Any) -> None:
     checks += [(k, v, 1) for k, v in (("demos_per_class", self.demos_per_class),) if v is not None]
     checks += [(k, v, 1) for k, v in (("calibration_sample", self.calibration_sample),) if v is not None]
     for name, value, low in checks:
-        if not isinstance(value, int | np.integer) or value < low:
-            raise ParameterError(
-                f"The {name!r} parameter of Verbalizer must be an int >= {low}. Got {value!r} instead."
-            )
+        check_int(value, name, "Verbalizer", low=low)
 
 
 def ready(self: Any) -> None:

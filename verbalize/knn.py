@@ -22,6 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
 from verbalize.engine.scoring import Scorer
+from verbalize.errors import check_int
 from verbalize.estimator import text_input_tags
 from verbalize.prompting.demos import select_demos
 from verbalize.prompting.prompts import resolve_template
@@ -170,9 +171,12 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> KNNPrompting:
         """Render every labeled example, keep its next-token distribution as an anchor; returns self."""
-        for name, value, low in (("k", self.k, 1), ("demos_per_class", self.demos_per_class, 0)):
-            if not isinstance(value, int | np.integer) or value < low:
-                raise ValueError(f"The {name!r} parameter of KNNPrompting must be an int >= {low}. Got {value!r}.")
+        for name, value, low in (
+            ("k", self.k, 1),
+            ("demos_per_class", self.demos_per_class, 0),
+            ("batch_size", self.batch_size, 1),
+        ):
+            check_int(value, name, "KNNPrompting", low=low)
         self.template_ = resolve_template(self.template, self.labels)
         self.classes_ = np.array(list(self.template_.labels), dtype=object)
         texts = check_rows(X, self.template_.fields)

@@ -26,6 +26,7 @@ import numpy as np
 from verbalize.calibration.calibrators import CONTENT_FREE, get_calibrator, log_softmax
 from verbalize.calibration.folds import stratified_folds
 from verbalize.engine.scoring import Scorer, aggregate
+from verbalize.errors import check_choice, check_int
 from verbalize.prompting.prompts import resolve_template
 from verbalize.prompting.template import Template
 from verbalize.prompting.template_toml import to_toml, write_template
@@ -301,11 +302,13 @@ def suggest_label_words(
 
     Raises
     ------
+    ParameterError
+        On an unknown calibration, or ``cv`` < 2.
     ValueError
-        On an unknown calibration, or fewer than 2 examples of some label.
+        On fewer than 2 examples of some label.
     """
-    if calibration not in CALIBRATIONS:
-        raise ValueError(f"calibration for the search must be one of {CALIBRATIONS}, got {calibration!r}")
+    check_choice(calibration, CALIBRATIONS, "calibration", "suggest_label_words")
+    check_int(cv, "cv", "suggest_label_words", low=2)
     tpl = resolve_template(template, None)
     labels = list(tpl.labels)
     texts, ys = check_rows(X, tpl.fields), check_labels(y, labels)

@@ -37,7 +37,7 @@ import torch
 from verbalize.engine import prefix_attention
 from verbalize.engine.batching import KV_TOKENS, Batch
 from verbalize.engine.prefix_attention import PrefixCache
-from verbalize.errors import InputError, ModelLoadError
+from verbalize.errors import InputError, ModelLoadError, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ class ModelIO:
     """
 
     def __init__(self, model: Any, path: str = "model", shared: bool = False):
-        if path not in PATHS:
-            raise ValueError(f"the logits path must be one of {PATHS}, got {path!r}")
+        check_choice(path, PATHS, "path", "ModelIO")
         self.model = model
         self.path = path
         self.shared = shared

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from verbalize.engine.model_files import model_source, quiet
-from verbalize.errors import ModelLoadError
+from verbalize.errors import ModelLoadError, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    check_choice(dtype, list(DTYPES), "dtype", "load_model")
     source = model_source(name)
     try:
         with quiet():

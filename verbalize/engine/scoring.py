@@ -374,6 +374,7 @@ class Scorer:
 
     def _choose(self, logits: str) -> ModelIO:
         """The logits path for this model: the first that the probe proves exact (cached per model)."""
+        check_choice(logits, ("auto", *model_io.PATHS), "logits", "Scorer")
         if logits == "auto" and self.model in _PATH_OF:
             path, shared = _PATH_OF[self.model]
             if not shared or prefix_attention.switched(self.model):  # (a later probe may have switched it back)

@@ -6,10 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from verbalize.errors import check_choice, choice_problem
+from verbalize.errors import check_choice, choice_problem, number_problem, raise_problems
 
 METHODS = ("full", "lora")
 LM_LOSSES = ("distill", "nll")
+CHOICES = (("method", METHODS), ("lm_loss", LM_LOSSES))
+POSITIVE_INTS = ("epochs", "batch_size", "lm_max_tokens", "lora_r")
+NON_NEGATIVE = ("prompt_weight", "lm_weight", "weight_decay", "warmup_ratio")
 
 
 @dataclass(frozen=True)
@@ -82,22 +85,14 @@ class FineTuneConfig:
             object.__setattr__(self, "lm_texts", tuple(self.lm_texts))
         if not isinstance(self.lora_target_modules, str):
             object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
-        problems = []
-        for name, allowed in (("method", METHODS), ("lm_loss", LM_LOSSES)):
-            if problem := choice_problem(getattr(self, name), allowed, name, "FineTuneConfig"):
-                problems.append(problem)
-        if not 0 <= self.validation_fraction < 1:
-            problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        for name in ("epochs", "batch_size", "lm_max_tokens", "lora_r"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        for name in ("prompt_weight", "lm_weight", "weight_decay", "warmup_ratio"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if problems:
-            raise ValueError("FineTuneConfig: " + "; ".join(problems))
+        owner = "FineTuneConfig"
+        problems = [choice_problem(getattr(self, n), allowed, n, owner) for n, allowed in CHOICES]
+        problems.append(number_problem(self.validation_fraction, "validation_fraction", owner, 0, 1, high_open=True))
+        problems += [number_problem(getattr(self, n), n, owner, 1, integer=True) for n in POSITIVE_INTS]
+        problems += [number_problem(getattr(self, n), n, owner, 0) for n in NON_NEGATIVE]
+        if self.learning_rate is not None:
+            problems.append(number_problem(self.learning_rate, "learning_rate", owner, 0, low_open=True))
+        raise_problems(problems)  # every problem at once
 
     @property
     def lr(self) -> float:

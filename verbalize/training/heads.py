@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from verbalize.engine.scoring import POOLINGS
-from verbalize.errors import ParameterError, check_choice, choice_problem
+from verbalize.errors import ParameterError, check_choice, choice_problem, number_problem, raise_problems
 from verbalize.rows import check_labels
 
 TRAININGS = ("probe", "joint")
@@ -67,18 +67,18 @@ class Head:
     def __post_init__(self) -> None:
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
-        problems = []
-        for name, allowed in (("pooling", POOLINGS), ("training", TRAININGS)):
-            if problem := choice_problem(getattr(self, name), allowed, name, "Head"):
-                problems.append(problem)
-        if not isinstance(self.layers, int) or self.layers < 1:
-            problems.append(f"layers must be an int >= 1, got {self.layers!r}")
-        if self.weight < 0 or self.C <= 0:
-            problems.append(f"weight must be >= 0 and C > 0, got weight={self.weight!r}, C={self.C!r}")
+        problems = [
+            choice_problem(getattr(self, n), allowed, n, "Head")
+            for n, allowed in (("pooling", POOLINGS), ("training", TRAININGS))
+        ]
+        problems.append(number_problem(self.layers, "layers", "Head", 1, integer=True))
+        problems.append(number_problem(self.weight, "weight", "Head", 0))
+        problems.append(number_problem(self.C, "C", "Head", 0, low_open=True))
         if not self.name or not str(self.name).replace("_", "").replace("-", "").isalnum():
-            problems.append(f"name must be letters, digits, '_' or '-', got {self.name!r}")
-        if problems:
-            raise ValueError(f"Head {self.name!r}: " + "; ".join(problems))
+            problems.append(
+                f"The 'name' parameter of Head must be letters, digits, '_' or '-'. Got {self.name!r} instead."
+            )
+        raise_problems(problems)  # every problem at once
 
     @property
     def pool(self) -> tuple[str, int]:
