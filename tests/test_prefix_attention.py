@@ -18,6 +18,7 @@ import pytest
 import torch
 from test_zoo import TEXTS, own_log_probs, tiny
 
+from verbalize import InputError
 from verbalize.engine import model_io, prefix_attention
 from verbalize.engine.batching import KV_TOKENS, Encoded
 from verbalize.engine.scoring import Scorer
@@ -105,7 +106,7 @@ def test_demonstrations_in_a_shared_prefix_score_as_the_models_own_forward_on_th
     monkeypatch.setattr(prefix_attention, "FUSED", fused)  # the CPU kernel, or matrix products in chunks:
     monkeypatch.setattr(prefix_attention, "CHUNK", 300)  # several chunks of prefix scores per attention
     scorer, model, tokens, expected = _scorer_and_expected(model_type, gpt2_tokenizer)
-    assert scorer.io.shared and model.config._attn_implementation == prefix_attention.NAME
+    assert scorer.io.shared and model.config._attn_implementation == "sdpa"  # switched during calls only
     assert tokens.multi_token.any() and not tokens.multi_token.all()
     prompts, spans = TEMPLATE.spans(TEXTS)
     prefix = TEMPLATE.prefix(DEMOS)
@@ -126,7 +127,6 @@ def test_demonstrations_in_a_shared_prefix_score_as_the_models_own_forward_on_th
 def test_the_llama_type_default_model_takes_the_shared_path(default_scorer, calls):
     assert default_scorer.model.config.model_type == "llama"
     assert default_scorer.io.shared
-    assert default_scorer.model.config._attn_implementation == prefix_attention.NAME
     from verbalize.prompting.labels import LabelWords
 
     prefix = "Review: a fine film.\nSentiment: positive\n\nReview: a dull film.\nSentiment: negative\n\n"
@@ -147,13 +147,29 @@ def test_the_llama_type_default_model_takes_the_shared_path(default_scorer, call
                 assert abs(got[i, j] - want) < 1e-3
 
 
-def test_the_models_own_forward_is_unchanged_by_the_switch(gpt2_tokenizer):
-    model = tiny("llama", len(gpt2_tokenizer))
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_scoring_leaves_the_users_model_and_random_state_as_they_were(model_type, gpt2_tokenizer, calls):
+    """A model the user built: its attention implementation, its own forward and the RNG are unchanged after use."""
+    from verbalize import Verbalizer
+
+    model = tiny(model_type, len(gpt2_tokenizer))
     ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
+    implementation = model.config._attn_implementation
+    torch.manual_seed(1234)
+    rng, seed = torch.get_rng_state(), torch.random.initial_seed()
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        Scorer(model, gpt2_tokenizer)
-        assert model.config._attn_implementation == prefix_attention.NAME
+    clf = Verbalizer(template=TEMPLATE, model=Scorer(model, gpt2_tokenizer), n_demos=4, random_state=0)
+    clf.fit([t for t, _ in DEMOS], [y for _, y in DEMOS]).predict_proba(TEXTS)
+    assert calls and clf.scorer_.io.shared  # the shared prefix was read through the attention function
+    assert model.config._attn_implementation == implementation != prefix_attention.NAME
+    assert all(
+        getattr(m, "config", model.config)._attn_implementation == implementation
+        for m in model.modules()
+        if hasattr(m, "config")
+    )
+    assert torch.equal(torch.get_rng_state(), rng) and torch.random.initial_seed() == seed
+    with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, before, atol=0, rtol=0)
     assert prefix_attention.NAME not in model.config.to_json_string()  # never saved with the model
 
@@ -210,9 +226,15 @@ def test_an_expanded_prefix_counts_in_the_batch_budget():
     assert [len(b.rows) for b in enc.batches(64, 0, 1024, prefix_per_row=10**6)] == [1] * 40  # one row always fits
 
 
-def test_a_model_switched_back_since_its_probe_is_probed_again(gpt2_tokenizer):
+def test_a_model_switched_since_its_probe_is_probed_again(gpt2_tokenizer):
     model = tiny("llama", len(gpt2_tokenizer))
-    assert Scorer(model, gpt2_tokenizer).io.shared
-    model.set_attn_implementation("sdpa")  # as a later probe that failed (or the user) would
+    shared = Scorer(model, gpt2_tokenizer)
+    assert shared.io.shared
+    model.set_attn_implementation("eager")  # as its owner may
     scorer = Scorer(model, gpt2_tokenizer)  # the remembered "shared" is not trusted blindly
-    assert scorer.io.shared and prefix_attention.switched(model)
+    assert not scorer.io.shared and model.config._attn_implementation == "eager"
+    tokens = TEMPLATE.labels.encode(gpt2_tokenizer, TEMPLATE.label_prefix, TEMPLATE.render(TEXTS[0]))
+    with pytest.raises(InputError, match=r"attention implementation is 'eager', not 'sdpa'.*build a new Scorer"):
+        shared.score_words(TEXTS[:2], tokens, prefix=TEMPLATE.prefix(DEMOS))
+    model.set_attn_implementation("sdpa")
+    assert Scorer(model, gpt2_tokenizer).io.shared and model.config._attn_implementation == "sdpa"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,8 +80,22 @@ def check_params(self: Any) -> None:
         check_int(value, name, "Verbalizer", low=low)
 
 
+# One lock per classifier: a first use (or a change of parameters) sets it up once while other threads
+# wait, and no thread reads half-set-up state. Per classifier, so one that loads a model (a service's
+# reload) never holds up another that scores meanwhile.
+_SETUP_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_SETUP_LOCKS_GUARD = threading.Lock()
+
+
 def ready(self: Any) -> None:
     """Set up on first use, and again when parameters changed since (sharing the loaded model)."""
+    with _SETUP_LOCKS_GUARD:
+        lock = _SETUP_LOCKS.setdefault(self, threading.RLock())
+    with lock:
+        _ready(self)
+
+
+def _ready(self: Any) -> None:
     if not hasattr(self, "template_"):
         self._setup()
         return

@@ -26,6 +26,7 @@ attention function of :mod:`verbalize.engine.prefix_attention` reads directly (`
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import logging
 from collections.abc import Callable, Iterator
@@ -78,7 +79,10 @@ class ModelIO:
     path : {"model", "hand", "full"}
     shared : bool, default False
         Keep a cached prefix as one row (:class:`PrefixCache`) instead of expanding it to every row;
-        only for models switched to :data:`prefix_attention.NAME` (see :func:`share_prefix`).
+        only for models that :func:`share_prefix` proved exact with it; the model's attention runs
+        through :data:`prefix_attention.NAME` during the calls that read it only (see :meth:`routed`).
+
+    A ``ModelIO`` keeps no state between calls: threads may call one at once.
     """
 
     def __init__(self, model: Any, path: str = "model", shared: bool = False):
@@ -95,6 +99,10 @@ class ModelIO:
         if self.shared:
             return PrefixCache([(kv.keys, kv.values) for kv in layers])  # type: ignore[misc]
         return expand(layers, b, self.model.config)
+
+    def routed(self) -> contextlib.AbstractContextManager[None]:
+        """A block in which a shared prefix can be read (the model routed through the attention function)."""
+        return prefix_attention.routed(self.model) if self.shared else contextlib.nullcontext()
 
     def prefix_tokens_per_row(self, n_prefix: int) -> int:
         """Tokens of a shared prefix that every row of a batch holds a copy of (0 when it is shared)."""
@@ -125,7 +133,7 @@ class ModelIO:
             args["output_hidden_states"] = True
         if keep is None or self.path == "hand":
             args[_cache_arg(self.model.base_model)] = cache
-            with _routed(cache):
+            with _routed(self.model, cache):
                 out = self.model.base_model(**args)
             h = out.last_hidden_state  # (b, L, d)
             logits = None if keep is None else self.hand_logits(_take(h, keep))  # (b, K, V)
@@ -133,7 +141,7 @@ class ModelIO:
         args[_cache_arg(self.model)] = cache
         if self.path == "model":
             args["logits_to_keep"] = keep
-        with _capture(self.model.base_model) as seen, _routed(cache):
+        with _capture(self.model.base_model) as seen, _routed(self.model, cache):
             out = self.model(**args)
         body = seen[-1] if seen else None  # None when the forward runs a part of base_model only (OPT)
         h = None if body is None else body.last_hidden_state if hasattr(body, "last_hidden_state") else body[0]
@@ -389,12 +397,12 @@ def _out_cache(out: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _routed(cache: Any) -> Iterator[None]:
+def _routed(model: Any, cache: Any) -> Iterator[None]:
     """Let the attention of a forward read ``cache``'s shared prefix, and check that every layer did."""
     if not isinstance(cache, PrefixCache):
         yield
         return
-    with prefix_attention.active(cache):
+    with prefix_attention.routed(model), prefix_attention.active(cache):
         yield
     if len(cache.used) != len(cache.layers):
         raise RuntimeError(
@@ -403,12 +411,27 @@ def _routed(cache: Any) -> Iterator[None]:
         )
 
 
+# The list that forward hooks of :func:`_capture` fill in this thread (or task); None outside a capture.
+_SEEN: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("verbalize_seen", default=None)
+
+
 @contextlib.contextmanager
 def _capture(module: torch.nn.Module) -> Iterator[list[Any]]:
-    """Record what ``module`` returns during the block (read only: the model's computation is unchanged)."""
+    """Record what ``module`` returns during the block (read only: the model's computation is unchanged).
+
+    The hook sits on the shared model while the block runs, so it also sees forwards that other
+    threads run meanwhile: it records only those of the thread (context) that opened the block.
+    """
     seen: list[Any] = []
-    handle = module.register_forward_hook(lambda _m, _args, out: seen.append(out))
+    token = _SEEN.set(seen)
+
+    def record(_module: Any, _args: Any, out: Any) -> None:
+        if _SEEN.get() is seen:
+            seen.append(out)
+
+    handle = module.register_forward_hook(record)
     try:
         yield seen
     finally:
         handle.remove()
+        _SEEN.reset(token)

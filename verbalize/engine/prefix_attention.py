@@ -20,6 +20,11 @@ with no :class:`PrefixCache` in use the function is SDPA itself, so a model swit
 computes everything else exactly as before. Whether a model routes its attention through this
 function at all (and every layer of it) is checked on each forward and by the probe of
 :func:`verbalize.engine.model_io.choose`, which enables it only where it equals the model's own forward.
+
+The model is switched to :data:`NAME` only while a scoring call runs (:func:`routed`, counted across
+threads: the first call in switches, the last one out restores), so a caller's own model keeps its
+attention implementation. Which :class:`PrefixCache` a forward reads is per thread (a context
+variable), so threads that score through one model at once never see each other's prefix.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,6 +42,8 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from verbalize.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -92,31 +101,76 @@ def register() -> None:
 
 
 def enable(model: Any, exact: Callable[[], bool]) -> bool:
-    """Switch ``model`` to :data:`NAME` if it runs :data:`BASE` through the ``AttentionInterface`` and
-    ``exact()`` (a probe scoring through a :class:`PrefixCache`) holds then; else leave it on :data:`BASE`.
+    """Whether ``model`` can read a shared prefix: it runs :data:`BASE` through the ``AttentionInterface``
+    and ``exact()`` (a probe scoring through a :class:`PrefixCache`) holds while it is :func:`routed`.
 
-    The switch is kept on the model: with no :class:`PrefixCache` in use, :data:`NAME` is :data:`BASE`.
+    The model is left as it was: scoring routes it to :data:`NAME` during each call only.
     """
-    before = getattr(model.config, "_attn_implementation", None)
     can_set = getattr(model, "_can_set_attn_implementation", None)
-    if before not in (BASE, NAME) or can_set is None or not can_set():
+    if not routable(model) or can_set is None or not can_set():
         return False
     register()
     try:
-        model.set_attn_implementation(NAME)
-        ok = switched(model) and exact()
+        with routed(model):
+            ok = switched(model) and exact()
     except Exception as exc:  # noqa: BLE001 - the model keeps its expanded prefix
         logger.debug("%s: no shared prefix: %s: %s", model.config.model_type, type(exc).__name__, exc)
         ok = False
-    if not ok:
-        model.set_attn_implementation(BASE)
     logger.debug("%s: shared prefix attention: %s", model.config.model_type, ok)
     return ok
 
 
+def routable(model: Any) -> bool:
+    """Whether ``model``'s own attention implementation is one that :func:`routed` may stand in for."""
+    return getattr(model.config, "_attn_implementation", None) in (BASE, NAME)
+
+
 def switched(model: Any) -> bool:
-    """Whether ``model`` runs its attention through :data:`NAME` (see :func:`enable`)."""
+    """Whether ``model`` runs its attention through :data:`NAME` now (inside :func:`routed`)."""
     return getattr(model.config, "_attn_implementation", None) == NAME
+
+
+# model -> [calls inside routed() now, the implementation to restore when the last one ends]. The
+# model is switched while any thread scores through it and restored after: a caller's own model is
+# never left changed, and one thread's restore never pulls the function from under another's forward.
+_ROUTED: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+_ROUTED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def routed(model: Any) -> Iterator[None]:
+    """Run ``model``'s attention through :data:`NAME` in the block (from any number of threads at once).
+
+    Raises
+    ------
+    InputError
+        When the model's attention implementation is no longer :data:`BASE` (changed by its owner
+        since the scorer chose the shared prefix).
+    """
+    with _ROUTED_LOCK:
+        entry = _ROUTED.get(model)
+        if entry is None:
+            before = getattr(model.config, "_attn_implementation", None)
+            if before not in (BASE, NAME):
+                raise InputError(
+                    f"{model.config.model_type}: the model's attention implementation is {before!r}, not {BASE!r} as "
+                    "when its Scorer chose to share the cached prefix; build a new Scorer (or Verbalizer) for the "
+                    f"model as it is now, or set it back with model.set_attn_implementation({BASE!r})"
+                )
+            register()
+            if before != NAME:
+                model.set_attn_implementation(NAME)
+            entry = _ROUTED[model] = [0, before]
+        entry[0] += 1
+    try:
+        yield
+    finally:
+        with _ROUTED_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _ROUTED[model]
+                if entry[1] != NAME:
+                    model.set_attn_implementation(entry[1])
 
 
 @contextlib.contextmanager

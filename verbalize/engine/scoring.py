@@ -17,7 +17,6 @@ a probe at construction proves the chosen path equal to ``model(input_ids).logit
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import weakref
@@ -51,8 +50,9 @@ logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("logsumexp", "mean", "max")
 POOLINGS = ("last", "mean")
-# model -> its exact logits path and whether its cached prefix is shared (see model_io.share_prefix)
-_PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
+# model -> its exact logits path, whether its cached prefix is shared (see model_io.share_prefix), and
+# the attention implementation the model had when probed (its owner may change it since)
+_PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool, Any]] = weakref.WeakKeyDictionary()
 
 
 class Scorer:
@@ -74,6 +74,15 @@ class Scorer:
         How logits are computed (see :mod:`verbalize.engine.model_io`). ``"auto"`` takes the first of
         "model", "hand", "full" that a probe proves equal to the model's own forward; a named path
         is probed too. No path that passes means a :class:`ModelLoadError` naming the model type.
+
+    Notes
+    -----
+    Thread safety: one Scorer (and one model, shared with other Scorers) may be called from several
+    threads at once and gives each call what a serial call gives. A call keeps its state to itself
+    (key/value caches, the shared prefix its attention reads, the hidden states it captures); the
+    model's attention is switched to the shared-prefix function while calls that need it run, and
+    restored to the model's own when the last of them ends. ``last_n_truncated`` is the count of the
+    last call in any thread. Fine-tuning trains a copy of the model, never the shared one.
     """
 
     def __init__(
@@ -142,7 +151,10 @@ class Scorer:
         tokens = self.max_tokens if max_tokens is ... else max_tokens
         if model is not None:
             return Scorer(model, self.tokenizer, batch, length, tokens)
-        out = copy.copy(self)  # shares the model, tokenizer and the probed logits path (self.io)
+        # Shares the model, tokenizer and the probed logits path (self.io). Not copy.copy: persistence
+        # registers a copyreg reducer for pickling that rebuilds the model (new weights, the caller's RNG).
+        out = object.__new__(Scorer)
+        out.__dict__.update(self.__dict__)
         window = out._window()
         out.batch_size, out.max_tokens, out.last_n_truncated = int(batch), tokens, 0
         out.context_length = min(x for x in (window, length, 10**9) if x)
@@ -349,7 +361,7 @@ class Scorer:
         n_shared = _shared_length(ids, lead + _ids(self.tokenizer, head)) if head or lead else 0
         shared, rest = (ids[0][:n_shared] if ids else []), Encoded([x[n_shared:] for x in ids], 0)
         out = [np.zeros((len(ids), w), dtype=np.float32) for w in widths]
-        with torch.inference_mode():
+        with torch.inference_mode(), self.io.routed():  # one switch of the model's attention per call
             prefix_kv, prefix_states = self._prefix_kv(shared, want_states)
             for batch in tqdm(
                 rest.batches(self.batch_size, self.pad_id, self.max_tokens, self.io.prefix_tokens_per_row(len(shared))),
@@ -375,16 +387,19 @@ class Scorer:
     def _choose(self, logits: str) -> ModelIO:
         """The logits path for this model: the first that the probe proves exact (cached per model)."""
         check_choice(logits, ("auto", *model_io.PATHS), "logits", "Scorer")
+        implementation = getattr(self.model.config, "_attn_implementation", None)
+        if implementation == prefix_attention.NAME:  # another thread is scoring through the model now
+            implementation = prefix_attention.BASE
         if logits == "auto" and self.model in _PATH_OF:
-            path, shared = _PATH_OF[self.model]
-            if not shared or prefix_attention.switched(self.model):  # (a later probe may have switched it back)
+            path, shared, probed = _PATH_OF[self.model]
+            if probed == implementation:  # (its owner may have changed it since the probe)
                 return ModelIO(self.model, path, shared)
         paths = model_io.PATHS if logits == "auto" else (logits,)
         n_ids = min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
         with float_activations():  # int8 layers: check the path, not activation rounding (see there)
             io = model_io.choose(self.model, self._score_probe, n_ids, paths)
         if logits == "auto":
-            _PATH_OF[self.model] = (io.path, io.shared)
+            _PATH_OF[self.model] = (io.path, io.shared, implementation)
         return io
 
     def _score_probe(self, io: ModelIO, prefix: list[int], rows: list[list[int]], words: Any) -> torch.Tensor:
