@@ -76,6 +76,28 @@ def test_fine_tuning_is_seeded(gpt2):
     assert not np.array_equal(a, c)
 
 
+def test_fine_tuning_leaves_the_callers_random_state_alone_and_repeats_with_the_same_random_state(gpt2):
+    import random
+
+    config = FineTuneConfig(**(FAST | dict(epochs=2, validation_fraction=0.25, lm_weight=0.5)))
+    heads = [Head("joint", training="joint"), Head("probe")]
+    results = []
+    for caller_seed in (11, 12):  # the caller's own state differs between the two fits
+        torch.manual_seed(caller_seed)
+        np.random.seed(caller_seed)  # noqa: NPY002 - the global state the caller may rely on
+        random.seed(caller_seed)
+        rng, seed = torch.get_rng_state(), torch.random.initial_seed()
+        np_rng, py_rng = np.random.get_state(), random.getstate()  # noqa: NPY002
+        clf = make(gpt2, heads=heads, fine_tuning=config).fit(X, {"joint": Y, "probe": Y})
+        assert torch.equal(torch.get_rng_state(), rng) and torch.random.initial_seed() == seed == caller_seed
+        assert random.getstate() == py_rng
+        after = np.random.get_state()  # noqa: NPY002
+        assert np_rng[0] == after[0] and np.array_equal(np_rng[1], after[1]) and np_rng[2:] == after[2:]
+        results.append(clf.predict_proba(X))
+    for name in results[0]:  # the same random_state, whatever the caller's state: the same classifier
+        np.testing.assert_array_equal(results[0][name], results[1][name])
+
+
 def test_early_stopping_keeps_the_best_epoch(gpt2):
     config = FineTuneConfig(**(FAST | dict(epochs=6, validation_fraction=0.5, patience=1, learning_rate=3e-2)))
     clf = make(gpt2, fine_tuning=config).fit(X, Y)

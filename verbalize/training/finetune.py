@@ -21,7 +21,7 @@ from verbalize.engine.tokens import LabelTokens, leading_special_ids, reserved_t
 from verbalize.prompting.prompts import Prompts
 from verbalize.training.config import FineTuneConfig
 from verbalize.training.heads import FittedHead, Head, HeadTargets, JointHeads
-from verbalize.training.loop import Objective, TrainingResult, fine_tune
+from verbalize.training.loop import Objective, TrainingResult, fine_tune, seeded
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def train_classifier(
     # Train a copy: the loaded model is shared (cached per process) with other classifiers.
     tuned = scorer.with_settings(model=copy.deepcopy(scorer.model))
     hidden = tuned.model.config.hidden_size
+    with seeded(seed, tuned.device):  # the joint heads' initial weights too, never from the caller's state
+        joint_heads = JointHeads(joint, [len(head_ys[h.name][0]) for h in joint], hidden) if joint else None
     objective = Objective(  # the label-word loss (when y is given) and the joint heads' losses
         label_tokens=label_tokens,
         word_label=label_tokens.word_label,
@@ -74,7 +76,7 @@ def train_classifier(
         y=y,
         heads=joint,
         head_targets=[head_ys[h.name][1] for h in joint],
-        joint=JointHeads(joint, [len(head_ys[h.name][0]) for h in joint], hidden) if joint else None,
+        joint=joint_heads,
         prompt_weight=config.prompt_weight,
     )
     ids = tuned.encode(prompts.prompts, prompts.spans, prompts.prefix, reserved_tokens(label_tokens)).ids

@@ -3,9 +3,11 @@ stratified validation split, and the best epoch's weights restored at the end.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +58,20 @@ class TrainingResult:
     validation_classes: int = 0
 
 
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed torch's random state with ``seed`` (None: 0) for the block, the caller's state restored after.
+
+    Training draws from torch's global generator where no generator can be passed (dropout, LoRA's and
+    heads' initial weights), so the block works on a fork of it: the caller's state (and initial seed)
+    are as they were after, and the same ``seed`` gives the same run whatever the caller did before.
+    """
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device.index or 0] if cuda else [], device_type="cuda"):
+        torch.manual_seed(0 if seed is None else int(seed))
+        yield
+
+
 def fine_tune(
     scorer: Scorer,
     ids: list[list[int]],
@@ -64,10 +80,23 @@ def fine_tune(
     lm_ids: list[list[int]] | None = None,
     seed: int | None = None,
 ) -> TrainingResult:
-    """Train ``scorer.model`` (in place) on prompts already tokenized (``ids``, BOS and prefix included)."""
+    """Train ``scorer.model`` (in place) on prompts already tokenized (``ids``, BOS and prefix included).
+
+    Seeded with ``seed`` (see :func:`seeded`): the caller's random state is left as it was.
+    """
+    with seeded(seed, scorer.device):
+        return _train(scorer, ids, objective, config, lm_ids, 0 if seed is None else int(seed))
+
+
+def _train(
+    scorer: Scorer,
+    ids: list[list[int]],
+    objective: Objective,
+    config: FineTuneConfig,
+    lm_ids: list[list[int]] | None,
+    seed: int,
+) -> TrainingResult:
     t0 = time.perf_counter()
-    seed = 0 if seed is None else int(seed)
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = scorer.model
     device = scorer.device
