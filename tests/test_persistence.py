@@ -170,3 +170,18 @@ def test_a_saved_demonstration_with_a_wrong_field_names_the_key(scorer, tmp_path
     _edit(path, lambda s: s["demos"][0][0].pop("review2"))
     with pytest.raises(SavedClassifierError, match=r"demos: malformed .*review2"):
         Verbalizer.load(path)
+
+
+def test_a_pickled_int8_scorer_scores_as_before(llama_model, llama_tokenizer):
+    """An int8 model's state holds int8 layers: the rebuilt model is quantized the same way before loading it."""
+    import copy
+    import pickle
+
+    from verbalize.engine.models import quantize
+    from verbalize.engine.tokens import LabelTokens
+
+    scorer = Scorer(quantize(copy.deepcopy(llama_model)), llama_tokenizer, batch_size=4)
+    words = LabelTokens(("a", "b"), ("a", "b"), np.arange(2), ((5,), (7, 9)))
+    want = scorer.score_words(X, words)
+    back = pickle.loads(pickle.dumps(scorer))
+    np.testing.assert_allclose(back.score_words(X, words), want, atol=1e-6)

@@ -24,6 +24,7 @@ from typing import Any
 from verbalize.atomic import atomic_dir
 from verbalize.calibration.calibrators import CALIBRATORS, Calibrator
 from verbalize.engine.model_files import quiet
+from verbalize.engine.models import int8_tensors, is_quantized, load_int8_tensors, quantize
 from verbalize.engine.scoring import Scorer
 from verbalize.errors import SavedClassifierError
 from verbalize.prompting.template import Template
@@ -90,14 +91,21 @@ def reduce_scorer(scorer: Scorer) -> tuple[Any, tuple[Any, ...]]:
     may not pickle (transformers puts local-function hooks on it once hidden states were asked for)."""
     model = scorer.model
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    place = (str(scorer.device), next(model.parameters()).dtype)
+    int8 = int8_tensors(model) if is_quantized(model) else None  # int8 layers keep their tensors out of state_dict
+    place = (str(scorer.device), next(model.parameters()).dtype, int8)
     sizes = (scorer.batch_size, scorer.context_length, scorer.max_tokens)
     return _rebuild_scorer, (type(model), model.config, weights, scorer.tokenizer, place, sizes)
 
 
 def _rebuild_scorer(model_class: Any, config: Any, weights: Any, tokenizer: Any, place: Any, sizes: Any) -> Scorer:
     model = model_class(config).to(dtype=place[1])
-    model.load_state_dict(weights)
+    int8 = place[2] if len(place) > 2 else None
+    if int8 is not None:
+        quantize(model)  # the same layers, then their int8 tensors as they were
+        model.load_state_dict(weights)
+        load_int8_tensors(model, int8)
+    else:
+        model.load_state_dict(weights)
     return Scorer(model.to(place[0]).eval(), tokenizer, *sizes)
 
 

@@ -253,6 +253,38 @@ def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "verbalize_int8", False))
 
 
+INT8_TENSORS = ("qweight", "w_scale", "bias")
+
+
+def int8_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The int8 layers' weights, scales and biases by ``layer.name`` (they are not in ``state_dict``), on CPU.
+
+    Raises
+    ------
+    ModelLoadError
+        For a model quantized by torchao (off CPU), whose layers this does not know.
+    """
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    if is_quantized(model) and not layers:
+        raise ModelLoadError(
+            f"this {type(model).__name__} was quantized to int8 by torchao (off CPU), whose layers cannot be copied "
+            "out: pickle a classifier of dtype='float32', or load the model again with dtype='int8' where needed"
+        )
+    return {
+        f"{n}.{k}": getattr(m, k).cpu() for n, m in layers.items() for k in INT8_TENSORS if getattr(m, k) is not None
+    }
+
+
+def load_int8_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put :func:`int8_tensors` of a model into the int8 layers of another (quantized from the same config)."""
+    for n, m in model.named_modules():
+        if isinstance(m, Int8Linear):
+            device = m.qweight.device
+            m.qweight, m.w_scale = tensors[f"{n}.qweight"].to(device), tensors[f"{n}.w_scale"].to(device)
+            m.bias = tensors[f"{n}.bias"].to(device) if f"{n}.bias" in tensors else None
+            m.packed = torch.ops.onednn.qlinear_prepack(m.qweight, None)
+
+
 @contextlib.contextmanager
 def _quiet_torchao() -> Iterator[None]:
     import warnings
