@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import subprocess
@@ -140,3 +141,49 @@ def test_reload_swaps_in_only_the_content_it_built(tiny: Any, tmp_path: Path):
     registry.poll()
     entry = registry.get("senti")
     assert entry is not None and entry.version == 2 and entry.clf.template_.labels["negative"] == ("awful",)
+
+
+# -- memory through hot reloads ------------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    """Resident memory of this process (the server runs in a thread of it), after a collection."""
+    gc.collect()
+    with open("/proc/self/status", encoding="ascii") as status:
+        line = next(x for x in status if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS from /proc")
+def test_20_hot_reloads_of_a_resaved_fine_tuned_classifier_keep_memory_flat(gpt2: Any, tmp_path: Path):
+    """Each re-save puts a new model directory in place; the service serves its weights and frees the old ones."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from verbalize import FineTuneConfig, Scorer
+
+    # ~13 MB of weights: 20 copies kept would add ~250 MB, far beyond the 5% bar (a tiny model would hide a leak).
+    config = GPT2Config(vocab_size=len(gpt2.tokenizer), n_positions=64, n_embd=256, n_layer=4, n_head=4)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config).eval()
+    tuning = FineTuneConfig(epochs=1, batch_size=4, validation_fraction=0.0, progress=False)
+    template = tmp_path / "senti.toml"
+    template.write_text(SENTIMENT, encoding="utf-8")
+    clf = Verbalizer(template=str(template), model=Scorer(model, gpt2.tokenizer), fine_tuning=tuning)
+    clf.fit(TEXTS[:4], ["positive", "negative", "positive", "negative"])
+    saved = clf.save(tmp_path / "tuned")
+    srv = Running(create_app([str(saved)], config=ServeConfig(reload_interval_s=0.05, window_ms=1))).start()
+    try:
+        rss = {}
+        for version in range(2, 22):
+            with torch.no_grad():  # "fine-tuned again": other weights, the same verbalize.json
+                clf.scorer_.model.transformer.wte.weight.mul_(1.01)
+            clf.save(saved)
+            wait_for(lambda v=version: get(srv, "/v1/templates")[1]["templates"][0]["version"] == v, f"v{version}")
+            status, _, answer = post(srv, {"template": "tuned", "texts": TEXTS[:2]})
+            assert status == 200 and answer["version"] == version, answer
+            rss[version] = _rss_bytes()
+        np.testing.assert_allclose(proba_of(answer), clf.predict_proba(TEXTS[:2]), atol=1e-5, rtol=0)
+        grown = rss[21] / rss[2] - 1
+        assert grown < 0.05, f"RSS grew {grown:.1%} over 19 reloads: {[round(r / 2**20) for r in rss.values()]} MiB"
+    finally:
+        srv.stop()

@@ -174,24 +174,31 @@ class MicroBatcher:
             jobs = self._take()
             if jobs is None:
                 return
-            start = time.perf_counter()
-            n = sum(len(j.texts) for j in jobs)
-            out: list[Outcome] = []
-            with self._model_lock:
-                try:
-                    self._run(jobs, out)
-                except Exception as exc:  # never let the worker die: fail this batch's requests only
-                    logger.exception("batch of %d requests failed", len(jobs))
-                    for job in jobs:  # a job answered already keeps its answer (the first one settles)
-                        out.append((job, None, exc))
-            with self._cond:  # before any answer goes out: none of its clients can be back yet
-                self._answered = time.perf_counter()
-                self._expected = self._queued_texts + n
-                seconds = self._last_seconds = self._answered - start
-            for job, result, error in out:
-                _deliver(job, result, error)
-            self._rate = 0.8 * self._rate + 0.2 * (n / max(seconds, 1e-6))
-            self.metrics.batch_seconds.observe(seconds)
+            self._batch(jobs)
+            # Hold nothing of this batch while waiting for the next one: its jobs reference the classifier
+            # version they were queued for, which a hot reload may have replaced (its model must be freed).
+            del jobs
+
+    def _batch(self, jobs: list[Job]) -> None:
+        """Score one batch, then hand every job its answer or its error."""
+        start = time.perf_counter()
+        n = sum(len(j.texts) for j in jobs)
+        out: list[Outcome] = []
+        with self._model_lock:
+            try:
+                self._run(jobs, out)
+            except Exception as exc:  # never let the worker die: fail this batch's requests only
+                logger.exception("batch of %d requests failed", len(jobs))
+                for job in jobs:  # a job answered already keeps its answer (the first one settles)
+                    out.append((job, None, exc))
+        with self._cond:  # before any answer goes out: none of its clients can be back yet
+            self._answered = time.perf_counter()
+            self._expected = self._queued_texts + n
+            seconds = self._last_seconds = self._answered - start
+        for job, result, error in out:
+            _deliver(job, result, error)
+        self._rate = 0.8 * self._rate + 0.2 * (n / max(seconds, 1e-6))
+        self.metrics.batch_seconds.observe(seconds)
 
     def _take(self) -> list[Job] | None:
         """Wait for a batch (see ``window_s``) or a full token budget; None when stopped."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verbalize.engine.cache import MODELS
 from verbalize.errors import TemplateError
 from verbalize.estimator import Verbalizer
 from verbalize.prompting.template import Template, load_template
@@ -244,10 +245,22 @@ class Registry:
         self._by_source[source] = name
         self._clear(key)
         if old is not None:
+            self._evict_model(old.clf)
             del old
             _release_memory()
             logger.info("reloaded %s from %s (version %d)", name, key, entry.version)
             self._on_reload("ok")
+
+    def _evict_model(self, replaced: Verbalizer) -> None:
+        """Drop the replaced version's model from the model cache unless a served entry still reads it
+        (a re-saved classifier's old ``model/`` directory; template files share one model and keep it)."""
+        scorer = replaced.__dict__.get("scorer_")
+        if scorer is None:
+            return
+        if not any(
+            e.clf.__dict__.get("scorer_") and e.clf.scorer_.model is scorer.model for e in self._entries.values()
+        ):
+            MODELS.evict(scorer.model)
 
     def _name(self, source: Source, clf: Verbalizer) -> str | None:
         name = clf.template_.name or source.path.stem
@@ -284,10 +297,26 @@ def _release_memory() -> None:
 
 
 def _digest(source: Source, data: bytes | None = None) -> str:
-    """Short content hash of the watched file ("" when it cannot be read)."""
+    """Short hash of the watched file's content ("" when it cannot be read); for a saved classifier,
+    also of its other files' names, sizes and times (a classifier fine-tuned again and saved has the
+    same ``verbalize.json`` but other weights)."""
     if data is None:
         try:
             data = source.file.read_bytes()
         except OSError:
             return ""
-    return hashlib.sha256(data).hexdigest()[:12]
+    digest = hashlib.sha256(data)
+    if source.kind == "classifier":
+        digest.update(_file_stamps(source.path).encode())
+    return digest.hexdigest()[:12]
+
+
+def _file_stamps(root: Path) -> str:
+    """Every file under ``root`` as ``path:size:mtime_ns``, one per line, in path order."""
+    lines = []
+    for path in sorted(root.rglob("*")):
+        with contextlib.suppress(OSError):  # a file removed meanwhile (a save in progress): the next poll sees it
+            if path.is_file():
+                st = path.stat()
+                lines.append(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}")
+    return "\n".join(lines)
