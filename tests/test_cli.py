@@ -257,36 +257,69 @@ def test_finetune_output_is_checked_before_training(tmp_path, tmp_template, mode
     assert "is a file" in capsys.readouterr().err
 
 
+# Run as the CLI process of the SIGTERM test: the first chunk and its state are written, then the run waits
+# (in the scoring of the second chunk) until the test has sent its signal, so the signal always comes mid-run.
+_GATED_CLI = """
+import sys
+
+import verbalize.io.jobs as jobs
+from verbalize.cli.main import main
+
+original, calls = jobs.classify_rows, []
+
+
+def gated(clf, chunk):
+    calls.append(len(chunk))
+    if len(calls) == 2:
+        print("first chunk written", flush=True)
+        sys.stdin.readline()  # the test sends SIGTERM here; it closes stdin only if the signal did not stop the run
+    return original(clf, chunk)
+
+
+jobs.classify_rows = gated
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigterm_stops_cleanly_and_resume_gives_the_same_bytes(tmp_path, tmp_template, model_dir):
     import os
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     src = tmp_path / "in.txt"
-    src.write_text("".join(f"film number {i} was {'good' if i % 3 else 'bad'}\n" for i in range(600)))
+    src.write_text("".join(f"film number {i} was {'good' if i % 3 else 'bad'}\n" for i in range(80)))
     tpl = str(tmp_template(TEMPLATE))
     args = ["predict", tpl, str(src), "--model", model_dir, "--chunk-size", "16", "--no-progress"]
     whole = tmp_path / "whole.jsonl"
     assert main([*args, "-o", str(whole)]) == 0
-    out = tmp_path / "out.jsonl"
+    out, gated, err = tmp_path / "out.jsonl", tmp_path / "gated_cli.py", tmp_path / "stderr.txt"
+    gated.write_text(_GATED_CLI)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "verbalize.cli.main", *args, "-o", str(out)], env=env, stderr=subprocess.PIPE, text=True
-    )
-    state = tmp_path / "out.jsonl.partial" / "state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if state.exists() and '"rows_done": 0' not in state.read_text():
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 143 and "Traceback" not in err and "--resume" in err and not out.exists()
+    with err.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(gated), *args, "-o", str(out)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err_file,
+            text=True,
+        )
+        try:
+            lines = iter(proc.stdout.readline, "")  # type: ignore[union-attr]
+            assert "first chunk written\n" in lines, err.read_text()  # read until the marker (or the end)
+            state = json.loads((tmp_path / "out.jsonl.partial" / "state.json").read_text())
+            assert state["rows_done"] == 16 and not state["complete"]
+            proc.send_signal(signal.SIGTERM)  # the run is waiting inside its second chunk: it cannot finish first
+            returncode = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    text = err.read_text()
+    assert returncode == 128 + signal.SIGTERM and "Traceback" not in text and "--resume" in text, text
+    assert not out.exists()
     assert main([*args, "-o", str(out), "--resume"]) == 0
     assert out.read_bytes() == whole.read_bytes()
 
@@ -305,3 +338,32 @@ def test_eval_calibration_auto_is_fitted_on_the_input_and_none_means_none(
     assert main([*args, "--calibration", "none"]) == 0
     agree = sum(a == b for a, b in zip(raw, cal, strict=True)) / len(raw)
     assert _accuracy(capsys.readouterr().out) == (12, round(agree, 4))
+
+
+def test_resume_with_another_dtype_is_refused_naming_it(tmp_path, tmp_template, model_dir, monkeypatch, capsys):
+    """A resumed job must not append rows scored with other weights (int8, bfloat16) to float32 ones."""
+    import signal
+
+    from verbalize.io import jobs
+
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"film number {i} was {'good' if i % 3 else 'bad'}\n" for i in range(12)))
+    out = tmp_path / "out.jsonl"
+    args = ["predict", str(tmp_template(TEMPLATE)), str(src), "--model", model_dir, "--chunk-size", "4", "-o", str(out)]
+    classify, calls = jobs.classify_rows, []
+
+    def interrupted_after_one_chunk(clf, rows):
+        calls.append(rows)
+        if len(calls) > 1:
+            raise jobs.Interrupted(signal.SIGINT)
+        return classify(clf, rows)
+
+    monkeypatch.setattr(jobs, "classify_rows", interrupted_after_one_chunk)
+    assert main([*args, "--no-progress"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*args, "--no-progress", "--dtype", "bfloat16", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "dtype: 'float32' then, 'bfloat16' now" in err and "--dtype float32" in err and not out.exists()
+    assert main([*args, "--no-progress", "--dtype", "float32", "--resume"]) == 0  # the original dtype continues
+    assert len(out.read_text().splitlines()) == 12

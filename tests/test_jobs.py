@@ -7,6 +7,7 @@ test the job's logic in milliseconds; test_cli.py runs the same path with a real
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -154,3 +155,52 @@ def test_unknown_column_is_a_setup_error_naming_the_columns(tmp_path):
     src.write_text('{"review": "x", "id": 1}\n')
     with pytest.raises(InputError, match=r"no column 'reveiw'.*\['review', 'id'\].*Did you mean 'review'"):
         open_source(src, "reveiw")
+
+
+def test_a_failing_chunk_logs_its_cause_once_at_warning(tmp_path, caplog):
+    src = tmp_path / "in.txt"
+    src.write_text("fine\nBOOM here\nalso fine\nfine\nBOOM again\nok\n")
+    with caplog.at_level(logging.WARNING, logger="verbalize.io.jobs"):
+        run(_job(src, tmp_path / "out.jsonl", chunk_size=4), Toy())
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "chunk" in r.getMessage()]
+    assert len(warned) == 2  # once per failing chunk (rows 1-4 and 5-6), not once per row
+    assert all("RuntimeError: cannot encode BOOM" in r.getMessage() for r in warned)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_an_error_closes_the_sink_and_keeps_the_finished_rows_and_the_old_output(tmp_path, monkeypatch):
+    """Not an interrupt: a failure writing the output (disk full) after two chunks."""
+    from verbalize.io import jobs
+
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"t{i}\n" for i in range(20)))
+    out = tmp_path / "out.jsonl"
+    out.write_text("an earlier run's output\n")
+    sinks, open_sink = [], jobs.open_sink
+
+    def failing_sink(*args, **kwargs):
+        sink = open_sink(*args, **kwargs)
+        write, calls = sink.write, []
+
+        def write_or_fail(rows):
+            calls.append(rows)
+            if len(calls) > 2:
+                raise _Crash("No space left on device")
+            write(rows)
+
+        sink.write = write_or_fail
+        sinks.append(sink)
+        return sink
+
+    monkeypatch.setattr(jobs, "open_sink", failing_sink)
+    with pytest.raises(_Crash):
+        run(_job(src, out), Toy())
+    assert sinks[0]._f.closed  # the partial rows file is closed, not left open until garbage collection
+    assert out.read_text() == "an earlier run's output\n"
+    monkeypatch.undo()
+    resumed = run(_job(src, out, resume=True), Toy())  # the two finished chunks were kept
+    assert resumed.resumed_from == 8 and resumed.rows == 20
+    assert [r["text"] for r in _read_jsonl(out)] == [f"t{i}" for i in range(20)]

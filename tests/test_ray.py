@@ -91,3 +91,37 @@ def test_ray_engine_reads_a_template_s_fields_from_their_columns(
         assert (g["prediction"], g["probability"]) == (w["prediction"], w["probability"])
     assert got[3]["error"] == "other is empty or whitespace-only" and got[3]["prediction"] is None
     assert len({g["prediction"] for g in got if g["prediction"]}) >= 1
+
+
+def test_a_failing_ray_job_leaves_no_temporary_file_and_the_old_output(tmp_path, monkeypatch):
+    """The blocks stream into a temporary sibling of the output; a failure after the first block removes it.
+
+    Ray itself is replaced by a stand-in (no cluster started): the failure is the driver's, mid-stream.
+    """
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from verbalize.io import ray as ray_io
+    from verbalize.io.readers import open_source
+
+    class Blocks:
+        def iter_batches(self, **kwargs):
+            yield pa.table({"text": ["a", "b"], "prediction": ["x", "y"]})
+            raise RuntimeError("an actor died")
+
+    context = SimpleNamespace(execution_options=SimpleNamespace(preserve_order=False))
+    fake = SimpleNamespace(
+        is_initialized=lambda: True, data=SimpleNamespace(DataContext=SimpleNamespace(get_current=lambda: context))
+    )
+    monkeypatch.setattr(ray_io, "_ray", lambda: fake)
+    monkeypatch.setattr(ray_io, "read_dataset", lambda source: None)
+    monkeypatch.setattr(ray_io, "classify_dataset", lambda *args, **kwargs: Blocks())
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\nc\n")
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"an earlier output")
+    with pytest.raises(RuntimeError, match="an actor died"):
+        ray_io.predict_file(open_source(src), out, template="t.toml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.parquet"]
+    assert out.read_bytes() == b"an earlier output"

@@ -12,6 +12,7 @@ options, input or output path), found before the first row; 128 + signal number 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import shlex
 import sys
@@ -225,15 +226,7 @@ def _predict(args: argparse.Namespace) -> int:
     output = check_output(args.output)
     clf, source, fmap = _classifier_and_source(args, args.input)
     clf = _ready_classifier(clf, source, fmap)
-    options = {
-        "template": _template_digest(args),
-        "model": args.model,
-        "calibration": args.calibration,
-        "column": source.column,
-        "fields": fmap,
-        "batch_size": args.batch_size,  # batches inside a chunk: scores move at ~1e-7 with their composition
-        "verbalize": __version__,
-    }
+    options = _job_options(args, clf, source, fmap)
     job = Job(source, output, options, args.chunk_size, args.resume, progress=not args.no_progress)
     result = run(job, clf)
     if result.interrupted is not None:
@@ -247,6 +240,41 @@ def _predict(args: argparse.Namespace) -> int:
             f"{result.failed} of {result.rows} rows could not be classified; see their 'error' field", file=sys.stderr
         )
     return EXIT_ROWS_FAILED if result.failed else EXIT_OK
+
+
+def _job_options(
+    args: argparse.Namespace, clf: Verbalizer, source: Source, fmap: dict[str, str] | None
+) -> dict[str, Any]:
+    """Everything that changes the output rows besides the input file: a ``--resume`` with any of them
+    different is refused (see :func:`verbalize.io.jobs.run`), so one output never mixes two runs' scores."""
+    params = clf.get_params(deep=False)
+    return {
+        "template": _template_digest(args),  # a saved classifier's file: its demonstrations and calibration too
+        "model": args.model,
+        "model_files": _files_stamp(args.model) or _files_stamp(_saved(args)),  # new weights under the same name
+        "dtype": str(params.get("dtype")),  # the weights: int8 or bfloat16 scores differ from float32 ones
+        "device": str(clf.scorer_.device.type),
+        "calibration": args.calibration,
+        "column": source.column,
+        "fields": fmap,
+        "batch_size": args.batch_size,  # batches inside a chunk: scores move at ~1e-7 with their composition
+        "max_length": params.get("max_length"),
+        "aggregation": params.get("aggregation"),
+        "verbalize": __version__,
+    }
+
+
+def _files_stamp(path: str | Path | None) -> str | None:
+    """A digest of a local model's files (names, sizes, modification times), or None for a hub id or nothing.
+
+    Cheap (no weights read); a model saved again to the same path changes it, so a resume refuses it.
+    """
+    if path is None or not Path(path).expanduser().exists():
+        return None
+    root = Path(path).expanduser()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    listing = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(repr(listing).encode("utf-8")).hexdigest()
 
 
 def _template_digest(args: argparse.Namespace) -> str:

@@ -165,8 +165,12 @@ def classify_rows(clf: Any, rows: Sequence[Row]) -> list[dict[str, Any]]:
         try:
             scores = dict(zip(by_key, clf.predict_proba(unique), strict=True))
         except Exception as exc:  # one bad text must not fail the chunk: retry each alone
-            logger.info(
-                "a chunk failed (%s: %s); scoring its %d texts one by one", type(exc).__name__, exc, len(unique)
+            # WARNING: the rows' own errors may all read alike; the chunk's cause must show where the CLI logs
+            logger.warning(
+                "a chunk of %d texts failed (%s: %s); scoring its texts one by one",
+                len(unique),
+                type(exc).__name__,
+                exc,
             )
             scores = {k: _score_one(clf, t) for k, t in by_key.items()}
     classes = [str(c) for c in clf.classes_]
@@ -196,7 +200,9 @@ def run(job: Job, clf: Any) -> JobResult:
     """Run ``job`` with the classifier ``clf`` (anything with ``predict_proba`` and ``classes_``).
 
     Returns a :class:`JobResult`; an interrupt (SIGINT/SIGTERM) ends the job cleanly with
-    ``interrupted`` set and every finished chunk kept for ``resume``.
+    ``interrupted`` set and every finished chunk kept for ``resume``. Any other error closes the
+    partial output and propagates; the finished chunks are kept for ``resume`` as well, and an
+    earlier ``output`` is only ever replaced by a finished job.
 
     Raises
     ------
@@ -208,10 +214,10 @@ def run(job: Job, clf: Any) -> JobResult:
     result = JobResult(rows=state["rows_done"], failed=state["failed"], resumed_from=state["rows_done"])
     fields = list(dict.fromkeys([*job.source.columns, *PREDICTION_FIELDS]))
     sink = open_sink(job.kind, job.partial, sys.stdout, fields, state, job.source.schema())
-    _save_state(job, state)
-    bar = _bar(job, state["rows_done"])
-    guard = _SignalGuard()
+    bar, guard = None, _SignalGuard()
     try:
+        _save_state(job, state)
+        bar = _bar(job, state["rows_done"])
         with guard:
             rows = islice(job.source.rows(), state["rows_done"], None) if not state["complete"] else iter(())
             for chunk in _chunks(rows, job.chunk_size):
@@ -227,9 +233,10 @@ def run(job: Job, clf: Any) -> JobResult:
                 _finish(job, sink, state)
     except Interrupted as stop:
         result.interrupted, result.partial = stop.signum, job.partial
-        sink.close()
     finally:
-        bar.close()
+        sink.close()  # on every way out (finish closed it already: closing again is harmless)
+        if bar is not None:
+            bar.close()
     result.seconds = time.perf_counter() - start
     return result
 
@@ -278,13 +285,27 @@ def _open_state(job: Job) -> dict[str, Any]:
         if fingerprint.get(k) != state["fingerprint"].get(k)
     ]
     if changed:
-        shown = "; ".join(f"{k}: {state['fingerprint'].get(k)!r} then, {fingerprint.get(k)!r} now" for k in changed)
+        before = state["fingerprint"]
+        shown = "; ".join(f"{k}: {before.get(k)!r} then, {fingerprint.get(k)!r} now" for k in changed)
+        flags = " ".join(f"{_FLAGS[k]} {before[k]}" for k in changed if k in _FLAGS and before.get(k) is not None)
         raise InputError(
-            f"--resume: {partial} was written by a different run ({shown}). "
-            f"Rerun with the same input file and options, or delete {partial} to start over"
+            f"--resume: {partial} was written by a different run ({shown}), and one output must not mix the two. "
+            f"Rerun with the same input file and options{f' ({flags})' if flags else ''} to continue it, or delete "
+            f"{partial} and rerun without --resume to start over with the new ones"
         )
     logger.info("resuming %s after %d rows", partial, state["rows_done"])
     return dict(state)
+
+
+# fingerprint key -> the CLI option that sets it (named in a refused resume's message)
+_FLAGS = {
+    "dtype": "--dtype",
+    "model": "--model",
+    "calibration": "--calibration",
+    "column": "--column",
+    "batch_size": "--batch-size",
+    "chunk_size": "--chunk-size",
+}
 
 
 def _save_state(job: Job, state: dict[str, Any]) -> None:
