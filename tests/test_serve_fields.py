@@ -100,3 +100,20 @@ def test_openapi_documents_rows_keyed_by_field(pair_server: Running):
     inputs = schema["properties"]["inputs"]
     assert "field" in inputs["description"] and "/v1/templates" in inputs["description"]
     assert any("review1" in str(e) for e in schema.get("examples", [])), schema
+
+
+def test_a_saved_few_shot_pair_classifier_is_served_with_its_demonstrations(tiny: Any, tmp_path: Path):
+    template = tmp_path / "pair.toml"
+    template.write_text(PAIR, encoding="utf-8")
+    clf = Verbalizer(template=str(template), model=tiny, demos_per_class=1, random_state=0)
+    clf.fit(ROWS[:2], ["positive", "negative"])
+    assert clf.demos_, "no demonstrations were chosen"
+    saved = clf.save(tmp_path / "fewshot")
+    srv = Running(create_app([str(saved)], config=ServeConfig(window_ms=1, reload_interval_s=0))).start()
+    try:
+        assert get(srv, "/v1/templates")[1]["templates"][0]["fields"] == ["review1", "review2"]
+        status, _, answer = post(srv, {"template": "fewshot", "inputs": ROWS})
+        assert status == 200, answer
+        np.testing.assert_allclose(proba_of(answer), clf.predict_proba(ROWS), atol=1e-5, rtol=0)
+    finally:
+        srv.stop()
