@@ -108,7 +108,9 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
     ----------
     template : str, Path or Template
         A TOML template file, a :class:`Template`, or an inline prompt with ``{text}`` (then give
-        ``labels``). Its labels fix the class order; its label words are not used.
+        ``labels``). Its labels fix the class order; its label words are not used. Its fields say
+        what a row is, as for :class:`Verbalizer`: a str (one field), or a dict {field: text}, a tuple
+        in field order or a DataFrame with those columns (several fields).
     labels : dict of str to list of str, optional
         Label name -> words; required with an inline prompt (the words may simply be the names).
     model : str, Path, Scorer or None, default None
@@ -129,8 +131,8 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
         Next-token log-probabilities of the anchors (float32).
     anchor_labels_ : ndarray of shape (n_anchors,)
         Class index of each anchor.
-    demos_ : list of (text, label)
-        The demonstrations in every prompt.
+    demos_ : list of (row, label)
+        The demonstrations in every prompt (a row is a str, or a dict {field: text}).
 
     Examples
     --------

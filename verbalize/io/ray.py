@@ -88,9 +88,9 @@ class _Predictor:
 def _row_of(values: dict[str, Any], column: str, fields: dict[str, str] | None) -> Row:
     """An input row for :func:`classify_rows`: the ``column``'s text, or {field: text} from the mapped columns."""
     if fields:
-        text = {f: values.get(c) for f, c in fields.items()}
-        bad = [f"{c} {p}" for f, c in fields.items() if (p := text_problem(text[f]))]
-        return Row(0, text, values, "; ".join(bad) or None)
+        row = {f: values.get(c) for f, c in fields.items()}
+        bad = [f"{c} {p}" for f, c in fields.items() if (p := text_problem(row[f]))]
+        return Row(0, row, values, "; ".join(bad) or None)
     text = values.get(column)
     problem = text_problem(text)
     return Row(0, text, values, f"{column} {problem}" if problem else None)
