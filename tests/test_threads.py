@@ -103,3 +103,21 @@ def test_word_scores_and_head_features_of_one_pass_from_four_threads_equal_seria
     shared = make(llama, heads=Head(pooling="last")).fit(X, Y)
     threaded = in_threads(shared.outputs)  # the head reads hidden states of the forward that scores the words
     assert_same_as_serial(threaded, serial.outputs)
+
+
+def test_scoring_while_other_threads_probe_the_same_model_equals_serial_calls(llama):
+    """A new Scorer on the model (a service's reload) probes it, shared prefix included, while others score."""
+    from verbalize import Scorer
+
+    serial = make(llama, n_demos=4, random_state=0).fit(X, Y)
+    shared = make(llama, n_demos=4, random_state=0).fit(X, Y)
+    implementation = llama.model.config._attn_implementation
+
+    def call(xs: list[str]) -> dict[str, Any]:
+        if len(xs) == 1:  # every thread, every fourth round
+            assert Scorer(llama.model, llama.tokenizer, logits="model").io.shared
+        return {"proba": shared.predict_proba(xs)}
+
+    threaded = in_threads(call)
+    assert_same_as_serial(threaded, lambda xs: {"proba": serial.predict_proba(xs)})
+    assert llama.model.config._attn_implementation == implementation  # restored once the last call ended

@@ -198,6 +198,13 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     after ``fit``, changing any but ``batch_size`` and ``progress`` needs ``fit`` again. A pickled
     classifier that was not fine-tuned holds no model: the shared one is loaded again on first use.
 
+    Threads: ``predict``, ``predict_proba`` and the other prediction methods may be called on one
+    classifier from several threads at once (a service's workers) and give what serial calls give; the
+    first use sets the classifier up once. ``fit`` and ``set_params`` are not meant to run while other
+    threads predict. A model object of your own is left as it was: scoring restores its attention
+    implementation after each call, and fine-tuning trains a copy, seeded by ``random_state`` without
+    touching torch's (or numpy's) global random state.
+
     Attributes
     ----------
     classes_ : ndarray of str
