@@ -23,7 +23,8 @@ pytest.register_assert_rewrite("serve_support")
 
 from serve_support import SENTIMENT, Running, get, post, proba_of  # noqa: E402
 
-from verbalize import Verbalizer  # noqa: E402
+from verbalize import Client, Verbalizer  # noqa: E402
+from verbalize.client import ServiceError  # noqa: E402
 from verbalize.serve import ServeConfig, create_app  # noqa: E402
 
 PAIR = (
@@ -70,6 +71,17 @@ def test_pair_rows_over_http_equal_offline(pair_server: Running, folder: Path, t
     # a one-field template in the same service still takes texts and {"text": ...} objects
     assert post(pair_server, {"template": "senti", "texts": ["a great film"]})[0] == 200
     assert post(pair_server, {"template": "senti", "inputs": [{"text": "a great film"}]})[0] == 200
+
+
+def test_client_sends_rows_keyed_by_field(pair_server: Running, folder: Path, tiny: Any):
+    want = Verbalizer(template=str(folder / "pair.toml"), model=tiny).predict_proba(ROWS)
+    client = Client(pair_server.url)
+    np.testing.assert_allclose(client.predict_proba(ROWS, template="pair"), want, atol=1e-5, rtol=0)
+    with pytest.raises(ServiceError, match=r"has no field 'review2'; template 'pair' has the fields") as info:
+        client.predict([{"review1": "only one"}], template="pair")
+    assert (info.value.code, info.value.location) == ("missing_field", "inputs[0]")
+    with pytest.raises(TypeError, match="mix"):
+        client.predict([ROWS[0], "a text"], template="pair")
 
 
 BAD_ROWS = [

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,20 +61,32 @@ class Client:
         self.n_retried = 0
 
     # -- API ---------------------------------------------------------------------------------
-    def classify(self, texts: Sequence[str], template: str) -> dict[str, Any]:
-        """The service's full answer: template, version, labels, one prediction per text."""
+    def classify(self, texts: Sequence[Any], template: str) -> dict[str, Any]:
+        """The service's full answer: template, version, labels, one prediction per row.
+
+        ``texts`` holds str rows, or, for a template with several fields, dicts {field: text} (sent as
+        ``"inputs"``; ``GET /v1/templates`` lists each template's fields).
+        """
         if isinstance(texts, str | bytes):
             raise TypeError("texts must be a list of str, got a single str; wrap it in a list: [text]")
-        return self.request("POST", "/v1/classify", {"template": template, "texts": list(texts)})
+        rows = list(texts)
+        keyed = [isinstance(r, Mapping) for r in rows]
+        if any(keyed) and not all(keyed):
+            raise TypeError(
+                f"texts mix str rows and {{field: text}} rows (row {keyed.index(not keyed[0])} differs from row 0); "
+                "give every row as a dict keyed by the template's fields, or every row as a str"
+            )
+        body = {"inputs": [dict(r) for r in rows]} if any(keyed) else {"texts": rows}
+        return self.request("POST", "/v1/classify", {"template": template, **body})
 
-    def predict_proba(self, texts: Sequence[str], template: str) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[Any], template: str) -> np.ndarray:
         """Probabilities (n, n_labels), columns in the template's label order (as ``Verbalizer.classes_``)."""
         answer = self.classify(texts, template)
         labels = answer["labels"]
         return np.array([[p["probabilities"][c] for c in labels] for p in answer["predictions"]], dtype=np.float64)
 
-    def predict(self, texts: Sequence[str], template: str) -> np.ndarray:
-        """The most probable label of each text, as an array of label names."""
+    def predict(self, texts: Sequence[Any], template: str) -> np.ndarray:
+        """The most probable label of each row, as an array of label names."""
         answer = self.classify(texts, template)
         return np.array([p["label"] for p in answer["predictions"]], dtype=object)
 
