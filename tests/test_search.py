@@ -336,3 +336,10 @@ def test_ensemble_takes_positional_templates_and_rows_of_several_fields(gpt2: An
     assert clone(ens).get_params()["templates"] == [PAIR_TOPICS, other]
     with pytest.raises(ValueError, match=r"TemplateEnsemble: template .* has the fields \['text'\], the first"):
         TemplateEnsemble([PAIR_TOPICS, TOPICS], model=scorer).fit()
+
+
+def test_a_candidate_prompt_without_the_template_s_fields_is_refused_by_name(gpt2: Any) -> None:
+    with pytest.raises(
+        TemplateError, match=r"candidate prompt 'Text: \{text\}' \(suggest --prompt\).*needs \{a\}, \{b\}"
+    ):
+        rank_templates(PAIR_X, Y, PAIR_TOPICS, gpt2.scorer(), prompts=["Text: {text}"], n_words=(1,), cv=2)

@@ -26,7 +26,7 @@ import numpy as np
 from verbalize.calibration.calibrators import CONTENT_FREE, get_calibrator, log_softmax
 from verbalize.calibration.folds import stratified_folds
 from verbalize.engine.scoring import Scorer, aggregate
-from verbalize.errors import check_choice, check_int
+from verbalize.errors import TemplateError, check_choice, check_int
 from verbalize.prompting.prompts import resolve_template
 from verbalize.prompting.template import Template
 from verbalize.prompting.template_toml import to_toml, write_template
@@ -363,8 +363,14 @@ def candidate_templates(template: Template, prompts: Sequence[str] | None = None
     if template.description and not template.instruction:
         out.append(dataclasses.replace(template, instruction=template.description))
     for p in generic_prompts(template.fields) if prompts is None else prompts:
-        if p != template.prompt:
+        if p == template.prompt:
+            continue
+        try:
             out.append(dataclasses.replace(template, prompt=p, demo_format=None))
+        except TemplateError as exc:
+            fields = ", ".join("{" + f + "}" for f in template.fields)
+            head = f"candidate prompt {p!r} (suggest --prompt): it reads the template's rows, so it needs {fields}"
+            raise TemplateError([head, *exc.issues]) from None
     return out
 
 
