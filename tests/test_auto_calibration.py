@@ -253,12 +253,21 @@ def test_demos_per_class_and_n_demos(gpt2):
         make(gpt2, n_demos=2, demos_per_class=1).fit(X, Y)
 
 
-def test_demo_pool_is_separate_from_the_calibration_texts(gpt2):
+def test_demo_pool_is_separate_from_the_calibration_texts(gpt2, monkeypatch):
     pool = (["pool good", "pool bad"], ["positive", "negative"])
-    clf = make(gpt2, demos_per_class=1, calibration="batch", random_state=0).fit(X, demo_pool=pool)
-    assert sorted(t for t, _ in clf.demos_) == ["pool bad", "pool good"]
-    twin = make(gpt2, demos_per_class=1, calibration="batch", random_state=0).fit(X, demo_pool=pool)
-    np.testing.assert_allclose(clf.predict_log_proba(X), twin.predict_log_proba(X))
+    clf = make(gpt2, demos_per_class=1, calibration="batch", random_state=0)
+    scored = []
+    original = clf._raw_scores
+    monkeypatch.setattr(clf, "_raw_scores", lambda texts: scored.append(list(texts)) or original(texts))
+    clf.fit(X, demo_pool=pool)
+    assert sorted(t for t, _ in clf.demos_) == ["pool bad", "pool good"]  # demonstrations from the pool only
+    assert scored == [X]  # the calibrator scored fit's texts, none of the pool's
+    # and what it learned is the prior of X's scores (demonstrations from the pool in their prompts)
+    want = get_calibrator("batch").fit(clf.decision_function(X))
+    np.testing.assert_allclose(
+        clf.calibrator_.transform(clf.decision_function(X)), want.transform(clf.decision_function(X))
+    )
+    assert not {t for t, _ in clf.demos_} & set(X)
 
 
 def test_calibration_sample_caps_the_texts_scored(gpt2, monkeypatch):

@@ -272,7 +272,7 @@ def gated(clf, chunk):
     calls.append(len(chunk))
     if len(calls) == 2:
         print("first chunk written", flush=True)
-        sys.stdin.readline()  # the test sends SIGTERM here; it closes stdin only if the signal did not stop the run
+        sys.stdin.readline()  # the test sends SIGTERM while the run waits here, then closes stdin
     return original(clf, chunk)
 
 
@@ -312,11 +312,13 @@ def test_sigterm_stops_cleanly_and_resume_gives_the_same_bytes(tmp_path, tmp_tem
             state = json.loads((tmp_path / "out.jsonl.partial" / "state.json").read_text())
             assert state["rows_done"] == 16 and not state["complete"]
             proc.send_signal(signal.SIGTERM)  # the run is waiting inside its second chunk: it cannot finish first
+            proc.stdin.close()  # type: ignore[union-attr]  # a run that ignored the signal would go on to the end
             returncode = proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate()
+            proc.wait()
+            proc.stdout.close()  # type: ignore[union-attr]
     text = err.read_text()
     assert returncode == 128 + signal.SIGTERM and "Traceback" not in text and "--resume" in text, text
     assert not out.exists()

@@ -111,8 +111,15 @@ def test_demos_are_dropped_before_the_text_is_cut(scorer, caplog):
 
 
 def test_grid_search_clones_and_refits(scorer):
-    grid = GridSearchCV(make(scorer), {"aggregation": ["logsumexp", "max"]}, cv=2).fit(X, Y)
-    assert grid.best_params_["aggregation"] in ("logsumexp", "max")
+    est = make(scorer, n_demos=2, random_state=0)
+    grid = GridSearchCV(est, {"aggregation": ["logsumexp", "max"]}, cv=2).fit(X, Y)
+    best = grid.best_estimator_
+    assert best is not est and not [k for k in vars(est) if k.endswith("_")]  # clones were fitted, never est
+    assert best.get_params()["aggregation"] == grid.best_params_["aggregation"]
+    # refit: the best parameters fitted on all of X, exactly as a fit of a fresh classifier with them
+    fresh = make(scorer, n_demos=2, random_state=0, aggregation=grid.best_params_["aggregation"]).fit(X, Y)
+    assert len(best.demos_) == 2 and best.demos_ == fresh.demos_
+    np.testing.assert_array_equal(best.predict_proba(X), fresh.predict_proba(X))
 
 
 def test_temperature_needs_fit(scorer):
