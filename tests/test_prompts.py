@@ -3,6 +3,7 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 
 from verbalize import LabelWords, Template, load_template
@@ -142,3 +143,18 @@ def test_similar_demonstrations_are_dropped_whole_and_the_text_is_never_cut(fami
         template, (), pool, 2, tok, needed(PromptBuilder(template).build([text])) + reserved, reserved
     )
     assert tight.build([text]).prompts[0] == template.spans([text])[0][0]  # no demonstration left, the text whole
+
+
+def test_knn_drops_demonstrations_before_its_texts_are_cut(family):
+    """KNNPrompting's shared demonstrations follow the same budget: dropped whole, the text never cut for them."""
+    from verbalize.knn import next_token_log_probs
+
+    tok, text = family.tokenizer, "a good film with a bad ending"
+    template = Template(prompt="Review: {text}\nSentiment:", labels=LABELS)
+    demos = [("the plot was bad and the film was terrible", "negative"), ("a good film", "positive")]
+    alone = len(family.lead) + len(tok(template.render(text), add_special_tokens=False)["input_ids"])
+    scorer = family.scorer(max_length=alone + 2)  # room for the text, not for a demonstration
+    plain = next_token_log_probs(scorer, template, [text])
+    got = next_token_log_probs(scorer, template, [text], demos)
+    assert scorer.last_n_truncated == 0
+    np.testing.assert_allclose(got, plain, atol=1e-5)  # both demonstrations dropped: the prompt is the text's alone

@@ -25,7 +25,7 @@ from verbalize.engine.scoring import Scorer
 from verbalize.errors import check_int
 from verbalize.estimator import text_input_tags
 from verbalize.prompting.demos import select_demos
-from verbalize.prompting.prompts import resolve_template
+from verbalize.prompting.prompts import PromptBuilder, resolve_template
 from verbalize.prompting.template import Template
 from verbalize.rows import Row, check_labels, check_rows
 
@@ -41,10 +41,11 @@ def next_token_log_probs(
 ) -> np.ndarray:
     """The LM's log-distribution over its vocabulary after each rendered row, shape (n, V), float32.
 
-    One forward pass per batch (:meth:`Scorer.next_token_log_probs`); ``demos`` are put before every prompt.
+    One forward pass per batch (:meth:`Scorer.next_token_log_probs`); ``demos`` are put before every prompt,
+    dropped from the end (whole) where the longest prompt would not fit (the prompt budget of :class:`PromptBuilder`).
     """
-    prompts, spans = template.spans(rows)
-    return scorer.next_token_log_probs(prompts, spans, template.prefix(demos), progress)
+    built = PromptBuilder(template, demos, tokenizer=scorer.tokenizer, context_length=scorer.context_length).build(rows)
+    return scorer.next_token_log_probs(built.prompts, built.spans, built.prefix, progress)
 
 
 def kl_divergence(anchors: np.ndarray, queries: np.ndarray) -> np.ndarray:
