@@ -23,11 +23,12 @@ def test_every_row_is_held_out_exactly_once_and_trains_in_the_other_folds(n_fold
 
 @pytest.mark.parametrize("n_folds", [2, 3, 4])
 def test_folds_are_stratified(n_folds):
+    y = Y
     for seed in range(5):
-        for _, held in stratified_folds(Y, n_folds, random_state=seed):
-            for label in np.unique(Y):
-                share = np.sum(Y == label) / n_folds
-                assert abs(np.sum(Y[held] == label) - share) < 1, (seed, label)  # each label within one of its share
+        for _, held in stratified_folds(y, n_folds, random_state=seed):
+            for label in np.unique(y):
+                share = np.sum(y == label) / n_folds
+                assert abs(np.sum(y[held] == label) - share) < 1, (seed, label)  # each label within one of its share
 
 
 def test_folds_are_seeded():

@@ -47,8 +47,9 @@ def stratified_folds(
     check_int(n_folds, "n_folds", "stratified_folds", low=2)
     y = np.asarray(y)
     rng = np.random.default_rng(random_state)
-    order = np.concatenate([rng.permutation(np.flatnonzero(y == label)) for label in np.unique(y)] or [[]])
+    parts = [rng.permutation(np.flatnonzero(y == label)) for label in np.unique(y)]
+    order = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # (n,) rows, label after label
     fold_of = np.empty(len(y), dtype=np.int64)
-    fold_of[order.astype(np.int64)] = np.arange(len(order)) % n_folds  # (n,) dealt round-robin, label after label
+    fold_of[order] = np.arange(len(order)) % n_folds  # (n,) dealt round-robin
     rows = np.arange(len(y))
     return [(rows[fold_of != k], rows[fold_of == k]) for k in range(min(n_folds, len(y)))]

@@ -165,7 +165,7 @@ class PromptBuilder:
         longest = prompts[max(range(len(prompts)), key=lengths.__getitem__)]
 
         def fits(prefix: str) -> bool:
-            return self._n_tokens([prefix + longest])[0] <= budget  # type: ignore[operator]
+            return self._n_tokens([prefix + longest])[0] <= budget
 
         while demos and not fits(prefix):
             demos.pop()
