@@ -123,6 +123,10 @@ def classify_dataset(
     model, calibration, batch_size
         As for :class:`~verbalize.Verbalizer` (ignored for a classifier directory, which has its own).
     column : str, default "text"
+        The text column of a template with one field.
+    fields : dict of str to str, optional
+        Template field -> column, for a template with several fields (as ``verbalize predict --field``);
+        each row is then {field: text}, as :class:`~verbalize.Verbalizer` takes it.
     chunk_size : int, default 512
         Rows per block; each block is one call of :func:`verbalize.io.jobs.classify_rows`.
     concurrency : int or (min, max), default 2
