@@ -101,9 +101,6 @@ class Cell:
         clf = KNNPrompting(**params, demos_per_class=per_class, random_state=0)
         return clf.fit(self.shape.fit_rows, self.shape.fit_y)
 
-    def scorer(self) -> Scorer:
-        return Scorer.from_pretrained(str(self.model_dir), "auto", self.dtype)
-
     def write(self, name: str, rows: list[Any], labels: list[str] | None = None) -> Path:
         """Rows as a JSONL file with one column per field (and a label column)."""
         fields = self.shape.template.fields
