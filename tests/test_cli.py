@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -369,3 +370,33 @@ def test_resume_with_another_dtype_is_refused_naming_it(tmp_path, tmp_template, 
     assert "dtype: 'float32' then, 'bfloat16' now" in err and "--dtype float32" in err and not out.exists()
     assert main([*args, "--no-progress", "--dtype", "float32", "--resume"]) == 0  # the original dtype continues
     assert len(out.read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize("name", ["preds.xlsx", "preds.txt", "preds.json"])
+def test_predict_refuses_an_output_format_it_cannot_write(tmp_path, tmp_template, model_dir, capsys, name):
+    """`-o preds.xlsx` wrote JSONL into a file named .xlsx."""
+    src = tmp_path / "in.txt"
+    src.write_text("good film\nbad film\n")
+    out = tmp_path / name
+    assert main(["predict", str(tmp_template(TEMPLATE)), str(src), "--model", model_dir, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{Path(name).suffix}" in err and ".jsonl" in err and ".parquet" in err
+    assert not out.exists()
+
+
+def test_predict_refuses_to_write_over_its_input(tmp_path, tmp_template, model_dir, capsys):
+    src = tmp_path / "texts.jsonl"
+    src.write_text(json.dumps({"text": "good film"}) + "\n")
+    before = src.read_bytes()
+    assert main(["predict", str(tmp_template(TEMPLATE)), str(src), "--model", model_dir, "-o", str(src)]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    import verbalize
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"verbalize {verbalize.__version__}"

@@ -85,6 +85,7 @@ def _positive(value: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="verbalize", description="Prompt-based text classification with causal LMs.")
+    p.add_argument("--version", action="version", version=f"verbalize {__version__}")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -223,7 +224,7 @@ def _dtype(args: argparse.Namespace) -> dict[str, Any]:
 def _predict(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _predict_ray(args)
-    output = check_output(args.output)
+    output = check_output(args.output, args.input)
     clf, source, fmap = _classifier_and_source(args, args.input)
     clf = _ready_classifier(clf, source, fmap)
     options = _job_options(args, clf, source, fmap)
@@ -302,7 +303,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
 
     if args.resume:
         raise InputError("--resume works with --engine local only; a Ray job reruns from the start")
-    out = check_output(args.output)
+    out = check_output(args.output, args.input)
     if out is None or out.suffix.lower() != ".parquet":
         raise InputError("--engine ray writes Parquet: give --output FILE.parquet")
     clf, source, fmap = _classifier_and_source(args, args.input)  # a template's fields: source.field_map

@@ -91,8 +91,9 @@ class Job:
         return "jsonl" if self.output is None else FORMATS.get(self.output.suffix.lower(), "jsonl")
 
 
-def check_output(path: str | Path | None) -> Path | None:
-    """The output path, checked before any work: its folder exists and is writable, it is not a folder.
+def check_output(path: str | Path | None, input: str | Path | None = None) -> Path | None:
+    """The output path, checked before any work: a format this job writes (by its suffix; none is JSONL),
+    not the input file, not a folder, in a folder that exists and is writable.
 
     Raises
     ------
@@ -102,6 +103,14 @@ def check_output(path: str | Path | None) -> Path | None:
     if path is None or str(path) == "-":
         return None
     out = Path(path)
+    kinds = sorted(k for k in FORMATS if k != ".ndjson")
+    if out.suffix and out.suffix.lower() not in FORMATS:
+        raise InputError(
+            f"output {str(out)!r}: cannot write {out.suffix!r} files; the output is one row per text in "
+            f"{', '.join(kinds)} (by the suffix), e.g. {str(out.with_suffix('.jsonl'))!r}"
+        )
+    if input is not None and out.exists() and Path(input).exists() and out.samefile(input):
+        raise InputError(f"output {str(out)!r} is the input file: it would be replaced; give another --output")
     if out.is_dir():
         raise InputError(
             f"output {str(out)!r} is a directory; give a file name such as {str(out / 'predictions.jsonl')!r}"
