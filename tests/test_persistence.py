@@ -185,3 +185,23 @@ def test_a_pickled_int8_scorer_scores_as_before(llama_model, llama_tokenizer):
     want = scorer.score_words(X, words)
     back = pickle.loads(pickle.dumps(scorer))
     np.testing.assert_allclose(back.score_words(X, words), want, atol=1e-6)
+
+
+def _poison(state, value):
+    """Put ``value`` into the first number of the saved calibrator's state."""
+    cal = state["calibrator"]["state"]
+    key = next(k for k, v in cal.items() if isinstance(v, list | float | int))
+    if isinstance(cal[key], list):
+        cal[key][0] = value
+    else:
+        cal[key] = value
+    return key
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.5"])
+def test_a_calibrator_state_that_is_not_finite_numbers_is_refused_at_load(saved, value):
+    """A NaN in a saved calibrator's state once loaded without complaint and sent every text to the first label."""
+    _, path = saved
+    _edit(path, lambda s: _poison(s, value))
+    with pytest.raises(SavedClassifierError, match=r"verbalize.json: calibrator.state: malformed .*finite number"):
+        Verbalizer.load(path)

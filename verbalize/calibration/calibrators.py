@@ -147,9 +147,21 @@ class Calibrator(abc.ABC):
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Calibrator:
+        """A fitted calibrator from :meth:`get_state`'s dict.
+
+        Raises
+        ------
+        ValueError
+            When a value is not a finite number or an array of them (a NaN would send every text to
+            the first label without a word).
+        """
         obj = cls()
         for k, v in state.items():
-            setattr(obj, k, np.asarray(v) if isinstance(v, list) else v)
+            value = np.asarray(v) if isinstance(v, list) else v
+            numeric = not isinstance(value, bool) and isinstance(value, int | float | np.ndarray)
+            if not numeric or np.asarray(value).dtype.kind not in "iuf" or not np.isfinite(value).all():
+                raise ValueError(f"{k}: expected a finite number or a list of them, got {v!r}")
+            setattr(obj, k, value)
         return obj
 
     def __repr__(self) -> str:
