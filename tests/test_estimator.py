@@ -106,7 +106,7 @@ def test_demos_are_dropped_before_the_text_is_cut(scorer, caplog):
     clf = make(scorer, n_demos=8, random_state=0).fit(long_x, Y)
     with caplog.at_level(logging.WARNING):
         clf.predict(["good film"])
-    assert "kept" in caplog.text and "demonstrations" in caplog.text
+    assert "1 of 1 texts lost" in caplog.text and "shared demonstrations" in caplog.text
     assert clf.scorer_.last_n_truncated == 0
 
 

@@ -51,7 +51,7 @@ def test_the_budget_keeps_demonstrations_exactly_while_the_scorer_would_not_cut_
     one_short, _ = _builder(family, needed - 1, labels)
     with caplog.at_level(logging.WARNING):
         shorter = one_short.build(texts).prefix
-    assert len(shorter) < len(full.prefix) and "kept 1 of 2 demonstrations" in caplog.text
+    assert len(shorter) < len(full.prefix) and "1 of 1 texts lost 1 of the 2 shared demonstrations" in caplog.text
 
 
 def test_per_text_demonstrations_follow_the_shared_instruction():
@@ -158,3 +158,150 @@ def test_knn_drops_demonstrations_before_its_texts_are_cut(family):
     got = next_token_log_probs(scorer, template, [text], demos)
     assert scorer.last_n_truncated == 0
     np.testing.assert_allclose(got, plain, atol=1e-5)  # both demonstrations dropped: the prompt is the text's alone
+
+
+# -- shared demonstrations: how many a text keeps depends on that text only -------------------------
+FEW_X = ["good film", "bad film", "a great review", "terrible and bad"]
+FEW_Y = ["positive", "negative", "positive", "negative"]
+SHORT = "fine"
+LONG = "a good film with a bad ending and the market fell today"
+
+
+def _kept(tok, template, demos, prompt, budget):
+    """The naive rule: drop demonstrations from the end until prefix + prompt fits (or none is left)."""
+    k = len(demos)
+    while k and len(tok(template.prefix(demos[:k]) + prompt, add_special_tokens=False)["input_ids"]) > budget:
+        k -= 1
+    return k
+
+
+def _fewshot(family):
+    """A few-shot classifier whose window holds all demonstrations beside SHORT but not beside LONG."""
+    from verbalize import Verbalizer
+
+    tok = family.tokenizer
+    probe = Verbalizer(
+        template="Review: {text}\nSentiment:", labels=LABELS, model=family.scorer(), n_demos=4, random_state=0
+    )
+    probe.fit(FEW_X, FEW_Y)
+    template, demos = probe.template_, list(probe.demos_)
+    needed = len(tok(template.render(SHORT, demos), add_special_tokens=False)["input_ids"])
+    window = needed + len(family.lead) + reserved_tokens(probe.label_tokens_)
+    assert window <= family.model.config.max_position_embeddings
+    clf = Verbalizer(template="Review: {text}\nSentiment:", labels=LABELS, model=family.scorer())
+    clf.set_params(n_demos=4, random_state=0, max_length=window).fit(FEW_X, FEW_Y)
+    assert list(clf.demos_) == demos and clf.scorer_.context_length == window
+    return clf
+
+
+def test_a_texts_prompt_and_scores_do_not_depend_on_its_batch_neighbours(family):
+    """House rule: the same text gets the same score alone or in any batch, demonstrations near the budget too."""
+    clf = _fewshot(family)
+    alone = clf.predict_proba([SHORT])
+    together = clf.predict_proba([SHORT, LONG])
+    np.testing.assert_allclose(together[0], alone[0], atol=1e-6)
+    np.testing.assert_allclose(together[1], clf.predict_proba([LONG])[0], atol=1e-6)
+    assert clf.scorer_.last_n_truncated == 0
+
+
+def test_each_text_keeps_the_most_demonstrations_that_fit_beside_it(family):
+    """The naive reference: each row equals scoring prefix(demos[:k_i]) + prompt_i alone, k_i found by dropping."""
+    clf = _fewshot(family)
+    tok, template, demos = family.tokenizer, clf.template_, list(clf.demos_)
+    budget = clf.scorer_.context_length - len(family.lead) - reserved_tokens(clf.label_tokens_)
+    texts = [LONG, SHORT, "bad", LONG + " again", SHORT]
+    got = clf.predict_proba(texts)
+    prompts, spans = template.spans(texts)
+    ks = [_kept(tok, template, demos, p, budget) for p in prompts]
+    assert ks[1] == len(demos) and ks[0] < len(demos)  # the case this test is about
+    for i, k in enumerate(ks):
+        prefix = template.prefix(demos[:k])
+        words = clf.scorer_.score_words([prompts[i]], clf.label_tokens_, [spans[i]], prefix)
+        np.testing.assert_allclose(got[i], clf.calibrate_words(words, [texts[i]])[0], atol=1e-6)
+    built = clf.build_prompts(texts)
+    assert [built.prefixes[i] for i in range(len(texts))] == [template.prefix(demos[:k]) for k in ks]
+    assert sorted(i for _, rows in built.groups() for i in rows) == list(range(len(texts)))
+    assert len(built.groups()) == len(set(ks))  # each distinct prefix once
+
+
+def test_the_warning_names_how_many_texts_lost_how_many_demonstrations(family, caplog):
+    clf = _fewshot(family)
+    tok, template, demos = family.tokenizer, clf.template_, list(clf.demos_)
+    budget = clf.scorer_.context_length - len(family.lead) - reserved_tokens(clf.label_tokens_)
+    lost = len(demos) - _kept(tok, template, demos, template.spans([LONG])[0][0], budget)
+    with caplog.at_level(logging.WARNING):
+        clf.build_prompts([SHORT, LONG, SHORT])
+    assert f"1 of 3 texts lost {lost} of the {len(demos)} shared demonstrations" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        clf.build_prompts([SHORT])
+    assert "demonstrations" not in caplog.text
+
+
+class _Counting:
+    """A tokenizer that counts its calls (a call on a list of strings is one call)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_tokenizer_calls_grow_like_the_log_of_the_number_of_demonstrations(gpt2_tokenizer):
+    """Issue 20: demonstrations beyond the context were re-tokenized once per dropped one (quadratic time)."""
+    template = Template(prompt="Review: {text}\nSentiment:", labels=LABELS)
+    rows = ["good film", "the plot was bad and the film was terrible", "a great review", "bad"]
+    texts = ["fine", "a good film with a bad ending", "bad bad", "the market fell today and the player scored"]
+    calls, builds = {}, []
+    for n in (8, 32, 128, 512):
+        demos = [(rows[i % 4], "positive" if i % 2 else "negative") for i in range(n)]
+        tok = _Counting(gpt2_tokenizer)
+        builds.append(PromptBuilder(template, demos, (), 0, tok, 120, 0).build(texts))
+        calls[n] = tok.calls
+    assert all(c <= 8 + 2 * np.log2(n) for n, c in calls.items()), calls
+    for built in builds:
+        assert 0 < len(built.groups()) <= len(texts)
+        assert all(
+            len(gpt2_tokenizer(p + x)["input_ids"]) <= 120 for p, x in zip(built.prefixes, built.prompts, strict=True)
+        )
+
+
+def test_the_service_scores_each_prefix_once_and_each_text_as_alone(family):
+    """Requests merged by the micro-batcher: one scorer call per distinct prefix, each text as offline alone."""
+    from verbalize.serve.adapter import scoring_plan
+    from verbalize.serve.batcher import score_together
+
+    clf = _fewshot(family)
+    plans = [scoring_plan(clf, [SHORT]), scoring_plan(clf, [LONG, SHORT])]
+    assert plans[0].key == plans[1].key is not None
+    calls = []
+    real = type(clf.scorer_).score_words
+    clf.scorer_.score_words = lambda *a, **k: calls.append(1) or real(clf.scorer_, *a, **k)
+    try:
+        got = score_together(plans)
+    finally:
+        vars(clf.scorer_).pop("score_words")
+    assert len(calls) == 2  # all demonstrations (both SHORT rows), fewer (LONG)
+    np.testing.assert_allclose(got[0], clf.predict_proba([SHORT]), atol=1e-6)
+    np.testing.assert_allclose(got[1], np.vstack([clf.predict_proba([LONG]), clf.predict_proba([SHORT])]), atol=1e-6)
+
+
+def test_outputs_and_training_ids_follow_each_texts_own_prefix(family):
+    """outputs() and the fine-tuning ids read each text's own prefix, whatever its neighbours."""
+    from verbalize.training.finetune import _encode
+
+    clf = _fewshot(family)
+    texts = [SHORT, LONG, SHORT]
+    want = np.vstack([clf.predict_proba([x]) for x in texts])
+    np.testing.assert_allclose(clf.outputs(texts)["labels"], want, atol=1e-6)
+    built = clf.build_prompts(texts)
+    assert len(built.groups()) == 2
+    ids = _encode(clf.scorer_, built, reserved_tokens(clf.label_tokens_))
+    for i, x in enumerate(texts):
+        alone = clf.build_prompts([x])
+        assert ids[i] == clf.scorer_.encode(alone.prompts, alone.spans, alone.prefix).ids[0]

@@ -33,7 +33,7 @@ from verbalize.engine.scoring import AGGREGATIONS, Scorer, aggregate
 from verbalize.engine.tokens import reserved_tokens
 from verbalize.errors import ParameterError, check_choice, check_int
 from verbalize.prompting.demos import SELECTIONS, choose_demos
-from verbalize.prompting.prompts import PromptBuilder, Prompts, resolve_template
+from verbalize.prompting.prompts import PromptBuilder, Prompts, per_prefix, resolve_template
 from verbalize.prompting.template import Template
 from verbalize.rows import check_rows
 from verbalize.training.config import FineTuneConfig, replace_config
@@ -419,11 +419,13 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         return self.labels_[log_proba.argmax(axis=1)] if len(log_proba) else np.array([], dtype=object)
 
     def build_prompts(self, X: Any) -> Prompts:
-        """What :meth:`predict_proba` gives the model for ``X``: its prompts, the shared prefix, spans.
+        """What :meth:`predict_proba` gives the model for ``X``: its prompts, each text's prefix, spans.
 
         For callers that score several classifiers' prompts in one ``scorer_.score_words`` call (the
-        service's micro-batcher): ``scorer_.score_words(p.prompts, label_tokens_, p.spans, p.prefix)``
-        gives the word log-probabilities that :meth:`calibrate_words` turns into probabilities.
+        service's micro-batcher): ``scorer_.score_words(q.prompts, label_tokens_, q.spans, prefix)`` for
+        each ``prefix, rows`` of ``p.groups()`` (with ``q = p.part(rows)``; one group unless texts kept
+        different numbers of demonstrations) gives the word log-probabilities of those rows, which
+        :meth:`calibrate_words` turns into probabilities.
         Rows are checked against the template's fields first (see :func:`verbalize.rows.check_rows`).
         """
         self._ready()
@@ -433,9 +435,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """Probabilities (n, n_classes) from label-word log-probabilities (n, n_words) of ``X``'s prompts.
 
         The same aggregation and calibration as :meth:`predict_proba` (calibrators that look at the
-        texts, such as ``"batch"``, see ``X``): with ``p = build_prompts(X)``,
-        ``calibrate_words(scorer_.score_words(p.prompts, label_tokens_, p.spans, p.prefix), X)`` equals
-        ``predict_proba(X)``.
+        texts, such as ``"batch"``, see ``X``): with ``p = build_prompts(X)`` and ``words`` its word
+        log-probabilities (see :meth:`build_prompts`), ``calibrate_words(words, X)`` equals ``predict_proba(X)``.
         """
         self._ready()
         return np.exp(self._from_words(np.asarray(words), self._rows(X)))
@@ -448,8 +449,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         texts = self._rows(X)
         p = self._prompts(texts)
         pools = [h.pool for h in self.head_specs_]
-        words, feats = self.scorer_.outputs(p.prompts, self.label_tokens_, pools, p.spans, p.prefix, self.progress)
-        assert words is not None
+        words, *feats = per_prefix(p, lambda x, s, pre: self._outputs(x, self.label_tokens_, pools, s, pre))
         out = {"labels": np.exp(self._from_words(words, texts))}
         for h, f in zip(self.head_specs_, feats, strict=True):
             out[h.name] = self.heads_[h.name].predict_proba(f)
@@ -470,12 +470,18 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     def _features(self, texts: list[str], pools: list[tuple[str, int]]) -> list[np.ndarray]:
         """Pooled hidden states of the rendered prompts, one array per pool, from one pass."""
-        p = self._prompts(texts)
-        return self.scorer_.outputs(p.prompts, None, pools, p.spans, p.prefix, self.progress)[1]
+        return per_prefix(self._prompts(texts), lambda x, s, pre: self._outputs(x, None, pools, s, pre))
+
+    def _outputs(self, prompts: list[str], tokens: Any, pools: list[tuple[str, int]], spans: Any, prefix: str) -> list:
+        """Word scores (when ``tokens`` is given) and each pool's features: the arrays of one ``scorer_.outputs``."""
+        words, feats = self.scorer_.outputs(prompts, tokens, pools, spans, prefix, self.progress)
+        return ([words] if words is not None else []) + feats
 
     def _label_scores(self, texts: list[str], raw: bool = False, demos: Any = None) -> np.ndarray:
         p = self._prompts(texts, demos=demos)
-        words = self.scorer_.score_words(p.prompts, self.label_tokens_, p.spans, p.prefix, self.progress)
+        [words] = per_prefix(
+            p, lambda x, s, pre: [self.scorer_.score_words(x, self.label_tokens_, s, pre, self.progress)]
+        )
         return self._from_words(words, texts, raw)
 
     def _from_words(self, words: np.ndarray, texts: list[str], raw: bool = False) -> np.ndarray:

@@ -25,7 +25,7 @@ from verbalize.engine.scoring import Scorer
 from verbalize.errors import check_int
 from verbalize.estimator import text_input_tags
 from verbalize.prompting.demos import select_demos
-from verbalize.prompting.prompts import PromptBuilder, resolve_template
+from verbalize.prompting.prompts import PromptBuilder, per_prefix, resolve_template
 from verbalize.prompting.template import Template
 from verbalize.rows import Row, check_labels, check_rows
 
@@ -42,10 +42,12 @@ def next_token_log_probs(
     """The LM's log-distribution over its vocabulary after each rendered row, shape (n, V), float32.
 
     One forward pass per batch (:meth:`Scorer.next_token_log_probs`); ``demos`` are put before every prompt,
-    dropped from the end (whole) where the longest prompt would not fit (the prompt budget of :class:`PromptBuilder`).
+    dropped from the end (whole) where a prompt would not fit beside them, for each row on its own (the prompt
+    budget of :class:`PromptBuilder`).
     """
     built = PromptBuilder(template, demos, tokenizer=scorer.tokenizer, context_length=scorer.context_length).build(rows)
-    return scorer.next_token_log_probs(built.prompts, built.spans, built.prefix, progress)
+    [out] = per_prefix(built, lambda x, s, prefix: [scorer.next_token_log_probs(x, s, prefix, progress)])
+    return out
 
 
 def kl_divergence(anchors: np.ndarray, queries: np.ndarray) -> np.ndarray:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from verbalize.engine.tokens import leading_special_ids, prompt_budget
 from verbalize.prompting.demos import similar_demos
@@ -59,15 +62,67 @@ def resolve_template(template: str | Path | Template | None, labels: Mapping[str
 
 @dataclass(frozen=True)
 class Prompts:
-    """Prompts ready for the scorer: ``prefix + prompts[i]`` is what the model reads for text i.
+    """Prompts ready for the scorer: ``prefixes[i] + prompts[i]`` is what the model reads for text i.
 
-    ``spans[i]`` is where each field's value lies in ``prompts[i]`` (only they are ever truncated);
-    ``prefix`` is shared by every prompt, so the scorer runs it once.
+    ``spans[i]`` is where each field's value lies in ``prompts[i]`` (only they are ever truncated).
+    ``prefixes[i]`` (instruction and shared demonstrations) depends on text i only: texts that keep
+    the same demonstrations share one prefix, which the scorer runs once per call (:meth:`groups`,
+    :func:`per_prefix`); usually all texts share one (:attr:`prefix`).
     """
 
     prompts: list[str]
     spans: list[list[Span]]
-    prefix: str
+    prefixes: list[str]
+
+    def groups(self) -> list[tuple[str, list[int]]]:
+        """(prefix, rows) for each distinct prefix, in order of first appearance; ``[("", [])]`` when empty."""
+        rows: dict[str, list[int]] = {}
+        for i, p in enumerate(self.prefixes):
+            rows.setdefault(p, []).append(i)
+        return list(rows.items()) or [("", [])]
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of every prompt, when all texts share one.
+
+        Raises
+        ------
+        ValueError
+            When texts kept different numbers of demonstrations: score by :meth:`groups` instead.
+        """
+        groups = self.groups()
+        if len(groups) > 1:
+            raise ValueError(
+                f"these {len(self.prompts)} prompts have {len(groups)} different prefixes (texts kept different "
+                "numbers of demonstrations); score each of Prompts.groups() or use per_prefix()"
+            )
+        return groups[0][0]
+
+    def part(self, rows: Sequence[int]) -> Prompts:
+        """The prompts of ``rows`` only."""
+        return Prompts([self.prompts[i] for i in rows], [self.spans[i] for i in rows], [self.prefixes[i] for i in rows])
+
+
+def per_prefix(
+    prompts: Prompts, run: Callable[[list[str], list[list[Span]], str], Sequence[np.ndarray]]
+) -> list[np.ndarray]:
+    """``run(prompts, spans, prefix)`` once per distinct prefix, each output's rows put back in text order.
+
+    ``run`` returns arrays with one row per prompt (as :meth:`Scorer.outputs` does); with one prefix
+    (the usual case) this is a single call on all prompts.
+    """
+    groups = prompts.groups()
+    if len(groups) == 1:
+        return list(run(prompts.prompts, prompts.spans, groups[0][0]))
+    out: list[np.ndarray] = []
+    for prefix, rows in groups:
+        part = prompts.part(rows)
+        got = [np.asarray(x) for x in run(part.prompts, part.spans, prefix)]
+        if not out:
+            out = [np.empty((len(prompts.prompts), *x.shape[1:]), dtype=x.dtype) for x in got]
+        for o, x in zip(out, got, strict=True):
+            o[rows] = x
+    return out
 
 
 @dataclass(frozen=True)
@@ -84,9 +139,10 @@ class PromptBuilder:
         (``demo_selection="similar"``), the nearest last; ``demos`` is then unused.
     n_demos : int
     tokenizer : tokenizer, optional
-        With ``context_length``, drops shared demonstrations from the end until the longest prompt
-        fits with ``reserved`` tokens to spare, and a text's own (``demo_pool``) demonstrations from
-        the least similar on until its prompt fits: the text itself is never cut for a demonstration.
+        With ``context_length``, drops shared demonstrations from the end until each text's prompt
+        fits with ``reserved`` tokens to spare (for each text on its own: its prompt never depends on
+        the other texts of the call), and a text's own (``demo_pool``) demonstrations from the least
+        similar on until its prompt fits: the text itself is never cut for a demonstration.
     context_length : int, optional
     reserved : int
         Tokens kept free for the label words: :func:`reserved_tokens`.
@@ -108,14 +164,14 @@ class PromptBuilder:
         t = self.template
         prompts, spans = t.spans(texts)
         if not self.demo_pool:
-            return Prompts(prompts, spans, self.fitting_prefix(prompts))
+            return Prompts(prompts, spans, self.fitting_prefixes(prompts))
         flat = [_flat(t.values(x)) for x, _ in self.demo_pool]
         picks = similar_demos(flat, [_flat(t.values(x)) for x in texts], self.n_demos, leave_out_same)
         shared = t.prefix()  # the instruction, shared by all; each text's own demonstrations follow it
         heads = self.fitting_heads(shared, picks, prompts)
         prompts = [h + p for h, p in zip(heads, prompts, strict=True)]
         spans = [[(a + len(h), b + len(h)) for a, b in x] for h, x in zip(heads, spans, strict=True)]
-        return Prompts(prompts, spans, shared)
+        return Prompts(prompts, spans, [shared] * len(prompts))
 
     def budget(self) -> int | None:
         """Tokens a prompt (prefix included) may take (:func:`prompt_budget`); None without a tokenizer or window."""
@@ -154,30 +210,78 @@ class PromptBuilder:
             )
         return heads
 
-    def fitting_prefix(self, prompts: Sequence[str]) -> str:
-        """The shared prefix, with demonstrations dropped from the end until the longest prompt fits."""
+    def fitting_prefixes(self, prompts: Sequence[str]) -> list[str]:
+        """Each text's shared prefix: the instruction and the most demonstrations (the first k) that fit beside it.
+
+        Demonstrations are dropped whole from the end, and for each text on its own: a text's prefix
+        never depends on the other texts of the call. Texts keeping the same k get the same string.
+        """
         t, budget = self.template, self.budget()
         demos = list(self.demos)
-        prefix = t.prefix(demos)
+        full = t.prefix(demos)
         if not demos or not prompts or budget is None:
-            return prefix
-        lengths = self._n_tokens(prompts)
-        longest = prompts[max(range(len(prompts)), key=lengths.__getitem__)]
-
-        def fits(prefix: str) -> bool:
-            return self._n_tokens([prefix + longest])[0] <= budget
-
-        while demos and not fits(prefix):
-            demos.pop()
-            prefix = t.prefix(demos)
-        if len(demos) < len(self.demos):
+            return [full] * len(prompts)
+        base = len(t.prefix())
+        # prefix(demos[:k]) == full[: cuts[k]]: the instruction, then each demonstration with its separator
+        cuts = [int(c) for c in np.cumsum([base] + [len(t.prefix([d])) - base for d in demos])]
+        kept = self._kept_demos(full, cuts, prompts, budget)
+        strings = {k: full[: cuts[k]] for k in set(kept)}
+        lost = [len(demos) - k for k in kept if k < len(demos)]
+        if lost:
+            many = str(lost[0]) if min(lost) == max(lost) else f"{min(lost)} to {max(lost)}"
             logger.warning(
-                "prompt budget: kept %d of %d demonstrations so that the longest text fits in %d tokens",
+                "prompt budget: %d of %d texts lost %s of the %d shared demonstrations (dropped from the end) "
+                "so that they fit in %d tokens",
+                len(lost),
+                len(prompts),
+                many,
                 len(demos),
-                len(self.demos),
                 self.context_length,
             )
-        return prefix
+        return [strings[k] for k in kept]
+
+    def _kept_demos(self, full: str, cuts: list[int], prompts: Sequence[str], budget: int) -> list[int]:
+        """For each prompt, the largest k such that ``full[: cuts[k]] + prompt`` fits ``budget`` (0 if none does).
+
+        A parallel binary search over k, every probe checked exactly (the prefix and the prompt
+        tokenized as one string, as the scorer reads them): the first round probes the k that token
+        counts of the whole prefix and of each prompt alone suggest (right but for a token or two at
+        the seams), so it usually settles every text at once. Each round is one tokenizer call over
+        all unsettled texts: O(log n_demos) calls, on strings at most a few demonstrations past the
+        budget unless the estimate is far off.
+        """
+        n, own = len(cuts) - 1, self._n_tokens(prompts)
+        approx = self._prefix_counts(full, cuts)  # nondecreasing in k
+        over = bisect_right(approx, budget + 2)  # the first k that surely does not fit (n + 1: none)
+        lo, hi = [0] * len(prompts), [n + 1] * len(prompts)  # full[:cuts[lo]] + prompt fits; hi does not
+        guesses = [max(bisect_right(approx, budget - x) - 1, 0) for x in own]
+        probes = [[g, g + 1] for g in guesses]
+        while any(probes):
+            asked = [(i, k) for i, ks in enumerate(probes) for k in ks if lo[i] < k < hi[i]]
+            fits = self._n_tokens([full[: cuts[k]] + prompts[i] for i, k in asked]) if asked else []
+            for (i, k), m in zip(asked, fits, strict=True):
+                if k >= hi[i]:
+                    continue  # a smaller probe of this text did not fit already
+                if m <= budget:
+                    lo[i] = k
+                else:
+                    hi[i] = k
+            # no k known not to fit: first the one that surely does not, then halve the bracket
+            probes = [
+                [] if b - a < 2 else [over] if b > n and a < over <= n else [(a + b) // 2]
+                for a, b in zip(lo, hi, strict=True)
+            ]
+        return lo
+
+    def _prefix_counts(self, full: str, cuts: list[int]) -> list[int]:
+        """About how many tokens ``full[: cuts[k]]`` has, for every k, from one tokenizer call."""
+        if getattr(self.tokenizer, "is_fast", False):
+            enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            ends = sorted(end for _, end in enc["offset_mapping"])
+            return [bisect_right(ends, c) for c in cuts]
+        # a slow tokenizer: the instruction and each demonstration apart, added up (off by the seams)
+        pieces = [full[: cuts[0]]] + [full[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+        return [int(c) for c in np.cumsum(self._n_tokens(pieces))]
 
 
 def _flat(values: Mapping[str, str]) -> str:

@@ -1,9 +1,10 @@
 """What the micro-batcher needs from a :class:`~verbalize.Verbalizer`, through its public API only.
 
 Cross-request and cross-template batching needs what ``predict_proba`` computes on the way to
-the model: the prompts, where each field's value lies in them, the prefix shared by all, and the
-label words as tokens (``Verbalizer.build_prompts`` and ``label_tokens_``); and the way back from
-word scores to calibrated probabilities (``Verbalizer.calibrate_words``).
+the model: the prompts, where each field's value lies in them, each text's prefix (instruction
+and demonstrations), and the label words as tokens (``Verbalizer.build_prompts`` and
+``label_tokens_``); and the way back from word scores to calibrated probabilities
+(``Verbalizer.calibrate_words``).
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ from verbalize.estimator import Verbalizer
 class Plan:
     """What one request's texts need from the model, and how word scores become probabilities.
 
-    Requests whose ``key`` is equal read the same model with the same settings, prefix and
-    template start, so their prompts can go through one ``Scorer.score_words`` call and every
-    text still gets exactly the scores it would get alone (the scorer is batch-invariant).
+    Requests whose ``key`` is equal read the same model with the same settings and template start,
+    so their prompts can go through one ``Scorer.score_words`` call per distinct prefix and every
+    text still gets exactly the scores it would get alone (the scorer is batch-invariant, and a
+    text's prefix depends on that text only).
     ``key`` is None when the classifier must be run on its own (heads, per-text prefixes).
     """
 
     scorer: Any
     prompts: list[str]
     spans: list[list[tuple[int, int]]]  # per prompt, where each template field's value lies
-    prefix: str
+    prefixes: list[str]  # per prompt: the instruction and the shared demonstrations that fit beside it
     label_tokens: Any
     finish: Callable[[np.ndarray], np.ndarray]
     key: tuple[Any, ...] | None
@@ -47,7 +49,7 @@ def scoring_plan(clf: Verbalizer, rows: list[Any]) -> Plan:
     texts (domain, batch) see this request's rows, as offline ``predict_proba`` on them would.
     """
     built = clf.build_prompts(rows)
-    prompts, spans, prefix = built.prompts, built.spans, built.prefix
+    prompts, spans = built.prompts, built.spans
     scorer, tokens = clf.scorer_, clf.label_tokens_
     room = reserved_tokens(tokens)
     head = prompts[0][: spans[0][0][0]] if prompts else ""  # what comes before the first field
@@ -55,12 +57,12 @@ def scoring_plan(clf: Verbalizer, rows: list[Any]) -> Plan:
     fusable = not clf.head_specs_ and not clf.demo_pool_ and shared_head
     key = None
     if fusable:
-        key = (id(scorer.model), scorer.batch_size, scorer.max_tokens, scorer.context_length, prefix, head, room)
+        key = (id(scorer.model), scorer.batch_size, scorer.max_tokens, scorer.context_length, head, room)
 
     def finish(words: np.ndarray) -> np.ndarray:
         return clf.calibrate_words(words, rows)
 
-    return Plan(scorer, prompts, spans, prefix, tokens, finish, key)
+    return Plan(scorer, prompts, spans, built.prefixes, tokens, finish, key)
 
 
 def merge_label_tokens(plans: Sequence[Plan]) -> tuple[Any, list[int]]:

@@ -5,7 +5,7 @@ releases the GIL in its kernels, so the loop keeps answering while the model run
 waits at most ``window_s`` after the later of the oldest queued request and the previous batch's
 answers (a little longer for the clients it answered to come back), or until ``max_batch_tokens``
 fill, then scores every queued request in as few ``Scorer.score_words`` calls as the requests
-allow: one per (model, prefix, template start), across clients and across templates. A request
+allow: one per (model, template start, prefix), across clients and across templates. A request
 whose client has gone is skipped; a failure is delivered to the requests it concerns only.
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from verbalize.prompting.prompts import Prompts, per_prefix
 from verbalize.serve.adapter import Plan, merge_label_tokens, n_words, scoring_plan
 from verbalize.serve.metrics import Metrics
 
@@ -261,12 +262,17 @@ class MicroBatcher:
 def score_together(plans: list[Plan]) -> list[np.ndarray]:
     """Probabilities for each plan, from one ``score_words`` call over all their prompts.
 
-    All plans share a key: the same model, settings, prefix and template start.
+    All plans share a key: the same model, settings and template start. Their prompts go through
+    one call per distinct prefix (usually one: the same instruction and demonstrations).
     """
     tokens, offsets = merge_label_tokens(plans)
     prompts = [p for plan in plans for p in plan.prompts]
     spans = [s for plan in plans for s in plan.spans]
-    words = plans[0].scorer.score_words(prompts, tokens, spans, plans[0].prefix)  # (n_all, n_merged_words)
+    prefixes = [x for plan in plans for x in plan.prefixes]
+    scorer = plans[0].scorer
+    [words] = per_prefix(  # (n_all, n_merged_words)
+        Prompts(prompts, spans, prefixes), lambda x, s, prefix: [scorer.score_words(x, tokens, s, prefix)]
+    )
     out, row = [], 0
     for plan, col in zip(plans, offsets, strict=True):
         n = len(plan.prompts)

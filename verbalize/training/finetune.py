@@ -79,7 +79,7 @@ def train_classifier(
         joint=joint_heads,
         prompt_weight=config.prompt_weight,
     )
-    ids = tuned.encode(prompts.prompts, prompts.spans, prompts.prefix, reserved_tokens(label_tokens)).ids
+    ids = _encode(tuned, prompts, reserved_tokens(label_tokens))
     result = fine_tune(tuned, ids, objective, config, _lm_ids(tuned, texts, config), seed)
     fitted = {}
     for h in joint:  # the trained linear layers, as fitted heads
@@ -87,6 +87,16 @@ def train_classifier(
         w, b = layer.weight.detach().cpu(), layer.bias.detach().cpu()
         fitted[h.name] = FittedHead(h, np.array(head_ys[h.name][0], dtype=object), w, b)
     return tuned, result, fitted
+
+
+def _encode(scorer: Scorer, prompts: Prompts, room: int) -> list[list[int]]:
+    """Token ids of every prompt with its own prefix (encoded once per distinct prefix), in text order."""
+    ids: list[list[int]] = [[] for _ in prompts.prompts]
+    for prefix, rows in prompts.groups():
+        part = prompts.part(rows)
+        for i, x in zip(rows, scorer.encode(part.prompts, part.spans, prefix, room).ids, strict=True):
+            ids[i] = x
+    return ids
 
 
 def _lm_ids(scorer: Scorer, texts: Sequence[str], config: FineTuneConfig) -> list[list[int]] | None:
