@@ -2,6 +2,9 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -400,3 +403,34 @@ def test_version_flag_prints_the_package_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"verbalize {verbalize.__version__}"
+
+
+def _cli(args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "verbalize.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=False, text=True, timeout=120, **kw)
+
+
+def test_a_closed_pipe_or_a_full_disk_on_stdout_ends_with_one_line_not_a_traceback(tmp_path, tmp_template, model_dir):
+    """`verbalize predict ... | head -1` printed a BrokenPipeError traceback; stdout on a full disk a raw OSError."""
+    src = tmp_path / "in.txt"
+    src.write_text("good film\n" * 3000)
+    args = ["predict", str(tmp_template(TEMPLATE)), str(src), "--model", model_dir, "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verbalize.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and json.loads(proc.stdout.readline())["prediction"]
+    proc.stdout.close()  # as `| head -1` does
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.wait(timeout=120) != 0
+    assert "Traceback" not in err, err[-2000:]
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            done = _cli(args, stdout=full, stderr=subprocess.PIPE)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "No space left" in done.stderr

@@ -6,7 +6,8 @@ Commands import what they need (torch, scikit-learn) when they run, so that ``ve
 Exit codes: 0 every row done; 1 some rows could not be classified (each has an ``error`` field, or is
 listed on stderr for ``eval``/``finetune``); 2 a setup or usage error (template, model, calibration,
 options, input or output path), found before the first row; 128 + signal number when interrupted
-(130 for Ctrl-C, 143 for SIGTERM), with finished rows kept and a note on how to ``--resume``.
+(130 for Ctrl-C, 143 for SIGTERM), with finished rows kept and a note on how to ``--resume``; 141 when the
+reader of stdout went away (``| head``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -74,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted before the first row; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 128 + 13  # SIGPIPE's number, as a shell reports a process killed by it
+    except OSError as exc:  # a full disk, a vanished folder: one line, not a traceback
+        print(f"error: writing the output failed: {exc}", file=sys.stderr)
+        return EXIT_SETUP
 
 
 def _positive(value: str) -> int:
