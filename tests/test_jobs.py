@@ -204,3 +204,27 @@ def test_an_error_closes_the_sink_and_keeps_the_finished_rows_and_the_old_output
     resumed = run(_job(src, out, resume=True), Toy())  # the two finished chunks were kept
     assert resumed.resumed_from == 8 and resumed.rows == 20
     assert [r["text"] for r in _read_jsonl(out)] == [f"t{i}" for i in range(20)]
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    """Two `--resume` jobs on one output shared one .partial folder with no lock (the second died with a raw error
+    or interleaved its rows); the second is now refused by name, and the first finishes as if alone."""
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"t{i}\n" for i in range(12)))
+    out, alone = tmp_path / "out.jsonl", tmp_path / "alone.jsonl"
+    run(_job(src, alone), Toy())
+    seen: list[Exception] = []
+
+    class Meddler(Toy):
+        def predict_proba(self, texts):
+            if not seen:
+                for resume in (True, False):
+                    try:
+                        run(_job(src, out, resume=resume), Toy())
+                    except InputError as exc:
+                        seen.append(exc)
+            return super().predict_proba(texts)
+
+    assert run(_job(src, out), Meddler()).rows == 12
+    assert len(seen) == 2 and all("another run is writing" in str(e) for e in seen), seen
+    assert out.read_bytes() == alone.read_bytes()

@@ -17,6 +17,7 @@ Exit codes used by the CLI: :data:`EXIT_OK`, :data:`EXIT_ROWS_FAILED`, :data:`EX
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -218,6 +219,11 @@ def run(job: Job, clf: Any) -> JobResult:
     InputError
         ``resume`` of a job whose input or options differ, or a partial output in the way without ``resume``.
     """
+    with _exclusive(job):
+        return _run(job, clf)
+
+
+def _run(job: Job, clf: Any) -> JobResult:
     start = time.perf_counter()
     state = _open_state(job)
     result = JobResult(rows=state["rows_done"], failed=state["failed"], resumed_from=state["rows_done"])
@@ -248,6 +254,35 @@ def run(job: Job, clf: Any) -> JobResult:
             bar.close()
     result.seconds = time.perf_counter() - start
     return result
+
+
+@contextlib.contextmanager
+def _exclusive(job: Job) -> Iterator[None]:
+    """Hold an exclusive lock on the job's output for the whole run: a second run (``--resume`` or not) on the
+    same output is refused while one runs, instead of both writing ``OUTPUT.partial``."""
+    if job.output is None:
+        yield
+        return
+    lock = job.output.with_name(f".{job.output.name}.lock")
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            who = handle.read().strip() or "another process"
+            raise InputError(
+                f"another run is writing {job.output} now ({who}); wait for it to finish or stop it, "
+                "then rerun (with --resume to continue what it finished)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()  # removed while still held: no lock file is left beside the output
 
 
 def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
