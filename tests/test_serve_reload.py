@@ -187,3 +187,15 @@ def test_20_hot_reloads_of_a_resaved_fine_tuned_classifier_keep_memory_flat(gpt2
         assert grown < 0.05, f"RSS grew {grown:.1%} over 19 reloads: {[round(r / 2**20) for r in rss.values()]} MiB"
     finally:
         srv.stop()
+
+
+def test_serve_takes_shipped_template_names_like_the_other_commands(tmp_path, monkeypatch):
+    """`verbalize serve sst2` answered "no such template file" while predict and check take shipped names."""
+    from verbalize.prompting.template import shipped_templates
+    from verbalize.serve.registry import expand_sources
+
+    monkeypatch.chdir(tmp_path)  # no file named sst2 here
+    (source,) = expand_sources(["sst2"])
+    assert source.path == shipped_templates()["sst2"] and source.kind == "template"
+    with pytest.raises(FileNotFoundError, match=r"nope: no such template file or directory, nor a shipped .*sst2"):
+        expand_sources(["nope"])

@@ -1,6 +1,6 @@
 """``verbalize serve TEMPLATE_OR_DIR... [--host --port --model ...]``: argparse set-up and runner.
 
-``verbalize/cli.py`` registers the command with :func:`add_parser`; nothing here is imported
+``verbalize/cli/main.py`` registers the command with :func:`add_parser`; nothing here is imported
 from FastAPI, uvicorn or torch until the command runs, so the other commands work without the extra
 and start fast.
 """
@@ -23,7 +23,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "templates",
         nargs="+",
         metavar="TEMPLATE_OR_DIR",
-        help="template files, directories of *.toml templates, or directories written by save/finetune",
+        help="template files or shipped names (sst2, ...), directories of *.toml templates, "
+        "or directories written by save/finetune",
     )
     s.add_argument(
         "--model",

@@ -24,7 +24,7 @@ from typing import Any
 from verbalize.engine.cache import MODELS
 from verbalize.errors import TemplateError
 from verbalize.estimator import Verbalizer
-from verbalize.prompting.template import Template, load_template
+from verbalize.prompting.template import Template, load_template, shipped_templates
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class Source:
 
 
 def expand_sources(paths: list[str]) -> list[Source]:
-    """Template files, saved-classifier directories and directories of ``*.toml`` files -> sources.
+    """Template files, shipped template names, saved-classifier directories and directories of ``*.toml``
+    files -> sources.
 
     Raises
     ------
@@ -77,8 +78,13 @@ def expand_sources(paths: list[str]) -> list[Source]:
                     "pass template files, a directory of them, or a directory written by Verbalizer.save"
                 )
             out += [Source(f, "template") for f in files]
+        elif raw in shipped_templates():  # a shipped template by name, as predict and check take it
+            out.append(Source(shipped_templates()[raw], "template"))
         else:
-            raise FileNotFoundError(f"{raw}: no such template file or directory")
+            raise FileNotFoundError(
+                f"{raw}: no such template file or directory, nor a shipped template name "
+                f"({', '.join(shipped_templates())})"
+            )
     return out
 
 
