@@ -35,7 +35,7 @@ from verbalize.errors import ParameterError, check_choice, check_int
 from verbalize.prompting.demos import SELECTIONS, choose_demos
 from verbalize.prompting.prompts import PromptBuilder, Prompts, per_prefix, resolve_template
 from verbalize.prompting.template import Template
-from verbalize.rows import check_rows
+from verbalize.rows import Row, check_rows
 from verbalize.training.config import FineTuneConfig, replace_config
 from verbalize.training.finetune import train_classifier
 from verbalize.training.heads import (
@@ -286,8 +286,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         self.label_tokens_ = t.labels.encode(self.scorer_.tokenizer, t.label_prefix, t.render(t.sample_text))
         self.labels_ = np.array(list(t.labels), dtype=object)  # the label words' classes
         self.classes_: Any = self.labels_
-        self.demos_: list[tuple[str, str]] = []
-        self.demo_pool_: list[tuple[str, str]] = []
+        self.demos_: list[tuple[Row, str]] = []
+        self.demo_pool_: list[tuple[Row, str]] = []
         self.calibrator_ = get_calibrator(self.calibration) if self.calibration is not None else None
         self.head_specs_ = as_heads(self.heads)
         self.heads_: dict[str, FittedHead] = {}
@@ -366,7 +366,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         """Demonstrations in all: ``n_demos``, or ``demos_per_class`` times the number of labels."""
         return self.n_demos if self.demos_per_class is None else self.demos_per_class * len(self.labels_)
 
-    def _choose_demos(self, texts: list[str], ys: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    def _choose_demos(self, texts: list[Row], ys: Any) -> tuple[list[tuple[Row, str]], list[tuple[Row, str]]]:
         args = (self._n_demos(), list(self.labels_), self.demo_selection, self.random_state)
         return choose_demos(texts, ys, *args)
 
@@ -526,7 +526,16 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> Verbalizer:
         """Load a classifier written by :meth:`save`; ``overrides`` replace saved parameters (e.g. device)."""
-        return persistence.restore(cls, path, overrides)
+        saved = persistence.load(path, cls._get_param_names())
+        clf = cls(**(saved.params | overrides))
+        clf._setup()
+        clf.fine_tuned_, clf.demos_, clf.demo_pool_ = saved.fine_tuned, saved.demos, saved.demo_pool
+        clf.calibrator_ = saved.calibrator if saved.calibrator is not None else clf.calibrator_
+        if saved.heads:
+            clf.heads_ = saved.heads
+            clf.classes_ = one_or_all({n: h.classes for n, h in saved.heads.items()})
+        clf._fitted = True
+        return clf
 
     def __getstate__(self) -> dict[str, Any]:
         return persistence.pickle_state(super().__getstate__())

@@ -30,7 +30,7 @@ from verbalize.errors import SavedClassifierError
 from verbalize.prompting.template import Template
 from verbalize.rows import Row
 from verbalize.training.config import FineTuneConfig
-from verbalize.training.heads import FittedHead, Head, one_or_all
+from verbalize.training.heads import FittedHead, Head
 
 FORMAT_VERSION = 1
 STATE_FILE = "verbalize.json"
@@ -300,17 +300,3 @@ def _demo(d: Any, fields: Sequence[str]) -> tuple[Row, str]:
     if not ok or not isinstance(label, str):
         raise TypeError(f"expected {want}, got {d!r}")
     return row, label
-
-
-def restore(cls: Any, path: str | Path, overrides: dict[str, Any]) -> Any:
-    """A ``cls`` (Verbalizer) loaded from ``path`` (see :func:`load`), ``overrides`` replacing saved parameters."""
-    saved = load(path, cls._get_param_names())
-    clf = cls(**(saved.params | overrides))
-    clf._setup()
-    clf.fine_tuned_, clf.demos_, clf.demo_pool_ = saved.fine_tuned, saved.demos, saved.demo_pool
-    clf.calibrator_ = saved.calibrator if saved.calibrator is not None else clf.calibrator_
-    if saved.heads:
-        clf.heads_ = saved.heads
-        clf.classes_ = one_or_all({n: h.classes for n, h in saved.heads.items()})
-    clf._fitted = True
-    return clf

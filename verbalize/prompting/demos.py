@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from verbalize.errors import check_choice
+from verbalize.rows import Row
 
 SELECTIONS = ("balanced", "random", "first", "similar")
 
@@ -38,13 +39,13 @@ def select_demos(
 
 
 def choose_demos(
-    texts: Sequence[str],
+    texts: Sequence[Row],
     y: Sequence[str] | None,
     n_demos: int,
     labels: Sequence[str],
     selection: str = "balanced",
     random_state: int | None = None,
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+) -> tuple[list[tuple[Row, str]], list[tuple[Row, str]]]:
     """(demonstrations shared by every prompt, pool of per-text demonstrations) from labeled rows.
 
     ``selection="similar"`` gives the whole training set as the pool (see :func:`similar_demos`);
