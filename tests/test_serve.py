@@ -157,6 +157,11 @@ BAD = [
     ({"template": "senti", "inputs": [{"text": ""}]}, 422, "empty_text", "inputs[0].text"),
     ({"template": "senti", "texts": ["a"] * 9}, 413, "too_many_texts", "texts"),
     ({"template": "senti", "texts": ["a" * 5000]}, 413, "body_too_large", "body"),
+    # a lone surrogate (valid JSON, no tokenizer can encode it) and JSON nested past the parser's depth once
+    # answered HTTP 500 in plain text
+    (b'{"template": "senti", "texts": ["a \\ud800 b"]}', 422, "invalid_text", "texts[0]"),
+    (b'{"template": "senti", "inputs": [{"text": "\\udfff"}]}', 422, "invalid_text", "inputs[0].text"),
+    (b'{"template": "senti", "texts": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400, "malformed_json", None),
 ]
 
 

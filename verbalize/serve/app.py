@@ -202,8 +202,14 @@ async def _admit(request: Request, service: Service) -> tuple[Entry, list[Any]]:
         ) from None
     except UnicodeDecodeError:
         raise ServeError(400, "malformed_json", "the body is not UTF-8 JSON; send UTF-8", location="body") from None
+    except RecursionError:  # JSON nested deeper than the parser goes
+        raise ServeError(
+            400, "malformed_json", 'the body is nested too deeply; send {"template": NAME, "texts": [...]}', "body"
+        ) from None
     try:
         req = ClassifyRequest.model_validate(data)
+    except RecursionError:
+        raise ServeError(422, "invalid_request", "the body is nested too deeply for a request", "body") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = _location(first["loc"])
