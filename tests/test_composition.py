@@ -1,7 +1,8 @@
 """Composition: every entry point takes every template shape, through every persistence route, in every dtype.
 
-The matrix is generated, not listed: ``ENTRIES`` (entry points, each with the routes it has) x ``SHAPES``
-(one field, two fields, multi-token label words, demonstrations) x ``DTYPES`` x the two tiny model families.
+The matrix is generated, not listed: ``ENTRIES`` (entry points, each with the routes it has: the Python
+estimators, the CLI, the service over real HTTP and ``--engine ray``) x ``SHAPES`` (one field, two fields,
+multi-token label words, demonstrations) x ``DTYPES`` x the two tiny model families.
 Every cell equals, within 1e-5, the in-process ``predict_proba`` of a fresh classifier on the same
 template, rows and dtype (a fresh :class:`Verbalizer`; for kNN a fresh :class:`KNNPrompting`), or is
 refused up front by a named message (a dtype whose exactness probe fails: the reference is refused too,
@@ -12,6 +13,7 @@ end of the module (cell -> "ok" / "refused: ...").
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import pickle
 import re
@@ -201,6 +203,50 @@ def run_cli_eval(cell: Cell, route: str, capsys: Any) -> float:
     return float(re.search(r"accuracy=([0-9.]+)", printed).group(1))
 
 
+def run_serve(cell: Cell, route: str, capsys: Any) -> np.ndarray:
+    """``verbalize serve`` over real HTTP (uvicorn on a loopback port): the template file with the cell's model
+    and dtype (fresh), or the saved classifier directory (saved); rows sent as objects keyed by field."""
+    from serve_support import Running, get, post, proba_of
+
+    from verbalize.serve import ServeConfig, create_app
+
+    if route == "saved":
+        paths, model = [str(cell.verbalizer().save(cell.tmp / "clf"))], None
+    else:
+        paths, model = [str(cell.template_file())], Scorer.from_pretrained(str(cell.model_dir), dtype=cell.dtype)
+    srv = Running(create_app(paths, model=model, config=ServeConfig(window_ms=1, reload_interval_s=0))).start()
+    try:
+        status, listing = get(srv, "/v1/templates")
+        (served,) = listing["templates"]
+        fields = list(cell.shape.template.fields)
+        assert status == 200 and served["fields"] == fields, listing
+        rows = [dict(zip(fields, r, strict=True)) if isinstance(r, tuple) else r for r in cell.shape.rows]
+        inputs = [r if isinstance(r, dict) else {fields[0]: r} for r in rows]
+        status, _, answer = post(srv, {"template": served["name"], "inputs": inputs})
+        assert status == 200, answer
+        return proba_of(answer)
+    finally:
+        srv.stop()
+
+
+def run_ray(cell: Cell, route: str, capsys: Any) -> tuple[list[str], np.ndarray]:
+    """``verbalize predict --engine ray`` (a local Ray instance; Parquet in and out)."""
+    import pyarrow.parquet as pq
+
+    source = cell.tmp / "in.parquet"
+    fields = cell.shape.template.fields
+    rows = [dict(zip(fields, r, strict=True)) if isinstance(r, tuple) else r for r in cell.shape.rows]
+    pd.DataFrame([r if isinstance(r, dict) else {fields[0]: r} for r in rows]).to_parquet(source)
+    out = cell.tmp / "out.parquet"
+    if route == "saved":
+        args = [str(cell.verbalizer().save(cell.tmp / "clf")), str(source), "--dtype", cell.dtype]
+    else:
+        args = [str(cell.template_file()), str(source), "--model", str(cell.model_dir), "--dtype", cell.dtype]
+    cli(["predict", *args, "-o", str(out), "--engine", "ray", "--concurrency", "1", "--no-progress"], capsys)
+    got = pq.read_table(out).to_pylist()
+    return [g["prediction"] for g in got], np.array([g["probability"] for g in got])
+
+
 class CliRefused(Exception):
     """The CLI exited with the setup status (2); the message is what it wrote to stderr."""
 
@@ -226,6 +272,13 @@ class Entry:
     run: Callable[..., Any]
     routes: tuple[str, ...]
     needs_fit: bool = False  # a route from a template file cannot pick demonstrations: only a saved classifier
+    needs: tuple[str, ...] = ()  # optional extras; the entry's cells are skipped without them
+    dtypes: tuple[str, ...] = DTYPES
+    families: tuple[str, ...] = FAMILIES
+
+
+def _have(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 ENTRIES: dict[str, Entry] = {
@@ -235,15 +288,21 @@ ENTRIES: dict[str, Entry] = {
     "rank_templates/suggest": Entry(run_search, ("fresh", "saved")),
     "cli predict": Entry(run_cli_predict, ("fresh", "saved"), needs_fit=True),
     "cli eval": Entry(run_cli_eval, ("fresh", "saved"), needs_fit=True),
+    "serve": Entry(run_serve, ("fresh", "saved"), needs_fit=True, needs=("fastapi", "uvicorn", "prometheus_client")),
+    # each Ray job starts a local instance and an actor that loads the model (~10 s on 2 cores): every shape
+    # and route, float32, one family (the dtypes and families are the local job's, which the rows above cover)
+    "cli predict --engine ray": Entry(
+        run_ray, ("fresh", "saved"), needs_fit=True, needs=("ray", "pyarrow"), dtypes=("float32",), families=("llama",)
+    ),
 }
 CELLS = [
-    (e, s, r, d, f)
+    pytest.param(e, s, r, d, f, marks=[] if _have(*entry.needs) else pytest.mark.skip(f"needs {entry.needs}"))
     for e, entry in ENTRIES.items()
     for s, shape in SHAPES.items()
     for r in entry.routes
     if not (entry.needs_fit and shape.params and r == "fresh")
-    for d in DTYPES
-    for f in FAMILIES
+    for d in entry.dtypes
+    for f in entry.families
 ]
 
 
@@ -303,7 +362,7 @@ def test_every_entry_point_takes_every_template_shape(entry, shape, route, dtype
         return
     want, classes = ref
     got = run(cell, route, capsys)
-    if entry == "cli predict":
+    if entry.startswith("cli predict"):
         labels, p = got
         assert labels == [classes[i] for i in want.argmax(1)]
         np.testing.assert_allclose(p, want.max(1), atol=ATOL)
