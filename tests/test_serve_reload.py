@@ -184,6 +184,9 @@ def test_20_hot_reloads_of_a_resaved_fine_tuned_classifier_keep_memory_flat(gpt2
             rss[version] = _rss_bytes()
         np.testing.assert_allclose(proba_of(answer), clf.predict_proba(TEXTS[:2]), atol=1e-5, rtol=0)
         grown = rss[21] / rss[2] - 1
+        print(
+            f"RSS after reload 1: {rss[2] / 2**20:.0f} MiB, after reload 20: {rss[21] / 2**20:.0f} MiB ({grown:+.1%})"
+        )
         assert grown < 0.05, f"RSS grew {grown:.1%} over 19 reloads: {[round(r / 2**20) for r in rss.values()]} MiB"
     finally:
         srv.stop()
