@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, sink: Any = None) -> list[dict]:
                     raw = (
                         zero_raw
                         if (setting == "zero-shot" and zero_raw is not None)
-                        else clf.decision_function(test[0])
+                        else clf.label_scores(test[0])
                     )
                 if setting == "zero-shot":
                     zero_raw = raw

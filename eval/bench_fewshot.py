@@ -69,7 +69,7 @@ def main() -> None:
         k: Verbalizer(template=tpl, model=args.model, dtype=args.dtype, n_demos=k, random_state=0).fit(X_tr, y_tr)
         for k in args.n_demos
     }
-    zero.decision_function(X[:32])  # warm-up
+    zero.label_scores(X[:32])  # warm-up
     scorer = zero.scorer_
     tok = scorer.tokenizer
     lengths = [len(x) for x in tok(zero.template_.spans(X)[0], add_special_tokens=False)["input_ids"]]
@@ -83,11 +83,11 @@ def main() -> None:
     scores: dict[int, np.ndarray] = {}
     for _ in range(args.rounds):
         t = time.perf_counter()
-        zero.decision_function(X)
+        zero.label_scores(X)
         times["zero"].append((time.perf_counter() - t) / len(X))
         for k, clf in fews.items():
             t = time.perf_counter()
-            clf.decision_function(X)
+            clf.label_scores(X)
             times[f"few{k}"].append((time.perf_counter() - t) / len(X))
     t_zero = float(np.median(times["zero"]))
 

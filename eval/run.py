@@ -53,13 +53,13 @@ def run_one(clf: Verbalizer, test: tuple, train: tuple, k: int, seed: int, n_tem
         clf.set_params(calibration=method).fit(X_tr, y_tr)
         fitted[method] = clf.calibrator_
     clf.set_params(calibration=None).fit(X_tr, y_tr)
-    raw = clf.decision_function(X)
+    raw = clf.label_scores(X)
     seconds = time.perf_counter() - t0
     fitted["batch"] = get_calibrator("batch").fit(raw)  # the unlabeled test batch itself
     demo_idx = {X_tr.index(t) for t, _ in clf.demos_}
     temp_idx = held_out(y_tr, classes, n_temp, demo_idx, seed)
     temp_y = np.array([classes.index(y_tr[i]) for i in temp_idx])
-    temp_scores = clf.decision_function([X_tr[i] for i in temp_idx])
+    temp_scores = clf.label_scores([X_tr[i] for i in temp_idx])
     fitted["temperature"] = get_calibrator("temperature").fit(temp_scores, temp_y)
     rows = []
     for method in METHODS:

@@ -159,7 +159,7 @@ def test_a_calibrator_defined_outside_the_package_works_through_verbalizer(gpt2,
     texts = ["good film", "bad film", "a great review", "terrible and bad"]
     params = dict(template="Review: {text}\nSentiment:", labels={"negative": ["bad"], "positive": ["good"]})
     clf = Verbalizer(**params, model=gpt2.scorer(), calibration="shift").fit(texts)
-    raw = clf.decision_function(texts)
+    raw = clf.label_scores(texts)
     want = ShiftCalibrator().fit(raw).transform(raw)
     np.testing.assert_allclose(clf.predict_log_proba(texts), want, atol=1e-6)
     by_instance = Verbalizer(**params, model=gpt2.scorer(), calibration=ShiftCalibrator()).fit(texts)

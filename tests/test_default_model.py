@@ -79,7 +79,7 @@ def test_low_precision_dtypes_load_and_stay_near_float32(default_scorer, dtype):
     ref = Verbalizer(template="sst2", model=default_scorer).fit()
     low = Verbalizer(template="sst2", model=Scorer.from_pretrained(None, dtype=dtype)).fit()
     assert low.predict(texts).tolist() == ref.predict(texts).tolist() == ["positive", "negative", "positive"]
-    low_odds, ref_odds = (np.diff(clf.decision_function(texts), axis=1).ravel() for clf in (low, ref))
+    low_odds, ref_odds = (np.diff(clf.label_scores(texts), axis=1).ravel() for clf in (low, ref))
     assert (np.abs(ref_odds) >= 0.5).all(), ref_odds  # the premise: obvious texts
     assert (np.sign(low_odds) == np.sign(ref_odds)).all() and (np.abs(low_odds - ref_odds) < np.abs(ref_odds)).all()
     if dtype == "bfloat16":

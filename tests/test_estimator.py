@@ -45,7 +45,7 @@ def test_proba_columns_follow_classes_and_agree_with_predict(scorer):
 def test_label_order_is_template_order_not_alphabetical(scorer):
     clf = make(scorer, labels={"zeta": ["good"], "alpha": ["bad"]})
     proba = clf.predict_proba(["good"])
-    raw = clf.decision_function(["good"])
+    raw = clf.label_scores(["good"])
     assert clf.classes_.tolist() == ["zeta", "alpha"]
     assert (proba.argmax(1) == raw.argmax(1)).all()
 
@@ -310,3 +310,58 @@ def test_unordered_containers_are_refused(scorer):
         make(scorer).predict(set(X))
     with pytest.raises(TypeError, match="ordered sequence of texts.*got a dict"):
         make(scorer).predict(dict.fromkeys(X, 1))
+
+
+# -- scikit-learn: binary decision_function, roc_auc, parameter errors (issue 20) ------------------------------
+
+
+def test_binary_decision_function_is_one_column_of_log_odds_so_roc_auc_scoring_works(scorer):
+    from sklearn.model_selection import cross_val_score
+
+    clf = make(scorer, calibration="contextual")
+    decision = clf.decision_function(X)
+    assert decision.shape == (len(X),)
+    logp = clf.predict_log_proba(X)  # log-odds of classes_[1] against classes_[0]: agrees with predict
+    np.testing.assert_allclose(decision, logp[:, 1] - logp[:, 0], atol=1e-9)
+    assert (clf.classes_[(decision > 0).astype(int)] == clf.predict(X)).all()
+    assert clf.label_scores(X).shape == (len(X), 2)  # the raw label scores keep one column per label
+    auc = cross_val_score(make(scorer), X, Y, cv=2, scoring="roc_auc")
+    assert auc.shape == (2,) and np.isfinite(auc).all()
+    grid = GridSearchCV(make(scorer), {"aggregation": ["logsumexp", "max"]}, cv=2, scoring="roc_auc").fit(X, Y)
+    assert np.isfinite(grid.cv_results_["mean_test_score"]).all()
+
+
+def test_multiclass_decision_function_keeps_one_column_per_class(scorer):
+    labels = {"negative": ["bad"], "positive": ["good"], "neutral": ["fine"]}
+    clf = make(scorer, labels=labels)
+    decision = clf.decision_function(X)
+    assert decision.shape == (len(X), 3)
+    assert (clf.classes_[decision.argmax(1)] == clf.predict(X)).all()
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "message"),
+    [
+        ({"heads": -1}, TypeError, r"The 'heads' parameter of Verbalizer must be a Head, a list of Heads or None\. "),
+        ({"heads": [1]}, TypeError, r"The 'heads' parameter of Verbalizer must be .* Got \[1\] instead\."),
+        ({"fine_tuning": 3}, TypeError, r"The 'fine_tuning' parameter of Verbalizer must be a FineTuneConfig or None"),
+        ({"calibration": 5}, ValueError, r"The 'calibration' parameter of Verbalizer must be one of .* Got 5 instead"),
+    ],
+)
+def test_set_params_stores_a_bad_value_and_fit_explains_it(scorer, params, error, message):
+    """scikit-learn's rule: set_params stores (its own check passes -1, [], 'helloworld' ... to every parameter);
+    fit refuses, in the one message shape, naming the parameter."""
+    clf = make(scorer).set_params(**params)
+    assert clf.set_params(n_demos=1) is clf  # a bad value already there does not break set_params or get_params
+    assert clf.get_params(deep=True)["n_demos"] == 1
+    with pytest.raises(error, match=message):
+        clf.fit(X, Y)
+    with pytest.raises(error, match=message):
+        make(scorer, **params).predict(X)
+
+
+def test_nested_set_params_on_a_bad_value_names_the_parameter(scorer):
+    with pytest.raises(TypeError, match=r"The 'heads' parameter of Verbalizer must be a Head, .* Got -1 instead"):
+        make(scorer, heads=-1).set_params(heads__a__C=2.0)
+    with pytest.raises(TypeError, match=r"The 'fine_tuning' parameter of Verbalizer must be a FineTuneConfig or None"):
+        make(scorer, fine_tuning=3).set_params(fine_tuning__epochs=2)

@@ -48,7 +48,7 @@ def test_fine_tuning_learns_the_training_set_and_leaves_the_shared_model_alone(f
 
 
 def test_training_loss_uses_the_scores_that_prediction_uses(family):
-    """The training forward (no prefix cache, gradients on) gives the label scores of decision_function."""
+    """The training forward (no prefix cache, gradients on) gives the label scores that label_scores gives."""
     clf = make(family, n_demos=2).fit(X, Y)  # demonstrations make a shared prefix, cached at prediction
     scorer = clf.scorer_
     p = clf._prompts(X)
@@ -57,7 +57,7 @@ def test_training_loss_uses_the_scores_that_prediction_uses(family):
     obj = Objective(tokens, tokens.word_label, 2, "logsumexp", np.array([0, 1] * 4))
     rows = np.arange(len(X))
     _, (logits,) = _loss(scorer, ids, rows, obj, scorer.device)
-    np.testing.assert_allclose(logits.detach().numpy(), clf.decision_function(X), atol=1e-4)
+    np.testing.assert_allclose(logits.detach().numpy(), clf.label_scores(X), atol=1e-4)
     # and the torch aggregation equals the numpy one for every rule
     words = torch.randn(5, len(tokens.words), dtype=torch.float64)
     for how in ("logsumexp", "mean", "max"):

@@ -36,7 +36,7 @@ def test_verbalizer_parameters(gpt2, params, message):
 
 
 def test_a_wrong_type_stays_a_type_error(gpt2):
-    with pytest.raises(TypeError, match="fine_tuning must be a FineTuneConfig"):
+    with pytest.raises(TypeError, match=r"The 'fine_tuning' parameter of Verbalizer must be a FineTuneConfig or None"):
         Verbalizer(template="{text} =>", labels=LABELS, model=gpt2.scorer(), fine_tuning={"epochs": 1}).fit(X, Y)
 
 

@@ -146,7 +146,7 @@ def test_accuracy_of_equals_the_verbalizer_with_contextual_calibration(gpt2: Any
     want = float(np.mean(clf.predict_log_proba(X).argmax(1) == y))
     assert search.accuracy_of(shipped, logp, y, cf, "contextual") == pytest.approx(want)
     raw = aggregate(logp[:, np.concatenate(shipped)], np.array([0, 1]), 2)
-    np.testing.assert_allclose(raw, clf.decision_function(X), atol=1e-4)
+    np.testing.assert_allclose(raw, clf.label_scores(X), atol=1e-4)
 
 
 def test_suggest_label_words_on_a_task_where_the_right_words_are_known(gpt2: Any, monkeypatch) -> None:
@@ -306,10 +306,10 @@ def test_the_search_takes_rows_of_several_fields(gpt2: Any) -> None:
     assert found.template.fields == ("a", "b") and list(found.template.labels) == ["sports", "business"]
     ranked = rank_templates(PAIR_X, Y, PAIR_TOPICS, scorer, n_words=(1,), cv=2)
     assert len(ranked) == 5 and {s.template.fields for s in ranked} == {("a", "b")}
-    # the search reads what the Verbalizer reads: the input words' scores equal its decision_function
+    # the search reads what the Verbalizer reads: the input words' scores equal its label_scores
     logp = search.next_token_log_probs(scorer, PAIR_TOPICS, PAIR_X)
     ids = [gpt2.tokenizer(" " + w[0])["input_ids"][0] for w in PAIR_TOPICS.labels.values()]
-    raw = Verbalizer(template=PAIR_TOPICS, model=scorer).decision_function(PAIR_X)
+    raw = Verbalizer(template=PAIR_TOPICS, model=scorer).label_scores(PAIR_X)
     np.testing.assert_allclose(logp[:, ids], raw, atol=1e-5)
 
 

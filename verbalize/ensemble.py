@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from verbalize.calibration.calibrators import log_softmax
 from verbalize.engine.scoring import Scorer
 from verbalize.errors import ParameterError, number_problem
-from verbalize.estimator import Verbalizer, text_input_tags
+from verbalize.estimator import Verbalizer, binary_as_one_column, text_input_tags
 from verbalize.prompting.prompts import resolve_template
 from verbalize.prompting.template import Template
 from verbalize.rows import check_rows
@@ -130,6 +130,12 @@ class TemplateEnsemble(ClassifierMixin, BaseEstimator):
         for w, member, cols in zip(self.weights_, self.members_, self.columns_, strict=True):
             total += w * member.predict_log_proba(texts)[:, cols]
         return log_softmax(total) if len(texts) else total
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Scores that agree with :meth:`predict`: for two classes the log-odds of ``classes_[1]`` against
+        ``classes_[0]``, shape (n,) (``scoring="roc_auc"`` works); otherwise :meth:`predict_log_proba`,
+        shape (n, n_classes)."""
+        return binary_as_one_column(self.predict_log_proba(X))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Probabilities (n, n_classes), columns following ``classes_``."""

@@ -66,8 +66,7 @@ def check_params(self: Any) -> None:
         get_calibrator(self.calibration)  # raises with the allowed names
     check_choice(self.demo_selection, SELECTIONS, "demo_selection", "Verbalizer")
     check_choice(self.aggregation, AGGREGATIONS, "aggregation", "Verbalizer")
-    if self.fine_tuning is not None and not isinstance(self.fine_tuning, FineTuneConfig):
-        raise TypeError(f"fine_tuning must be a FineTuneConfig, got {type(self.fine_tuning).__name__}")
+    check_types(self)
     if self.demos_per_class is not None and self.n_demos:
         raise ParameterError(
             f"Verbalizer got n_demos={self.n_demos} (a total) and demos_per_class={self.demos_per_class}; "
@@ -78,6 +77,36 @@ def check_params(self: Any) -> None:
     checks += [(k, v, 1) for k, v in (("calibration_sample", self.calibration_sample),) if v is not None]
     for name, value, low in checks:
         check_int(value, name, "Verbalizer", low=low)
+
+
+def type_problem(self: Any, name: str) -> str | None:
+    """The message for a ``heads`` or ``fine_tuning`` parameter of the wrong type (None when it is right)."""
+    value = getattr(self, name)
+    if name == "fine_tuning":
+        ok, kind = value is None or isinstance(value, FineTuneConfig), "a FineTuneConfig or None"
+    else:
+        listed = isinstance(value, list | tuple) and all(isinstance(h, Head) for h in value)
+        ok, kind = value is None or isinstance(value, Head) or listed, "a Head, a list of Heads or None"
+    if ok:
+        return None
+    return (
+        f"The {name!r} parameter of Verbalizer must be {kind}. Got {value!r} instead. "
+        f"Give e.g. {name}={'FineTuneConfig(epochs=3)' if name == 'fine_tuning' else 'Head(name=...)'}."
+    )
+
+
+def check_types(self: Any, names: Sequence[str] = ("heads", "fine_tuning")) -> None:
+    """Raise a TypeError in the one message shape for a ``heads`` or ``fine_tuning`` value of the wrong type."""
+    for name in names:
+        problem = type_problem(self, name)
+        if problem:
+            raise TypeError(problem)
+
+
+def binary_as_one_column(scores: np.ndarray) -> np.ndarray:
+    """scikit-learn's shape of ``decision_function``: for two classes, the score of ``classes_[1]`` minus that of
+    ``classes_[0]``, shape (n,); otherwise the scores as they are, (n, n_classes)."""
+    return scores[:, 1] - scores[:, 0] if scores.ndim == 2 and scores.shape[1] == 2 else scores  # (n,)
 
 
 # One lock per classifier: a first use (or a change of parameters) sets it up once while other threads
@@ -129,6 +158,8 @@ def same(a: Any, b: Any) -> bool:
 
 def set_nested(self: Any, nested: dict[str, Any]) -> None:
     """Apply ``fine_tuning__<field>`` and ``heads__<name>__<field>`` parameters, each to a copy of the config."""
+    if nested:
+        check_types(self, sorted({k.split("__")[0] for k in nested}))
     for key, value in nested.items():
         if key.startswith("fine_tuning__"):
             self.fine_tuning = replace_config(self.fine_tuning, key, value)
@@ -268,7 +299,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Parameters by name; with ``deep``, also ``fine_tuning__<field>`` and ``heads__<name>__<field>``."""
         params = super().get_params(deep)
-        return params | head_params(self.heads) if deep else params
+        # a ``heads`` value of the wrong type has no nested parameters: fit explains it (set_params must not raise)
+        return params | head_params(self.heads) if deep and type_problem(self, "heads") is None else params
 
     def set_params(self, **params: Any) -> Verbalizer:
         """Set parameters; ``fine_tuning__epochs=3`` or ``heads__sentiment__C=0.1`` replace a copy of the config."""
@@ -380,8 +412,27 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         return scorer
 
     # -- predict -------------------------------------------------------------------------------
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Uncalibrated label scores (log of each label's word probabilities), shape (n, n_classes)."""
+    def decision_function(self, X: Any) -> Any:
+        """Confidence scores that agree with :meth:`predict`, in scikit-learn's shapes.
+
+        For two classes, shape (n,): the log-odds of ``classes_[1]`` against ``classes_[0]`` (positive means
+        ``classes_[1]``), so ``scoring="roc_auc"`` works in ``cross_val_score`` and ``GridSearchCV``; otherwise
+        shape (n, n_classes). Without heads these are calibrated log-probabilities, as :meth:`predict_log_proba`
+        (for two classes, the difference of its columns); with heads, each head's logits (a multi-label head's
+        are per-label log-odds, (n, n_classes) whatever the number of labels), a dict {head name: array} with
+        several heads. The uncalibrated label scores are :meth:`label_scores`.
+        """
+        self._ready()
+        if not self.head_specs_:
+            return binary_as_one_column(self._word_log_proba(self._rows(X)))
+        logits = {h.name: self.heads_[h.name].logits(f) for h, f in self._head_features(self._rows(X))}
+        return one_or_all(
+            {n: z if self.heads_[n].head.multi_label else binary_as_one_column(z) for n, z in logits.items()}
+        )
+
+    def label_scores(self, X: Any) -> np.ndarray:
+        """Uncalibrated label scores: each label's aggregated word log-probabilities, shape (n, n_labels),
+        columns following ``labels_`` (two columns for two labels). What calibrators are fitted on."""
         self._ready()
         return self._label_scores(self._rows(X), raw=True)
 
