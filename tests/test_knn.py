@@ -141,3 +141,20 @@ def test_knn_takes_the_rows_of_a_template_with_several_fields(gpt2: Any) -> None
     np.testing.assert_array_equal(clf.predict_proba(pd.DataFrame(PAIR_X)), p)
     with pytest.raises(ValueError, match="has no field 'second'"):
         clf.predict([{"first": "x"}])
+
+
+def test_fit_without_labels_says_knn_needs_them(gpt2: Any) -> None:
+    clf = KNNPrompting(template=TEMPLATE, model=gpt2.scorer())
+    with pytest.raises(ValueError, match=r"KNNPrompting requires y to be passed, but the target y is None") as info:
+        clf.fit(X, None)
+    message = str(info.value)
+    assert "fit(X, y)" in message and "['negative', 'positive']" in message and "Verbalizer" in message
+    with pytest.raises(ValueError, match="requires y to be passed"):
+        clf.fit(X)
+
+
+def test_roc_auc_scoring_works_through_predict_proba(gpt2: Any) -> None:
+    from sklearn.model_selection import cross_val_score
+
+    auc = cross_val_score(KNNPrompting(template=TEMPLATE, model=gpt2.scorer(), k=1), X, Y, cv=2, scoring="roc_auc")
+    assert auc.shape == (2,) and np.isfinite(auc).all()

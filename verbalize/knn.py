@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
 from verbalize.engine.scoring import Scorer
-from verbalize.errors import check_int
+from verbalize.errors import InputError, check_int
 from verbalize.estimator import text_input_tags
 from verbalize.prompting.demos import select_demos
 from verbalize.prompting.prompts import PromptBuilder, per_prefix, resolve_template
@@ -174,7 +174,7 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         return text_input_tags(super().__sklearn_tags__())
 
-    def fit(self, X: Any, y: Any) -> KNNPrompting:
+    def fit(self, X: Any, y: Any = None) -> KNNPrompting:
         """Render every labeled example, keep its next-token distribution as an anchor; returns self."""
         for name, value, low in (
             ("k", self.k, 1),
@@ -185,6 +185,12 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
         self.template_ = resolve_template(self.template, self.labels)
         self.classes_ = np.array(list(self.template_.labels), dtype=object)
         texts = check_rows(X, self.template_.fields)
+        if y is None:
+            raise InputError(
+                "KNNPrompting requires y to be passed, but the target y is None: kNN prompting votes with labeled "
+                f"examples, so call fit(X, y) with y the label of each row of X, one of {list(self.classes_)}. "
+                "To classify without labeled examples use Verbalizer (zero-shot)."
+            )
         ys = check_labels(y, list(self.classes_))
         if len(ys) != len(texts):
             raise ValueError(f"X and y have different lengths: {len(texts)} texts, {len(ys)} labels")
