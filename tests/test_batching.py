@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from verbalize.engine.batching import Batch, Encoded, encode_prompts, pad_id_of
+from verbalize.engine.batching import Batch, Encoded, _after_drops, encode_prompts, pad_id_of
+from verbalize.engine.tokens import char_bound, prompt_budget, reserved_tokens
 from verbalize.errors import InputError
 from verbalize.prompting.template import Template
 
@@ -293,3 +294,92 @@ def test_a_token_straddling_text_and_template_is_not_cut(request, name, prompt):
     max_length = len(offsets) - 5
     enc = encode_prompts(tok, prompts, spans, max_length=max_length)
     check_cut_inside_text(tok, prompts[0], spans[0][0], max_length, True, family.lead, enc.ids[0])
+
+
+# -- a huge text: cut by characters before it is tokenized ------------------------------------------------
+
+HUGE = "the story is bad and the acting was terrible in every scene. " * 33_000  # 2 MB, one line
+
+
+class Recording:
+    """A tokenizer that remembers the longest string it was asked to read."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, text, *args, **kwargs):
+        self.longest = max([self.longest, *map(len, [text] if isinstance(text, str) else text)])
+        return self._tokenizer(text, *args, **kwargs)
+
+    def __len__(self):
+        return len(self._tokenizer)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def kept_by_tokens(tokenizer, head: str, text: str, tail: str, budget: int) -> str:
+    """``text`` cut at the token boundary that keeps the most of its tokens with the prompt within ``budget``
+    (what the model may read), found by bisection over the whole text's own tokens."""
+    offsets = tokenizer(head + text + tail, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    firsts = [a - len(head) for a, b in offsets if b > a and len(head) <= a < len(head) + len(text)]
+    firsts = [max(f, 0) for f in firsts] + [len(text)]
+
+    def fits(k: int) -> bool:
+        kept = text[: firsts[k]].rstrip()
+        return len(tokenizer(head + kept + tail, add_special_tokens=False)["input_ids"]) <= budget
+
+    lo, hi = 0, len(firsts) - 1  # fits(lo); not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return text[: firsts[lo]].rstrip()
+
+
+def test_a_huge_text_is_cut_by_characters_before_the_tokenizer_reads_it(family):
+    """A 2 MB line: the tokenizer reads at most the character bound (it read all 2 MB, a 200 MB line
+    aborted the process), and the ids are those of the whole text cut by tokens."""
+    tok = Recording(family.tokenizer)
+    prompts, spans = TEMPLATE.spans([HUGE, "good."])
+    bound = char_bound(family.tokenizer, 60)
+    assert bound < len(HUGE) // 100, "the test needs a text far over the bound"
+    enc = encode_prompts(tok, prompts, spans, max_length=60, add_special_tokens=False)
+    assert tok.longest <= bound + len(TEMPLATE.prompt)
+    assert enc.n_truncated == 1 and len(enc.ids[0]) <= 60
+    # HUGE repeats itself: its first 100,000 characters stand for the whole text (far over the bound too)
+    whole = TEMPLATE.spans([HUGE[:100_000]])
+    assert (
+        enc.ids[:1]
+        == encode_prompts(family.tokenizer, *whole, max_length=60, add_special_tokens=False, cut_chars=False).ids
+    )
+    head, tail = TEMPLATE.prompt.split("{text}")
+    kept = kept_by_tokens(family.tokenizer, head, HUGE.strip()[:100_000], tail, 60)
+    assert enc.ids[0] == list(family.tokenizer(head + kept + tail, add_special_tokens=False)["input_ids"])
+
+
+def test_a_huge_text_scores_as_the_text_cut_by_tokens(family):
+    scorer = family.scorer()
+    lt = TEMPLATE.labels.encode(family.tokenizer)
+    scorer.tokenizer = tok = Recording(family.tokenizer)
+    prompts, spans = TEMPLATE.spans([HUGE])
+    got = scorer.score_words(prompts, lt, spans)
+    assert scorer.last_n_truncated == 1
+    budget = prompt_budget(scorer.context_length, reserved_tokens(lt), len(family.lead))
+    assert tok.longest <= 4 * char_bound(family.tokenizer, budget) + len(TEMPLATE.prompt)
+    head, tail = TEMPLATE.prompt.split("{text}")
+    kept = kept_by_tokens(family.tokenizer, head, HUGE.strip()[:100_000], tail, budget)
+    short, short_spans = TEMPLATE.spans([kept])
+    want = scorer.score_words(short, lt, short_spans)
+    assert scorer.last_n_truncated == 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_drops_in_closed_form_equal_one_at_a_time():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        counts = [int(x) for x in rng.integers(0, 12, size=int(rng.integers(1, 5)))]
+        keep = list(counts)
+        for drops in range(sum(counts) + 3):
+            assert _after_drops(counts, drops) == keep, (counts, drops)
+            if any(keep):
+                keep[keep.index(max(keep))] -= 1  # from the field that keeps the most, the first of equals

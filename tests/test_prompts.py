@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from verbalize import LabelWords, Template, load_template
-from verbalize.engine.tokens import leading_special_ids, reserved_tokens
+from verbalize.engine.tokens import char_bound, leading_special_ids, reserved_tokens
 from verbalize.prompting.prompts import PromptBuilder, resolve_template
 
 LABELS = {"negative": ["bad"], "positive": ["good"]}
@@ -305,3 +305,36 @@ def test_outputs_and_training_ids_follow_each_texts_own_prefix(family):
     for i, x in enumerate(texts):
         alone = clf.build_prompts([x])
         assert ids[i] == clf.scorer_.encode(alone.prompts, alone.spans, alone.prefix).ids[0]
+
+
+class _Recording:
+    """A tokenizer that remembers the longest string it was asked to read."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, text, *args, **kwargs):
+        self.longest = max([self.longest, *map(len, [text] if isinstance(text, str) else text)])
+        return self._tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["shared", "own"])
+@pytest.mark.parametrize("row", ["str", "mapping"])
+def test_a_huge_text_is_cut_by_characters_before_prompts_are_built(family, pool, row):
+    """A 2 MB line with demonstrations: the builder never renders, compares or tokenizes more of it than
+    the model can read (it tokenized all 2 MB, per probe), and the prompt the scorer gets ends as it did."""
+    huge = "  " + "the plot was bad and the acting was worse. " * 48_000
+    template = Template(prompt="Review: {text}\nSentiment:", labels=LABELS)
+    demos = [("good film", "positive"), ("bad film", "negative")] * 3
+    tok = _Recording(family.tokenizer)
+    builder = PromptBuilder(template, () if pool else demos, demos if pool else (), 2 * pool, tok, 128, 0)
+    bound = char_bound(family.tokenizer, builder.budget())
+    assert bound < len(huge) // 100
+    built = builder.build([huge if row == "str" else {"text": huge}])
+    assert tok.longest <= bound + 200
+    [(start, end)] = built.spans[0]
+    assert end - start <= bound and built.prompts[0][start:end] == huge.strip()[: end - start]
+    assert built.prompts[0].endswith("\nSentiment:")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from verbalize.engine.tokens import char_bound
 from verbalize.errors import InputError
 
 KV_TOKENS = 16384
@@ -138,12 +139,17 @@ def encode_prompts(
     spans: Spans | None = None,
     max_length: int | None = None,
     add_special_tokens: bool = True,
+    cut_chars: bool = True,
 ) -> Encoded:
     """Tokenize prompts; cut prompts longer than ``max_length`` inside their field spans only.
 
     ``spans[i]`` is where prompt i's field values lie (``prompt[start:end]``): one (start, end), or a
     list of them for a template with several fields. Tokens are dropped from the end of the longest
     field first, so the template's words before, between and after the fields are always kept whole.
+
+    A field longer than :func:`~verbalize.engine.tokens.char_bound` characters is cut to that many
+    characters before anything is tokenized (``cut_chars=False``: never, the whole text is read): the
+    tokens kept are the same, and memory and time per prompt are bounded by the context, not the text.
 
     Raises
     ------
@@ -152,29 +158,80 @@ def encode_prompts(
     """
     if not prompts:
         return Encoded([], 0)
-    enc = tokenizer(list(prompts), add_special_tokens=add_special_tokens)
-    ids = [list(x) for x in enc["input_ids"]]
-    n_truncated = 0
+    lists = span_lists(spans)
+    chars = char_bound(tokenizer, max_length) if cut_chars and max_length is not None and lists is not None else None
+    huge = {i for i, x in enumerate(lists or []) if chars is not None and any(e - s > chars for s, e in x)}
+    ids: list[list[int]] = [[] for _ in prompts]
+    rest = [i for i in range(len(prompts)) if i not in huge]
+    if rest:
+        enc = tokenizer([prompts[i] for i in rest], add_special_tokens=add_special_tokens)
+        for i, x in zip(rest, enc["input_ids"], strict=True):
+            ids[i] = list(x)
     if max_length is None:
         return Encoded(ids, 0)
-    long = [i for i, x in enumerate(ids) if len(x) > max_length]
-    lists = span_lists(spans)
+    long = [i for i in rest if len(ids[i]) > max_length]
     if long and lists is None:
         raise InputError(f"{len(long)} prompts are longer than {max_length} tokens and no text span was given")
-    for i in long:
-        ids[i] = _truncate(tokenizer, prompts[i], lists[i], max_length, add_special_tokens, i)  # type: ignore[index]
-        n_truncated += 1
+    n_truncated = 0
+    for i in sorted([*long, *huge]):
+        ids[i], cut = _fit(tokenizer, prompts[i], lists[i], max_length, add_special_tokens, i, chars)  # type: ignore[index]
+        n_truncated += cut
     return Encoded(ids, n_truncated)
 
 
+def cut_fields(prompt: str, spans: Sequence[Span], chars: int) -> tuple[str, list[Span]]:
+    """``prompt`` with each field (``prompt[start:end]``) cut to its first ``chars`` characters, and the new spans.
+
+    The prompt is returned as it is (not copied) when no field is longer.
+    """
+    if all(e - s <= chars for s, e in spans):
+        return prompt, list(spans)
+    order = sorted(range(len(spans)), key=lambda f: spans[f][0])
+    parts, out, pos, shift = [], list(spans), 0, 0
+    for f in order:
+        s, e = spans[f]
+        end = min(e, s + chars)
+        parts.append(prompt[pos:end])
+        out[f] = (s - shift, end - shift)
+        shift, pos = shift + e - end, e
+    parts.append(prompt[pos:])
+    return "".join(parts), out
+
+
+def _fit(
+    tokenizer: Any, prompt: str, spans: list[Span], max_length: int, add_special: bool, row: int, chars: int | None
+) -> tuple[list[int], bool]:
+    """A long prompt's ids cut to ``max_length`` (:func:`_truncate`), its fields cut to ``chars`` characters first.
+
+    The characters cut are enough whenever each field cut still holds more tokens than can be kept;
+    a field that does not (a normalizer that drops characters) is cut again at 4x the characters.
+    """
+    while True:
+        text, fields = cut_fields(prompt, spans, chars) if chars is not None else (prompt, spans)
+        cut = [f for f, ((s, e), (a, b)) in enumerate(zip(spans, fields, strict=True)) if b - a < e - s]
+        got = _truncate(tokenizer, text, fields, max_length, add_special, row, cut)
+        if got is not None:
+            return got
+        chars = 4 * chars  # type: ignore[operator]
+
+
 def _truncate(
-    tokenizer: Any, prompt: str, spans: list[Span], max_length: int, add_special: bool, row: int
-) -> list[int]:
+    tokenizer: Any,
+    prompt: str,
+    spans: list[Span],
+    max_length: int,
+    add_special: bool,
+    row: int,
+    cut: Sequence[int] = (),
+) -> tuple[list[int], bool] | None:
     """Cut field values by whole tokens from their ends, the field with the most tokens first, then
-    tokenize the shortened prompt as one string.
+    tokenize the shortened prompt as one string: (ids, whether anything was cut).
 
     Re-tokenizing keeps the result a sequence the tokenizer really produces: a token that merges the
     end of a field with the template (`."`, `.\nSentiment:`) is re-formed, never dropped with the field.
+    The prompt keeps the most tokens that fit: which ones depends only on the first ``max_length``
+    tokens of each field, so a field cut by characters (``cut``) gives what the whole text gives as
+    long as it holds more (else None: cut fewer characters).
     """
     if not getattr(tokenizer, "is_fast", False):
         raise InputError(
@@ -182,38 +239,54 @@ def _truncate(
             "load the model's fast tokenizer or shorten the text"
         )
     enc = tokenizer(prompt, add_special_tokens=add_special, return_offsets_mapping=True)
+    if len(enc["input_ids"]) <= max_length and not cut:
+        return list(enc["input_ids"]), False
     offsets = enc["offset_mapping"]
     starts = [[a for a, b in offsets if b > a and _inside(prompt, a, b, s, e)] for s, e in spans]
-    keep = [len(x) for x in starts]  # tokens kept of each field
+    counts = [len(x) for x in starts]  # tokens of each field
+    if any(counts[f] < max_length + 2 for f in cut):
+        return None
 
-    def tokens_kept(keep: list[int]) -> list[int]:
+    def tokens_kept(drops: int) -> list[int]:
         out, pos = "", 0
-        for (_, end), firsts, k in zip(spans, starts, keep, strict=True):
-            cut = end if k >= len(firsts) else firsts[k]  # the field keeps its characters before token k
+        for (_, end), firsts, k in zip(spans, starts, _after_drops(counts, drops), strict=True):
+            stop = end if k >= len(firsts) else firsts[k]  # the field keeps its characters before token k
             # rstrip: the space before a dropped token goes with it, as in the token sequence itself
-            out = (out + prompt[pos:cut]).rstrip() if cut < end else out + prompt[pos:end]
+            out = (out + prompt[pos:stop]).rstrip() if stop < end else out + prompt[pos:end]
             pos = end
         return list(tokenizer(out + prompt[pos:], add_special_tokens=add_special)["input_ids"])
 
-    for _ in range(max(len(enc["input_ids"]) - max_length, 1)):
-        _drop_longest(keep)
-    while True:
-        ids = tokens_kept(keep)
+    drops = max(len(enc["input_ids"]) - max_length, 1)  # a guess, right but for the seams: then step
+    ids = tokens_kept(drops)
+    if len(ids) <= max_length:  # back while one token more still fits: the most that fit, whatever the guess
+        while drops > 1 and len(more := tokens_kept(drops - 1)) <= max_length:
+            drops, ids = drops - 1, more
+        return ids, True
+    while drops < sum(counts):
+        drops += 1
+        ids = tokens_kept(drops)
         if len(ids) <= max_length:
-            return ids
-        if not any(keep):
-            break
-        _drop_longest(keep)
+            return ids, True
     raise InputError(
         f"text {row}: the template alone takes {len(ids)} tokens, more than max_length="
         f"{max_length}; shorten the instruction or use fewer demonstrations"
     )
 
 
-def _drop_longest(keep: list[int]) -> None:
-    """One token less for the field that keeps the most (the first of equals)."""
-    if any(keep):
-        keep[keep.index(max(keep))] -= 1
+def _after_drops(counts: Sequence[int], drops: int) -> list[int]:
+    """Tokens each field keeps after ``drops`` single-token drops, each from the field that keeps the most
+    (the first of equals); in closed form, so any number of drops costs the same."""
+    target = max(sum(counts) - drops, 0)
+    lo, hi = 0, max(counts, default=0)  # the highest level L with sum(min(c, L)) <= target
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if sum(min(c, mid) for c in counts) <= target else (lo, mid - 1)
+    keep = [min(c, lo) for c in counts]
+    above = [f for f, c in enumerate(counts) if c > lo]
+    extra = target - sum(keep)  # fewer than len(above); the first of equals went down first
+    for f in above[len(above) - extra :] if extra else []:
+        keep[f] += 1
+    return keep
 
 
 def _inside(prompt: str, a: int, b: int, start: int, end: int) -> bool:

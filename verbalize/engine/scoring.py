@@ -33,6 +33,7 @@ from verbalize.engine.batching import (
     Batch,
     Encoded,
     Spans,
+    cut_fields,
     encode_prompts,
     pad_batch,
     pad_id_of,
@@ -42,7 +43,7 @@ from verbalize.engine.batching import (
 from verbalize.engine.cache import MODELS
 from verbalize.engine.model_io import ModelIO
 from verbalize.engine.models import float_activations
-from verbalize.engine.tokens import LabelTokens, leading_special_ids, prompt_budget, reserved_tokens
+from verbalize.engine.tokens import LabelTokens, char_bound, leading_special_ids, prompt_budget, reserved_tokens
 from verbalize.engine.tokens import token_ids as _ids
 from verbalize.errors import InputError, check_choice
 
@@ -318,10 +319,14 @@ class Scorer:
         tokens at the seam); ``room`` tokens are kept free at the end for label words.
         """
         lead = self._lead
+        budget = prompt_budget(self.context_length, room, len(lead))
+        if spans is not None and prompts:  # no copy of a huge text: encode_prompts cuts to a quarter of this
+            chars = 4 * char_bound(self.tokenizer, budget)
+            cut = [cut_fields(p, x, chars) for p, x in zip(prompts, span_lists(spans) or [], strict=True)]
+            prompts, spans = [p for p, _ in cut], [x for _, x in cut]
         full = [prefix + p for p in prompts]
         if spans is not None and prefix:
             spans = shift_spans(spans, len(prefix))
-        budget = prompt_budget(self.context_length, room, len(lead))
         encoded = encode_prompts(self.tokenizer, full, spans, max_length=budget, add_special_tokens=False)
         ids = [lead + x for x in encoded.ids]
         empty = [i for i, x in enumerate(ids) if not x]

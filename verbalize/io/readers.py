@@ -170,11 +170,12 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line) split on b"\\n" only, "\\r\\n" accepted, BOM dropped, bad bytes kept as escapes."""
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
-            if raw.endswith(b"\n"):
-                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            yield n, raw.decode("utf-8", errors="surrogateescape")
+            end = len(raw) - (2 if raw.endswith(b"\r\n") else 1 if raw.endswith(b"\n") else 0)
+            start = 3 if n == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+            # decoded from a view, not a sliced copy; the bytes are let go before the row is used
+            line = str(memoryview(raw)[start:end], "utf-8", "surrogateescape")
+            del raw
+            yield n, line
 
 
 def _text_rows(source: Source) -> Iterator[Row]:
@@ -184,7 +185,7 @@ def _text_rows(source: Source) -> Iterator[Row]:
 
 def _jsonl_rows(source: Source) -> Iterator[Row]:
     for n, line in _lines(source.path):
-        if not line.strip():
+        if not line or line.isspace():  # (not line.strip(): a copy of a huge line)
             yield Row(n, None, {}, "blank line (expected one JSON object per line)")
             continue
         try:

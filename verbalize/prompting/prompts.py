@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from verbalize.engine.tokens import leading_special_ids, prompt_budget
+from verbalize.engine.tokens import char_bound, leading_special_ids, prompt_budget
 from verbalize.prompting.demos import similar_demos
 from verbalize.prompting.labels import LabelWords
 from verbalize.prompting.template import Span, Template, load_template
@@ -161,7 +161,10 @@ class PromptBuilder:
 
         ``leave_out_same``: per-text demonstrations never include the text itself (training prompts).
         """
-        t = self.template
+        t, budget = self.template, self.budget()
+        if budget is not None:  # what the model can never read is not rendered, compared or tokenized
+            chars = char_bound(self.tokenizer, budget)
+            texts = [_cut_row(x, chars) for x in texts]
         prompts, spans = t.spans(texts)
         if not self.demo_pool:
             return Prompts(prompts, spans, self.fitting_prefixes(prompts))
@@ -282,6 +285,31 @@ class PromptBuilder:
         # a slow tokenizer: the instruction and each demonstration apart, added up (off by the seams)
         pieces = [full[: cuts[0]]] + [full[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
         return [int(c) for c in np.cumsum(self._n_tokens(pieces))]
+
+
+_LEADING_SPACE = re.compile(r"\s*")
+
+
+def _cut_row(row: Row, chars: int) -> Row:
+    """``row`` with each value longer than ``chars`` characters cut to that many after its leading whitespace.
+
+    The template strips values, so the cut starts where the stripped value does; the characters left
+    hold more than a prompt's whole budget of tokens (:func:`char_bound`), so the model reads the same.
+    """
+
+    def cut(v: Any) -> Any:
+        if not isinstance(v, str) or len(v) <= chars:
+            return v
+        start = _LEADING_SPACE.match(v).end()  # type: ignore[union-attr]
+        return v[start : start + chars]
+
+    if isinstance(row, str):
+        return cut(row)
+    if isinstance(row, Mapping):
+        return {k: cut(v) for k, v in row.items()}
+    if isinstance(row, list | tuple):
+        return [cut(v) for v in row]
+    return row
 
 
 def _flat(values: Mapping[str, str]) -> str:
