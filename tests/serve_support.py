@@ -40,13 +40,13 @@ TEXTS = ["the acting is good", "the story is bad", "a great film", "I hated it",
 class Running:
     """A uvicorn server in a thread, on a socket bound to a free loopback port."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, **options: Any):
         self.app = app
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=TIMEOUT)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=TIMEOUT, **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

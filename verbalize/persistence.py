@@ -253,7 +253,22 @@ def _model_source(path: Path, state: dict[str, Any], model: Any) -> Any:
             f"{path / STATE_FILE}: params.model: the classifier's model is saved in {own}, which is missing "
             "or has no config.json; copy the whole directory, or save the classifier again"
         )
+    _check_inside(path, own)
     return str(own)
+
+
+def _check_inside(path: Path, own: Path) -> None:
+    """Refuse a ``model/`` that is (or holds) a symlink resolving outside the saved directory: loading
+    would read weights from elsewhere without a word (a tampered or half-copied directory)."""
+    root = path.resolve()
+    for item in (own, *own.iterdir()):
+        target = item.resolve()
+        if not target.is_relative_to(root):
+            raise SavedClassifierError(
+                f"{path / STATE_FILE}: params.model: {item} resolves to {target}, outside the saved directory "
+                f"{path}; a saved classifier reads its model from its own directory only: copy the model files "
+                "into it (not a symlink), or save the classifier again"
+            )
 
 
 def _calibrator(file: Path, cal: Any) -> Calibrator | None:

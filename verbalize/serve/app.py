@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -25,9 +25,10 @@ from pydantic import ValidationError
 
 from verbalize.errors import InputError, did_you_mean
 from verbalize.rows import check_rows, text_problem
+from verbalize.serve.auth import ApiKeyGate
 from verbalize.serve.batcher import MicroBatcher, Overloaded
 from verbalize.serve.metrics import Metrics
-from verbalize.serve.registry import Entry, Registry, Source, build_classifier, expand_sources
+from verbalize.serve.registry import Entry, Registry, Source, build_classifier, expand_sources, hide_paths
 from verbalize.serve.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ class ServeConfig:
     estimated tokens that close a batch early; ``max_queue_texts``: texts waiting before 429;
     ``max_request_texts`` / ``max_request_bytes``: per request (413 beyond); ``reload_interval_s``:
     how often template files are checked for edits (0 turns hot reload off).
+    ``max_text_chars``: characters per text (per field value) at most (413 ``text_too_long`` beyond: a
+    long text would hold the one model thread for everyone); ``request_timeout_s``: seconds a request
+    may wait for its answer (503 ``deadline_exceeded`` beyond; texts not yet scored are dropped);
+    ``read_timeout_s``: seconds to send a request head or body (408 / connection closed beyond);
+    ``keep_alive_s``: idle keep-alive connections are closed after it; ``max_connections``: open
+    connections at most (beyond it the oldest one that has not sent a complete request is closed);
+    ``api_key``: when set, every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer KEY``.
     """
 
     window_ms: float = 5.0
@@ -50,6 +58,12 @@ class ServeConfig:
     max_request_bytes: int = 1 << 20
     reload_interval_s: float = 1.0
     batch_size: int = 64
+    max_text_chars: int = 20_000
+    request_timeout_s: float = 30.0
+    read_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 256
+    api_key: str | None = field(default=None, repr=False)
 
 
 class ServeError(Exception):
@@ -86,7 +100,7 @@ class Service:
             self.registry.load()
         except Exception as exc:  # e.g. the model cannot be loaded: stay alive, not ready, and say why
             logger.exception("loading the served templates failed")
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.load_error = hide_paths(f"{type(exc).__name__}: {exc}")  # /readyz is open: no absolute path
             return
         if not self.registry.ready:
             self.load_error = "no template could be loaded: " + "; ".join(
@@ -121,6 +135,8 @@ def create_app(paths: list[str], model: Any = None, config: ServeConfig | None =
 
     app = FastAPI(title="verbalize", summary="Prompt-based text classification service", lifespan=lifespan)
     app.state.service = service
+    if service.config.api_key is not None:
+        app.add_middleware(ApiKeyGate, api_key=service.config.api_key)
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
@@ -132,7 +148,9 @@ def create_app(paths: list[str], model: Any = None, config: ServeConfig | None =
 
 def _routes(app: FastAPI, service: Service) -> None:
     registry, metrics = service.registry, service.metrics
-    errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 429, 503)}
+    errors: dict[int | str, dict[str, Any]] = {
+        s: {"model": ErrorResponse} for s in (400, 401, 404, 408, 413, 422, 429, 503)
+    }
     body_doc = {"content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}}, "required": True}
 
     @app.post(
@@ -147,12 +165,17 @@ def _routes(app: FastAPI, service: Service) -> None:
         try:
             entry, texts = await _admit(request, service)
             name = entry.name
+            left = service.config.request_timeout_s - (time.perf_counter() - start)
             try:
-                proba = await service.batcher.submit(entry.clf, entry.name, texts)
+                # On timeout the job's future is cancelled: the worker drops its texts unless already scoring them.
+                proba = await asyncio.wait_for(service.batcher.submit(entry.clf, entry.name, texts), max(left, 1e-3))
             except Overloaded as exc:
                 metrics.rejected.labels("stopping" if exc.stopping else "queue_full").inc()
                 status, code = (503, "stopping") if exc.stopping else (429, "queue_full")
                 raise ServeError(status, code, str(exc), retry_after=exc.retry_after) from None
+            except TimeoutError:
+                metrics.rejected.labels("deadline").inc()
+                raise _deadline(service) from None
             body = _answer(entry, proba)
         except ServeError as exc:
             metrics.requests.labels(name, str(exc.status)).inc()
@@ -182,6 +205,18 @@ def _routes(app: FastAPI, service: Service) -> None:
         return Response(metrics.render(), media_type=metrics.content_type)
 
 
+def _deadline(service: Service) -> ServeError:
+    cfg, queued = service.config, service.batcher.queued_texts
+    wait = max(1, round(queued / max(service.batcher.rate, 1.0)))
+    return ServeError(
+        503,
+        "deadline_exceeded",
+        f"no answer within {cfg.request_timeout_s:g} s (the server's --request-timeout; {queued} texts queued): "
+        f"the service is busy; retry after {wait} s, or send fewer or shorter texts per request",
+        retry_after=wait,
+    )
+
+
 async def _admit(request: Request, service: Service) -> tuple[Entry, list[Any]]:
     """Read and check a classify request: the served entry and the rows, or a ServeError."""
     cfg, registry = service.config, service.registry
@@ -189,7 +224,16 @@ async def _admit(request: Request, service: Service) -> tuple[Entry, list[Any]]:
         detail = service.load_error or "the model and templates are still loading"
         service.metrics.rejected.labels("not_ready").inc()
         raise ServeError(503, "not_ready", f"not ready: {detail}; retry later (GET /readyz)", retry_after=2)
-    raw = await _read_body(request, cfg.max_request_bytes)
+    try:
+        raw = await asyncio.wait_for(_read_body(request, cfg.max_request_bytes), cfg.read_timeout_s)
+    except TimeoutError:
+        service.metrics.rejected.labels("read_timeout").inc()
+        raise ServeError(
+            408,
+            "read_timeout",
+            f"the body did not arrive within {cfg.read_timeout_s:g} s (the server's --read-timeout); send it at once",
+            location="body",
+        ) from None
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -230,10 +274,10 @@ async def _admit(request: Request, service: Service) -> tuple[Entry, list[Any]]:
             f"Served templates: {', '.join(served)} (GET /v1/templates)",
             location="template",
         )
-    return entry, _rows(req, entry, cfg.max_request_texts)
+    return entry, _rows(req, entry, cfg.max_request_texts, cfg.max_text_chars)
 
 
-def _rows(req: ClassifyRequest, entry: Entry, limit: int) -> list[Any]:
+def _rows(req: ClassifyRequest, entry: Entry, limit: int, max_chars: int) -> list[Any]:
     """The request's rows, from ``texts`` or ``inputs``, checked against the template's fields.
 
     The shape (which keys each object has) is checked here, to answer with its location; the texts
@@ -271,12 +315,29 @@ def _rows(req: ClassifyRequest, entry: Entry, limit: int) -> list[Any]:
             )
         if missing:
             raise ServeError(422, "missing_field", f"{key}[{i}] has no field {missing[0]!r}; {has}", f"{key}[{i}]")
+    _check_lengths(items, key, max_chars)
     try:
         return check_rows(items, fields, key)
     except (InputError, TypeError) as exc:
         where, problem = _first_bad(items, fields, key)
         code = "empty_text" if "empty" in problem else "invalid_text"
         raise ServeError(422, code, f"{exc} ({has})", location=where) from None
+
+
+def _check_lengths(items: list[Any], key: str, max_chars: int) -> None:
+    """413 ``text_too_long`` for the first text longer than ``max_chars`` (before any tokenizer sees it)."""
+    for i, item in enumerate(items):
+        values = item.items() if isinstance(item, dict) else [(None, item)]
+        for name, value in values:
+            if isinstance(value, str) and len(value) > max_chars:
+                where = f"{key}[{i}]" + (f".{name}" if name is not None else "")
+                raise ServeError(
+                    413,
+                    "text_too_long",
+                    f"{where} has {len(value)} characters; at most {max_chars} per text are served "
+                    "(the server's --max-text-chars): shorten or split the text",
+                    location=where,
+                )
 
 
 def _first_bad(items: list[Any], fields: list[str], key: str) -> tuple[str, str]:

@@ -142,6 +142,11 @@ class MicroBatcher:
     def queued_texts(self) -> int:
         return self._queued_texts
 
+    @property
+    def rate(self) -> float:
+        """Texts scored per second, a moving average over recent batches (for Retry-After hints)."""
+        return self._rate
+
     async def submit(self, clf: Any, template: str, texts: list[Any]) -> np.ndarray:
         """Queue ``texts`` (rows) for ``clf`` and wait for their probabilities (n, n_classes).
 

@@ -14,6 +14,7 @@ import ctypes
 import gc
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,11 +38,42 @@ class Source:
 
     path: Path
     kind: str
+    root: Path | None = None  # the served folder the watched file must resolve inside (None: no check)
+    shown: str = ""  # what clients see instead of the path: relative to the served folder, never absolute
 
     @property
     def file(self) -> Path:
         """The file whose edits are watched."""
         return self.path / SAVED_FILE if self.kind == "classifier" else self.path
+
+    @property
+    def shown_file(self) -> str:
+        """The watched file as clients see it (``sst2.toml``, ``my_clf/verbalize.json``)."""
+        shown = self.shown or self.path.name
+        return f"{shown}/{SAVED_FILE}" if self.kind == "classifier" else shown
+
+    def escape(self) -> str | None:
+        """Why the watched file resolves outside the served folder (a symlink elsewhere), or None."""
+        if self.root is None:
+            return None
+        try:
+            target, root = self.file.resolve(), self.root.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            return f"{self.shown_file}: cannot be resolved (a symlink loop?); not served"
+        if target.is_relative_to(root):
+            return None
+        return (
+            f"{self.shown_file}: resolves outside its served folder (a symlink to a file elsewhere); not served: "
+            "copy the file into the folder, or serve it by its own path"
+        )
+
+    def hide_paths(self, text: str) -> str:
+        """``text`` with this source's paths shown relative (clients never see absolute paths)."""
+        pairs = [(self.file, self.shown_file), (self.path, self.shown or self.path.name)]
+        for path, shown in pairs:
+            for full in sorted({str(path.absolute()), str(path.resolve()), str(path)}, key=len, reverse=True):
+                text = text.replace(full, shown)
+        return hide_paths(text)
 
     def stamp(self) -> tuple[int, int] | None:
         """(mtime_ns, size) of the watched file, None when it is missing."""
@@ -66,10 +98,10 @@ def expand_sources(paths: list[str]) -> list[Source]:
     out: list[Source] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_file():
-            out.append(Source(path, "template"))
+        if path.is_file():  # named by the operator: its own folder is the served one
+            out.append(Source(path, "template", path.absolute().parent, path.name))
         elif (path / SAVED_FILE).is_file():
-            out.append(Source(path, "classifier"))
+            out.append(Source(path, "classifier", path, path.absolute().name))
         elif path.is_dir():
             files = sorted(path.glob("*.toml"))
             if not files:
@@ -77,9 +109,10 @@ def expand_sources(paths: list[str]) -> list[Source]:
                     f"{raw}: directory holds no *.toml template and no {SAVED_FILE}; "
                     "pass template files, a directory of them, or a directory written by Verbalizer.save"
                 )
-            out += [Source(f, "template") for f in files]
+            out += [Source(f, "template", path, f.relative_to(path).as_posix()) for f in files]
         elif raw in shipped_templates():  # a shipped template by name, as predict and check take it
-            out.append(Source(shipped_templates()[raw], "template"))
+            file = shipped_templates()[raw]
+            out.append(Source(file, "template", file.parent, file.name))
         else:
             raise FileNotFoundError(
                 f"{raw}: no such template file or directory, nor a shipped template name "
@@ -104,7 +137,7 @@ class Entry:
         template = self.clf.template_
         return {
             "name": self.name,
-            "source": str(self.source.path),
+            "source": self.source.shown or self.source.path.name,
             "version": self.version,
             "digest": self.digest,
             "loaded_at": self.loaded_at,
@@ -167,7 +200,8 @@ class Registry:
         self._entries: dict[str, Entry] = {}  # replaced, never mutated: readers need no lock
         self._by_source: dict[Source, str] = {}
         self._stamps: dict[Source, tuple[int, int] | None] = {}
-        self.problems: dict[str, list[str]] = {}  # replaced, never mutated, as _entries
+        self.problems: dict[str, list[str]] = {}  # replaced, never mutated, as _entries; no absolute path
+        self._shown: dict[str, str] = {str(s.file): s.shown_file for s in sources}
         self.ready = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -189,7 +223,7 @@ class Registry:
         """What ``GET /v1/templates`` returns: served entries and current problems."""
         return {
             "templates": [e.describe() for e in self._entries.values()],
-            "problems": [{"source": s, "issues": list(i)} for s, i in self.problems.items()],
+            "problems": [{"source": self._shown.get(s, s), "issues": list(i)} for s, i in self.problems.items()],
         }
 
     def poll(self) -> None:
@@ -220,6 +254,10 @@ class Registry:
         """(Re)build one source; on success swap its entry in, otherwise keep the old one and report."""
         key = str(source.file)
         self._stamps[source] = source.stamp()
+        escape = source.escape()
+        if escape is not None:
+            self._report(source, [escape])
+            return
         try:
             data = source.file.read_bytes()
         except OSError as exc:
@@ -280,7 +318,7 @@ class Registry:
 
     def _report(self, source: Source, issues: list[str]) -> None:
         served = source in self._by_source
-        self.problems = {**self.problems, str(source.file): list(issues)}
+        self.problems = {**self.problems, str(source.file): [source.hide_paths(i) for i in issues]}
         for issue in issues:
             logger.warning("template problem: %s", issue)
         if served:
@@ -293,6 +331,14 @@ class Registry:
     def _version(self, source: Source) -> int:
         entry = self._entries.get(self._by_source.get(source, ""))
         return entry.version if entry else 0
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.])(?:/[^\s/:'\"()]+){2,}")
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with every absolute path (two parts or more) cut to its last part."""
+    return _ABSOLUTE.sub(lambda m: m.group(0).rsplit("/", 1)[-1], text)
 
 
 def _release_memory() -> None:
