@@ -365,3 +365,17 @@ def test_nested_set_params_on_a_bad_value_names_the_parameter(scorer):
         make(scorer, heads=-1).set_params(heads__a__C=2.0)
     with pytest.raises(TypeError, match=r"The 'fine_tuning' parameter of Verbalizer must be a FineTuneConfig or None"):
         make(scorer, fine_tuning=3).set_params(fine_tuning__epochs=2)
+
+
+def test_decision_function_with_heads_gives_their_logits_in_scikit_learn_shapes(scorer):
+    from verbalize import Head
+
+    clf = make(scorer, heads=Head("sentiment")).fit(X, Y)
+    decision = clf.decision_function(X)
+    assert decision.shape == (len(X),)
+    assert (clf.classes_[(decision > 0).astype(int)] == clf.predict(X)).all()
+    tags = [["positive"], ["negative"], ["positive", "negative"], ["negative"]] * 2
+    multi = make(scorer, heads=Head("tags", multi_label=True)).fit(X, tags)
+    decision = multi.decision_function(X)
+    assert decision.shape == (len(X), 2)  # one log-odds per label, never collapsed
+    np.testing.assert_allclose(1 / (1 + np.exp(-decision)), multi.predict_proba(X), atol=1e-12)

@@ -53,8 +53,12 @@ RUNTIME_PARAMS = ("batch_size", "progress")  # may change after fit: they do not
 
 
 def text_input_tags(tags: Any, requires_fit: bool = True) -> Any:
-    """scikit-learn tags of a classifier of texts: 1-D sequences of strings, never a 2-D array."""
+    """scikit-learn tags of a classifier of texts: 1-D sequences of strings, never a 2-D array.
+
+    ``requires_fit=False``: usable zero-shot, so ``fit`` needs no ``y`` either (``fit(X)`` fits a calibrator).
+    """
     tags.requires_fit = requires_fit
+    tags.target_tags.required = requires_fit
     tags.input_tags.string = True
     tags.input_tags.two_d_array = False
     return tags

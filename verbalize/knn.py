@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.exceptions import NotFittedError
+from sklearn.utils import TransformerTags
 
 from verbalize.engine.scoring import Scorer
 from verbalize.errors import InputError, check_int
@@ -102,7 +103,7 @@ def vote(distances: np.ndarray, anchor_labels: np.ndarray, k: int, n_classes: in
     return counts / max(k, 1), pred
 
 
-class KNNPrompting(ClassifierMixin, BaseEstimator):
+class KNNPrompting(ClassifierMixin, TransformerMixin, BaseEstimator):
     """kNN prompting: the majority label of the nearest labeled examples by KL divergence of next-token
     distributions (Xu et al. 2023). Needs labeled examples (16 to a few thousand); no calibration,
     no label words, no training.
@@ -172,7 +173,10 @@ class KNNPrompting(ClassifierMixin, BaseEstimator):
         self.progress = progress
 
     def __sklearn_tags__(self) -> Any:
-        return text_input_tags(super().__sklearn_tags__())
+        tags = text_input_tags(super().__sklearn_tags__())
+        # transform() gives next-token log-probabilities, float32 whatever the input
+        tags.transformer_tags = TransformerTags(preserves_dtype=[])
+        return tags
 
     def fit(self, X: Any, y: Any = None) -> KNNPrompting:
         """Render every labeled example, keep its next-token distribution as an anchor; returns self."""
