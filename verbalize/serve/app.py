@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from verbalize.errors import InputError, did_you_mean
 from verbalize.rows import check_rows, text_problem
@@ -29,7 +30,16 @@ from verbalize.serve.auth import ApiKeyGate
 from verbalize.serve.batcher import MicroBatcher, Overloaded
 from verbalize.serve.metrics import Metrics
 from verbalize.serve.registry import Entry, Registry, Source, build_classifier, expand_sources, hide_paths
-from verbalize.serve.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse
+from verbalize.serve.schemas import (
+    RETRY_AFTER,
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorResponse,
+    Health,
+    Readiness,
+    TemplatesResponse,
+    classify_request_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +152,12 @@ def create_app(paths: list[str], model: Any = None, config: ServeConfig | None =
     async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
         return exc.response()
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = _http_error(request, exc).response()
+        response.headers.update(exc.headers or {})  # e.g. Allow with 405
+        return response
+
     _routes(app, service)
     return app
 
@@ -151,7 +167,11 @@ def _routes(app: FastAPI, service: Service) -> None:
     errors: dict[int | str, dict[str, Any]] = {
         s: {"model": ErrorResponse} for s in (400, 401, 404, 408, 413, 422, 429, 503)
     }
-    body_doc = {"content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}}, "required": True}
+    for status in (429, 503):
+        errors[status]["headers"] = RETRY_AFTER
+    cfg = service.config
+    body_schema = classify_request_schema(cfg.max_request_texts, cfg.max_text_chars)
+    body_doc = {"content": {"application/json": {"schema": body_schema}}, "required": True}
 
     @app.post(
         "/v1/classify",
@@ -185,24 +205,56 @@ def _routes(app: FastAPI, service: Service) -> None:
         metrics.latency.observe(time.perf_counter() - start)
         return JSONResponse(body)
 
-    @app.get("/v1/templates", summary="Served templates with their labels and words, and reload problems")
+    @app.get(
+        "/v1/templates",
+        response_model=None,
+        responses={200: {"model": TemplatesResponse}, 401: errors[401]},
+        summary="Served templates with their labels and words, and reload problems",
+    )
     async def templates() -> dict[str, Any]:
         return registry.describe()
 
-    @app.get("/healthz", summary="The process is up (always 200 while it answers)")
+    @app.get("/healthz", response_model=Health, summary="The process is up (always 200 while it answers)")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="200 once the model and templates are loaded, else 503")
+    @app.get(
+        "/readyz",
+        responses={200: {"model": Readiness}, 503: {"model": Readiness, "headers": RETRY_AFTER}},
+        summary="200 once the model and templates are loaded, else 503",
+    )
     async def readyz() -> JSONResponse:
         if registry.ready:
             return JSONResponse({"status": "ready", "templates": registry.names})
         detail = service.load_error or "loading the model and templates"
         return JSONResponse({"status": "not ready", "detail": detail}, status_code=503, headers={"Retry-After": "2"})
 
-    @app.get("/metrics", summary="Prometheus text exposition")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format (version 0.0.4)",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            401: errors[401],
+        },
+        summary="Prometheus text exposition",
+    )
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> ServeError:
+    """Starlette's own refusals (no such route, a method the route lacks) in the service's error shape."""
+    where = f"{request.method} {request.url.path[:200]}"
+    if exc.status_code == 404:
+        routes = "POST /v1/classify, GET /v1/templates, /healthz, /readyz, /metrics, /docs, /openapi.json"
+        return ServeError(404, "not_found", f"{where}: no such route; the routes are {routes}", location="path")
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "the documented method")
+        return ServeError(405, "method_not_allowed", f"{where}: method not allowed; use {allowed}", "method")
+    return ServeError(exc.status_code, "http_error", f"{where}: {exc.detail}")
 
 
 def _deadline(service: Service) -> ServeError:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+# A usable text holds a character that str.isspace() does not count as white space (the server strips texts with
+# str.strip(), which removes exactly those). Written with escapes that Python, ECMA-262 and Rust regexes all read;
+# a JSON Schema "pattern" matches anywhere in the string.
+NON_BLANK = "[^\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
 
 
 class ClassifyRequest(BaseModel):
@@ -34,6 +41,14 @@ class ClassifyRequest(BaseModel):
         '[{"review1": "A gem.", "review2": "Loved it."}]',
     )
 
+    @field_validator("texts", "inputs", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Absent means "not this one"; an explicit null is refused, as the OpenAPI document (non-nullable) says.
+        if value is None:
+            raise ValueError("must be a list when given; leave the key out instead of sending null")
+        return value
+
 
 class Prediction(BaseModel):
     label: str = Field(description="The most probable label")
@@ -53,3 +68,67 @@ class ErrorResponse(BaseModel):
     )
     message: str = Field(description="What is wrong, where, and how to fix it")
     location: str | None = Field(default=None, description="Where in the request, e.g. texts[3], inputs[0].review2")
+
+
+class Health(BaseModel):
+    status: str = Field(description='"ok" while the process answers')
+
+
+class Readiness(BaseModel):
+    status: str = Field(description='"ready", or "not ready" (with HTTP 503)')
+    templates: list[str] | None = Field(default=None, description="Served template names (when ready)")
+    detail: str | None = Field(default=None, description="Why not ready (with HTTP 503)")
+
+
+class TemplatesResponse(BaseModel):
+    templates: list[dict[str, Any]] = Field(description="Each served template: name, version, fields, labels, ...")
+    problems: list[dict[str, Any]] = Field(description="Sources that failed to load or reload, with their issues")
+
+
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "string"}}}
+
+
+def classify_request_schema(max_texts: int, max_text_chars: int | None = None) -> dict[str, Any]:
+    """The JSON schema of a ``POST /v1/classify`` body exactly as the server checks it (for the OpenAPI document).
+
+    Beyond :class:`ClassifyRequest`'s types it states what the server refuses: exactly one of ``texts`` and
+    ``inputs`` (not null), 1 to ``max_texts`` rows, texts that are not blank (:data:`NON_BLANK`) and at most
+    ``max_text_chars`` characters long. What depends on the served template (its name, its fields) cannot be
+    stated here; the server answers those with 404 and 422.
+
+    Parameters
+    ----------
+    max_texts : int
+        ``ServeConfig.max_request_texts``: the most rows per request (413 beyond).
+    max_text_chars : int, optional
+        The longest text in characters (Unicode code points) the server admits; None: no cap in the schema.
+
+    Returns
+    -------
+    dict
+        A JSON schema (OpenAPI 3.1 dialect).
+    """
+    schema = ClassifyRequest.model_json_schema()
+    props = schema["properties"]
+    text: dict[str, Any] = {
+        "type": "string",
+        "minLength": 1,
+        "pattern": NON_BLANK,
+        "description": "A text: not empty nor white space only, no lone surrogate (422 empty_text / invalid_text)",
+    }
+    if max_text_chars is not None:
+        text["maxLength"] = max_text_chars
+    props["template"]["minLength"] = 1
+    row = {"type": "object", "minProperties": 1, "additionalProperties": text}
+    for key, item in (("texts", text), ("inputs", row)):
+        old = props[key]
+        props[key] = {
+            "title": old["title"],
+            "description": f"{old['description']}; 1 to {max_texts} rows (413 too_many_texts beyond)",
+            "type": "array",
+            "items": item,
+            "minItems": 1,
+            "maxItems": max_texts,
+        }
+    schema["oneOf"] = [{"required": ["texts"]}, {"required": ["inputs"]}]
+    return schema
