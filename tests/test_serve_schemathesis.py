@@ -37,6 +37,7 @@ from verbalize.serve.schemas import NON_BLANK, classify_request_schema  # noqa: 
 
 MAX_TEXTS = 8
 MAX_CHARS = 300
+KEY = "a-test-key-7"
 CHECKS = [
     st_checks.not_a_server_error,
     st_checks.status_code_conformance,
@@ -64,7 +65,17 @@ def server(tiny: Any, files: dict[str, Path]) -> Iterator[Running]:  # noqa: F81
     srv.stop()
 
 
-def _schema(srv: Running) -> Any:
+@pytest.fixture(scope="module")
+def keyed(tiny: Any, files: dict[str, Path]) -> Iterator[Running]:  # noqa: F811
+    config = ServeConfig(
+        window_ms=5, max_request_texts=MAX_TEXTS, max_text_chars=MAX_CHARS, reload_interval_s=0, api_key=KEY
+    )
+    srv = Running(create_app([str(p) for p in files.values()], model=tiny, config=config)).start()
+    yield srv
+    srv.stop()
+
+
+def _schema(srv: Running, headers: dict[str, str]) -> Any:
     config = schemathesis.Config.from_dict(
         {
             "checks": {
@@ -74,24 +85,25 @@ def _schema(srv: Running) -> Any:
             "seed": 20,
         }
     )
-    return schemathesis.openapi.from_url(f"{srv.url}/openapi.json", config=config)
+    return schemathesis.openapi.from_url(f"{srv.url}/openapi.json", config=config, headers=headers)
 
 
 class Run:
     """Sends cases, validates each answer, and keeps the figures and every failure (not only the first)."""
 
-    def __init__(self, srv: Running):
-        self.srv = srv
+    def __init__(self, srv: Running, headers: dict[str, str]):
+        self.srv, self.headers = srv, headers
         self.examples: Counter[str] = Counter()
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.failures: dict[str, str] = {}
 
     def send(self, kind: str, case: Any, extra: list[Any]) -> None:
         self.examples[kind] += 1
-        response = case.call(base_url=self.srv.url, timeout=60)
+        response = case.call(base_url=self.srv.url, headers=self.headers, timeout=60)
         self.statuses[(case.operation.label, response.status_code)] += 1
         try:
-            case.validate_response(response, checks=CHECKS + extra, transport_kwargs={"base_url": self.srv.url})
+            sent = {"base_url": self.srv.url, "headers": self.headers}
+            case.validate_response(response, checks=CHECKS + extra, headers=self.headers, transport_kwargs=sent)
         except FailureGroup as group:
             for failure in group.exceptions:
                 key = f"{case.operation.label}: {failure.title} ({response.status_code})"
@@ -178,6 +190,27 @@ def test_coverage_phase_finds_no_server_error_and_no_schema_violation(server: Ru
     assert {200, 404, 413, 422} <= refused, run.statuses  # admitted, unknown template, one row too many, bad data
 
 
+def test_with_an_api_key_the_document_says_so_and_the_server_enforces_it(keyed: Running) -> None:
+    """The document declares the bearer key on every route but the health probes; the coverage run with the key
+    passes, ignored_auth included (schemathesis re-sends admitted requests with no key and a wrong one: 401)."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert call(keyed, "GET", "/openapi.json")[0] == 401
+    status, _, raw = call(keyed, "GET", "/openapi.json", headers=auth)
+    doc = json.loads(raw)
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The server's API key (--api-key)",
+    }
+    secured = {path for path, ops in doc["paths"].items() if all(op.get("security") for op in ops.values())}
+    assert secured == set(doc["paths"]) - {"/healthz", "/readyz"}
+    schema, run, names = _start(keyed, auth)
+    _coverage(schema, run, names, (st_checks.ignored_auth,))
+    run.report()
+    assert run.failures == {}, "\n".join(f"{k}: {v}" for k, v in run.failures.items())
+    assert run.statuses[("POST /v1/classify", 200)] > 0, run.statuses
+
+
 @pytest.mark.slow
 def test_fuzzing_finds_no_server_error_and_no_schema_violation(server: Running) -> None:
     """Generated requests (seeded, derandomized; about 700): data the document admits, data it refuses, and
@@ -199,13 +232,13 @@ def test_fuzzing_finds_no_server_error_and_no_schema_violation(server: Running) 
     assert run.failures == {}, "\n".join(f"{k}: {v}" for k, v in run.failures.items())
 
 
-def _start(server: Running) -> tuple[Any, Run, list[str]]:
+def _start(server: Running, headers: dict[str, str] | None = None) -> tuple[Any, Run, list[str]]:
     status, ready = get(server, "/readyz")
     assert status == 200, ready
-    return _schema(server), Run(server), ready["templates"]
+    return _schema(server, headers or {}), Run(server, headers or {}), ready["templates"]
 
 
-def _coverage(schema: Any, run: Run, names: list[str]) -> None:
+def _coverage(schema: Any, run: Run, names: list[str], extra: tuple[Any, ...] = ()) -> None:
     """schemathesis's coverage phase: its fixed boundary cases (one past maxItems, empty lists, each required key
     left out, wrong types, unsupported methods and media types), positive and negative, aimed at served templates."""
     modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
@@ -216,7 +249,7 @@ def _coverage(schema: Any, run: Run, names: list[str]) -> None:
             mode = case.meta.generation.mode
             _aim((case, names[i % len(names)], mode))
             accept = (st_checks.positive_data_acceptance,) if mode == GenerationMode.POSITIVE else ()
-            run.send(f"coverage {mode.value}", case, list(accept))
+            run.send(f"coverage {mode.value}", case, [*accept, *extra])
 
 
 def _aim(drawn: tuple[Any, str, GenerationMode]) -> Any:

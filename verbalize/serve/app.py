@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from verbalize.errors import InputError, did_you_mean
 from verbalize.rows import check_rows, text_problem
-from verbalize.serve.auth import ApiKeyGate
+from verbalize.serve.auth import OPEN_PATHS, ApiKeyGate
 from verbalize.serve.batcher import MicroBatcher, Overloaded
 from verbalize.serve.metrics import Metrics
 from verbalize.serve.registry import Entry, Registry, Source, build_classifier, expand_sources, hide_paths
@@ -159,7 +159,25 @@ def create_app(paths: list[str], model: Any = None, config: ServeConfig | None =
         return response
 
     _routes(app, service)
+    if service.config.api_key is not None:
+        _declare_bearer(app)
     return app
+
+
+def _declare_bearer(app: FastAPI) -> None:
+    """With an API key the document says so: a bearer scheme, required by every route but the health probes."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = plain()  # built once and cached by FastAPI; the additions below are idempotent
+        schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "The server's API key (--api-key)"}
+        for path, operations in doc["paths"].items():
+            for operation in operations.values() if path not in OPEN_PATHS else ():
+                operation["security"] = [{"bearer": []}]
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _routes(app: FastAPI, service: Service) -> None:
@@ -237,7 +255,11 @@ def _routes(app: FastAPI, service: Service) -> None:
                 "description": "Prometheus text exposition format (version 0.0.4)",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             },
-            401: errors[401],
+            # Spelled out: with "model", FastAPI would file the error under the route's text/plain.
+            401: {
+                "description": "Unauthorized",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            },
         },
         summary="Prometheus text exposition",
     )
