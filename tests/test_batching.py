@@ -383,3 +383,22 @@ def test_drops_in_closed_form_equal_one_at_a_time():
             assert _after_drops(counts, drops) == keep, (counts, drops)
             if any(keep):
                 keep[keep.index(max(keep))] -= 1  # from the field that keeps the most, the first of equals
+
+
+def test_a_long_prompt_scored_alone_with_its_own_prefix_scores_as_in_a_batch(family, monkeypatch):
+    """Prompts over LONG_ROW tokens run one by one, all but their last token as a prefix (an 8k-token
+    prompt took 2.5 GB more in one masked pass): words of several tokens and pooled features unchanged."""
+    from verbalize.engine import scoring
+    from verbalize.prompting.labels import LabelWords
+
+    scorer = family.scorer(batch_size=4)
+    lt = LabelWords({"negative": ["bad"], "positive": ["a good one"]}).encode(family.tokenizer)
+    prompts, spans = TEMPLATE.spans([LONG, "good.", LONG[:100], "It was fine, I guess?", LONG])
+    pools = [("mean", 2), ("last", 1)]
+    want_words, want_feats = scorer.outputs(prompts, lt, pools, spans, prefix="Reviews.\n")
+    monkeypatch.setattr(scoring, "LONG_ROW", 12)
+    assert sum(len(family.tokenizer(p)["input_ids"]) > 12 for p in prompts) >= 3, "the test needs long prompts"
+    got_words, got_feats = scorer.outputs(prompts, lt, pools, spans, prefix="Reviews.\n")
+    np.testing.assert_allclose(got_words, want_words, rtol=0, atol=1e-5)
+    for got, want in zip(got_feats, want_feats, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("logsumexp", "mean", "max")
 POOLINGS = ("last", "mean")
+LONG_ROW = 1024
+"""Tokens beyond which a prompt is scored on its own, all but its last token run as its prefix (see ``_run``)."""
 # model -> its exact logits path, whether its cached prefix is shared (see model_io.share_prefix), and
 # the attention implementation the model had when probed (its owner may change it since)
 _PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool, Any]] = weakref.WeakKeyDictionary()
@@ -362,23 +364,45 @@ class Scorer:
         encoded = self.encode(prompts, spans, prefix, room).ids
         inverse = np.array([unique.setdefault(tuple(x), len(unique)) for x in encoded], dtype=np.int64)
         ids = [list(x) for x in unique]
+        # A long prompt runs alone, all but its last token as its own prefix: one row with no cache
+        # attends without a mask (memory linear in its length, not quadratic: 8k tokens took 2.5 GB more)
+        short = [i for i, x in enumerate(ids) if len(x) <= LONG_ROW]
+        rows = [ids[i] for i in short]
         lead, head = self._lead, prefix + _common_head(prompts, spans)
-        n_shared = _shared_length(ids, lead + _ids(self.tokenizer, head)) if head or lead else 0
-        shared, rest = (ids[0][:n_shared] if ids else []), Encoded([x[n_shared:] for x in ids], 0)
+        n_shared = _shared_length(rows, lead + _ids(self.tokenizer, head)) if (head or lead) and rows else 0
         out = [np.zeros((len(ids), w), dtype=np.float32) for w in widths]
         with torch.inference_mode(), self.io.routed():  # one switch of the model's attention per call
-            prefix_kv, prefix_states = self._prefix_kv(shared, want_states)
-            for batch in tqdm(
-                rest.batches(self.batch_size, self.pad_id, self.max_tokens, self.io.prefix_tokens_per_row(len(shared))),
-                disable=not progress,
-                desc="scoring",
-                unit="batch",
-            ):
-                batch = batch.to(self.device)
-                cache = self.io.batch_cache(prefix_kv, batch.input_ids.shape[0])
-                for o, r in zip(out, step(batch, cache, len(shared), prefix_states), strict=True):
-                    o[batch.rows] = r.float().cpu().numpy()
+            self._run_part(rows, short, n_shared, step, out, progress, want_states)
+            for i in sorted(set(range(len(ids))) - set(short)):
+                self._run_part([ids[i]], [i], len(ids[i]) - 1, step, out, False, want_states)
         return [o[inverse] if len(o) else np.zeros((len(prompts), o.shape[1]), np.float32) for o in out]
+
+    def _run_part(
+        self,
+        ids: list[list[int]],
+        where: list[int],
+        n_shared: int,
+        step: Callable[[Batch, Any, int, Any], list[torch.Tensor]],
+        out: list[np.ndarray],
+        progress: bool,
+        want_states: bool,
+    ) -> None:
+        """Score ``ids`` (their first ``n_shared`` tokens run once, shared) into rows ``where`` of ``out``."""
+        if not ids:
+            return
+        shared, rest = ids[0][:n_shared], Encoded([x[n_shared:] for x in ids], 0)
+        prefix_kv, prefix_states = self._prefix_kv(shared, want_states)
+        rows = np.asarray(where)
+        for batch in tqdm(
+            rest.batches(self.batch_size, self.pad_id, self.max_tokens, self.io.prefix_tokens_per_row(len(shared))),
+            disable=not progress,
+            desc="scoring",
+            unit="batch",
+        ):
+            batch = batch.to(self.device)
+            cache = self.io.batch_cache(prefix_kv, batch.input_ids.shape[0])
+            for o, r in zip(out, step(batch, cache, len(shared), prefix_states), strict=True):
+                o[rows[batch.rows]] = r.float().cpu().numpy()
 
     def _prefix_kv(self, prefix_ids: list[int], want_states: bool = False) -> tuple[Any, list[torch.Tensor] | None]:
         """Key/value cache of the shared prefix and, if wanted, each layer's sum of its hidden states after BOS."""
