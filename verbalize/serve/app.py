@@ -68,7 +68,7 @@ class ServeConfig:
     max_request_bytes: int = 1 << 20
     reload_interval_s: float = 1.0
     batch_size: int = 64
-    max_text_chars: int = 20_000
+    max_text_chars: int = 4_000
     request_timeout_s: float = 30.0
     read_timeout_s: float = 10.0
     keep_alive_s: float = 5.0

@@ -41,7 +41,10 @@ class Metrics:
             "verbalize_batch_seconds", "Model time per micro-batch", buckets=LATENCY_BUCKETS, registry=r
         )
         self.rejected = Counter(
-            "verbalize_rejected", "Requests refused before scoring (overload, not ready)", ["reason"], registry=r
+            "verbalize_rejected",
+            "Requests refused or dropped (queue_full, not_ready, stopping, deadline, read_timeout)",
+            ["reason"],
+            registry=r,
         )
         self.abandoned = Counter(
             "verbalize_abandoned_requests", "Queued requests whose client had gone before scoring", registry=r
