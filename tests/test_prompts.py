@@ -338,3 +338,34 @@ def test_a_huge_text_is_cut_by_characters_before_prompts_are_built(family, pool,
     [(start, end)] = built.spans[0]
     assert end - start <= bound and built.prompts[0][start:end] == huge.strip()[: end - start]
     assert built.prompts[0].endswith("\nSentiment:")
+
+
+class _Reading(_Recording):
+    """A tokenizer that adds up the characters it reads."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.chars = 0
+
+    def __call__(self, text, *args, **kwargs):
+        self.chars += sum(map(len, [text] if isinstance(text, str) else text))
+        return super().__call__(text, *args, **kwargs)
+
+
+def test_demonstrations_that_can_never_fit_cost_nothing_per_call(family):
+    """After the first call, building prompts reads as much with 400 shared demonstrations as with 40 when
+    neither fit the window: which can ever fit is decided once (each call tokenized all 400, as one prefix)."""
+    template = Template(prompt="Review: {text}\nSentiment:", labels=LABELS)
+    pool = [("a good film, well acted", "positive"), ("a bad film, badly acted", "negative")]
+    texts = ["good", "a long and rather dull story about nothing much"]
+    read = {}
+    for n in (40, 400):
+        demos = (pool * n)[:n]
+        tok = _Reading(family.tokenizer)
+        builder = PromptBuilder(template, demos, (), 0, tok, 128, 0)
+        first = builder.build(texts)
+        tok.chars = 0
+        again = PromptBuilder(template, demos, (), 0, tok, 128, 0).build(texts)  # as each predict call builds one
+        assert again == first and 0 < first.prefixes[0].count("Sentiment:") < 40
+        read[n] = tok.chars
+    assert read[400] == read[40]

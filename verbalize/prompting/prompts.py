@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,10 @@ from verbalize.rows import Row
 logger = logging.getLogger(__name__)
 
 Demo = tuple[Row, str]
+# id(shared demonstrations) -> (them, template, tokenizer, (budget, count), how many can ever fit): see
+# PromptBuilder._usable_demos. The entry holds the list, so its id is not reused while cached.
+_USABLE: OrderedDict[int, tuple[Any, ...]] = OrderedDict()
+_USABLE_LOCK = threading.Lock()
 
 
 def resolve_template(template: str | Path | Template | None, labels: Mapping[str, Sequence[str]] | None) -> Template:
@@ -221,12 +227,9 @@ class PromptBuilder:
         """
         t, budget = self.template, self.budget()
         demos = list(self.demos)
-        full = t.prefix(demos)
         if not demos or not prompts or budget is None:
-            return [full] * len(prompts)
-        base = len(t.prefix())
-        # prefix(demos[:k]) == full[: cuts[k]]: the instruction, then each demonstration with its separator
-        cuts = [int(c) for c in np.cumsum([base] + [len(t.prefix([d])) - base for d in demos])]
+            return [t.prefix(demos)] * len(prompts)
+        full, cuts = self._cut_points(demos[: self._usable_demos(budget)])
         kept = self._kept_demos(full, cuts, prompts, budget)
         strings = {k: full[: cuts[k]] for k in set(kept)}
         lost = [len(demos) - k for k in kept if k < len(demos)]
@@ -242,6 +245,40 @@ class PromptBuilder:
                 self.context_length,
             )
         return [strings[k] for k in kept]
+
+    def _cut_points(self, demos: Sequence[Demo]) -> tuple[str, list[int]]:
+        """The prefix with all ``demos``, and where each k of them end: ``prefix(demos[:k]) == full[: cuts[k]]``."""
+        t = self.template
+        base = len(t.prefix())  # the instruction, then each demonstration with its separator
+        return t.prefix(demos), [int(c) for c in np.cumsum([base] + [len(t.prefix([d])) - base for d in demos])]
+
+    def _usable_demos(self, budget: int) -> int:
+        """How many of the shared demonstrations any text may keep: those that fit beside an empty text, and two
+        more (a text adds tokens; no seam merges away two demonstrations' worth).
+
+        Found once per demonstrations list, template, tokenizer and budget (a fitted classifier's), not per
+        call: each call then renders and tokenizes only what can fit, however many demonstrations there are.
+        """
+        demos, key = self.demos, id(self.demos)
+        with _USABLE_LOCK:
+            got = _USABLE.get(key)
+            if (
+                got is not None
+                and got[0] is demos
+                and got[1] is self.template
+                and got[2] is self.tokenizer
+                and (got[3] == (budget, len(demos)))
+            ):
+                _USABLE.move_to_end(key)
+                return int(got[4])
+        full, cuts = self._cut_points(list(demos))
+        empty = self.template.spans([""])[0][0]
+        usable = min(len(demos), self._kept_demos(full, cuts, [empty], budget)[0] + 2)
+        with _USABLE_LOCK:
+            _USABLE[key] = (demos, self.template, self.tokenizer, (budget, len(demos)), usable)
+            while len(_USABLE) > 16:
+                _USABLE.popitem(last=False)
+        return usable
 
     def _kept_demos(self, full: str, cuts: list[int], prompts: Sequence[str], budget: int) -> list[int]:
         """For each prompt, the largest k such that ``full[: cuts[k]] + prompt`` fits ``budget`` (0 if none does).
