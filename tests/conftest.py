@@ -201,3 +201,14 @@ def tmp_template(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """One local 2-CPU Ray instance for the session (test_ray, the composition matrix's --engine ray cells)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024**2)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -349,7 +349,11 @@ def reference(cell: Cell, entry: str, family: str, shape: str) -> Any:
 
 
 @pytest.mark.parametrize(("entry", "shape", "route", "dtype", "family"), CELLS)
-def test_every_entry_point_takes_every_template_shape(entry, shape, route, dtype, family, model_dirs, tmp_path, capsys):
+def test_every_entry_point_takes_every_template_shape(
+    entry, shape, route, dtype, family, model_dirs, tmp_path, capsys, request
+):
+    if "ray" in ENTRIES[entry].needs:
+        request.getfixturevalue("local_ray")  # one bounded local instance, shared with test_ray.py
     cell = Cell(SHAPES[shape], dtype, model_dirs[family], tmp_path)
     name = f"{entry} | {shape} | {route} | {dtype} | {family}"
     ref = reference(cell, entry, family, shape)

@@ -20,15 +20,6 @@ positive = ["good", "positive"]
 """
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024**2)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def test_ray_engine_output_equals_single_process_row_for_row(
     tmp_path, tmp_template, gpt2_model, gpt2_tokenizer, local_ray
 ):
