@@ -172,10 +172,11 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         for n, raw in enumerate(f, 1):
             end = len(raw) - (2 if raw.endswith(b"\r\n") else 1 if raw.endswith(b"\n") else 0)
             start = 3 if n == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
-            # decoded from a view, not a sliced copy; the bytes are let go before the row is used
-            line = str(memoryview(raw)[start:end], "utf-8", "surrogateescape")
+            # decoded from a view, not a sliced copy; neither the bytes nor the str stay in this frame while
+            # the caller uses the line (a 200 MB line is held once, by the caller)
+            line = [str(memoryview(raw)[start:end], "utf-8", "surrogateescape")]
             del raw
-            yield n, line
+            yield n, line.pop()
 
 
 def _text_rows(source: Source) -> Iterator[Row]:
@@ -193,6 +194,7 @@ def _jsonl_rows(source: Source) -> Iterator[Row]:
         except ValueError as exc:
             yield Row(n, None, {}, f"not valid JSON ({getattr(exc, 'msg', exc)})")
             continue
+        del line  # the parsed row holds the text; the raw line need not stay while the row is used
         yield Row(n, None, value if isinstance(value, dict) else {"text": value})
 
 
