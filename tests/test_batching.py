@@ -386,8 +386,8 @@ def test_drops_in_closed_form_equal_one_at_a_time():
 
 
 def test_a_long_prompt_scored_alone_with_its_own_prefix_scores_as_in_a_batch(family, monkeypatch):
-    """Prompts over LONG_ROW tokens run one by one, all but their last token as a prefix (an 8k-token
-    prompt took 2.5 GB more in one masked pass): words of several tokens and pooled features unchanged."""
+    """Prompts over LONG_ROW tokens run one by one and whole, sharing no prefix (an 8k-token
+    prompt after a prefix took 2.5 GB more, masked): words of several tokens and pooled features unchanged."""
     from verbalize.engine import scoring
     from verbalize.prompting.labels import LabelWords
 

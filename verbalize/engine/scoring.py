@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 AGGREGATIONS = ("logsumexp", "mean", "max")
 POOLINGS = ("last", "mean")
 LONG_ROW = 1024
-"""Tokens beyond which a prompt is scored on its own, all but its last token run as its prefix (see ``_run``)."""
+"""Tokens beyond which a prompt is scored on its own, sharing no prefix (see ``_run``)."""
 # model -> its exact logits path, whether its cached prefix is shared (see model_io.share_prefix), and
 # the attention implementation the model had when probed (its owner may change it since)
 _PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool, Any]] = weakref.WeakKeyDictionary()
@@ -364,8 +364,9 @@ class Scorer:
         encoded = self.encode(prompts, spans, prefix, room).ids
         inverse = np.array([unique.setdefault(tuple(x), len(unique)) for x in encoded], dtype=np.int64)
         ids = [list(x) for x in unique]
-        # A long prompt runs alone, all but its last token as its own prefix: one row with no cache
-        # attends without a mask (memory linear in its length, not quadratic: 8k tokens took 2.5 GB more)
+        # A long prompt runs alone and whole, sharing nothing: one row with no cache attends without a mask
+        # (memory linear in its length: an 8k-token prompt after a shared prefix took 2.5 GB more) and keeps
+        # no key/value cache unless a label word has several tokens
         short = [i for i, x in enumerate(ids) if len(x) <= LONG_ROW]
         rows = [ids[i] for i in short]
         lead, head = self._lead, prefix + _common_head(prompts, spans)
@@ -374,7 +375,7 @@ class Scorer:
         with torch.inference_mode(), self.io.routed():  # one switch of the model's attention per call
             self._run_part(rows, short, n_shared, step, out, progress, want_states)
             for i in sorted(set(range(len(ids))) - set(short)):
-                self._run_part([ids[i]], [i], len(ids[i]) - 1, step, out, False, want_states)
+                self._run_part([ids[i]], [i], 0, step, out, False, want_states)
         return [o[inverse] if len(o) else np.zeros((len(prompts), o.shape[1]), np.float32) for o in out]
 
     def _run_part(
