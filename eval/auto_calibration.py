@@ -88,11 +88,7 @@ def run(args: argparse.Namespace, sink: Any = None) -> list[dict]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     clf.fit(*train)
-                    raw = (
-                        zero_raw
-                        if (setting == "zero-shot" and zero_raw is not None)
-                        else clf.label_scores(test[0])
-                    )
+                    raw = zero_raw if (setting == "zero-shot" and zero_raw is not None) else clf.label_scores(test[0])
                 if setting == "zero-shot":
                     zero_raw = raw
                 acc = method_accuracies(clf, raw, test, train, seed)

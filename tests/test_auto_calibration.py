@@ -264,9 +264,7 @@ def test_demo_pool_is_separate_from_the_calibration_texts(gpt2, monkeypatch):
     assert scored == [X]  # the calibrator scored fit's texts, none of the pool's
     # and what it learned is the prior of X's scores (demonstrations from the pool in their prompts)
     want = get_calibrator("batch").fit(clf.label_scores(X))
-    np.testing.assert_allclose(
-        clf.calibrator_.transform(clf.label_scores(X)), want.transform(clf.label_scores(X))
-    )
+    np.testing.assert_allclose(clf.calibrator_.transform(clf.label_scores(X)), want.transform(clf.label_scores(X)))
     assert not {t for t, _ in clf.demos_} & set(X)
 
 
