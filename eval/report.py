@@ -10,6 +10,7 @@ and a reliability diagram per run, and accuracy vs demonstrations per dataset.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -148,6 +149,8 @@ def main() -> None:
     ap.add_argument("results", nargs="+", help="JSONL files written by eval/run.py")
     ap.add_argument("--plots", default=None, help="folder for PNG plots (needs matplotlib)")
     args = ap.parse_args()
+    if args.plots and importlib.util.find_spec("matplotlib") is None:
+        ap.error("--plots needs matplotlib: pip install 'verbalize[plots]' (or leave out --plots for the tables)")
     rows = load_rows(args.results)
     print(tables(rows))
     if args.plots:

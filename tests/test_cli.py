@@ -434,3 +434,21 @@ def test_a_closed_pipe_or_a_full_disk_on_stdout_ends_with_one_line_not_a_traceba
             done = _cli(args, stdout=full, stderr=subprocess.PIPE)
         assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert "No space left" in done.stderr
+
+
+def test_finetune_says_one_epoch_not_one_epochs(tmp_path, tmp_template, model_dir, capsys):
+    train = tmp_path / "train.jsonl"
+    rows = [("good film", "positive"), ("bad film", "negative")] * 2
+    train.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    args = [
+        "finetune",
+        str(tmp_template(TEMPLATE)),
+        str(train),
+        "--output",
+        str(tmp_path / "clf"),
+        "--model",
+        model_dir,
+    ]
+    assert main([*args, "--epochs", "1", "--validation-fraction", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(1 epoch, best epoch 1" in out and "epochs" not in out

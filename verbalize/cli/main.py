@@ -407,7 +407,7 @@ def _finetune(args: argparse.Namespace) -> int:
     best = history[clf.training_.best_epoch - 1] if history else {}
     print(
         f"fine-tuned on {len(rows)} rows in {clf.training_.seconds:.0f} s "
-        f"({len(history)} epochs, best epoch {clf.training_.best_epoch}"
+        f"({len(history)} epoch{'' if len(history) == 1 else 's'}, best epoch {clf.training_.best_epoch}"
         + (f", validation accuracy {best['val_accuracy']:.3f}" if "val_accuracy" in best else "")
         + f"); saved to {out} (Hugging Face model in {out / 'model'})"
     )
