@@ -101,7 +101,7 @@ class Scorer:
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
         self.max_tokens = max_tokens
-        self.context_length = min(x for x in (self._window(), max_length, 10**9) if x)
+        self.context_length = self._context_length(max_length)
         self.pad_id = pad_id_of(tokenizer)
         self._lead = leading_special_ids(tokenizer)
         self.last_n_truncated = 0
@@ -158,14 +158,15 @@ class Scorer:
         # registers a copyreg reducer for pickling that rebuilds the model (new weights, the caller's RNG).
         out = object.__new__(Scorer)
         out.__dict__.update(self.__dict__)
-        window = out._window()
         out.batch_size, out.max_tokens, out.last_n_truncated = int(batch), tokens, 0
-        out.context_length = min(x for x in (window, length, 10**9) if x)
+        out.context_length = out._context_length(length)
         return out
 
-    def _window(self) -> int | None:
+    def _context_length(self, max_length: int | None) -> int:
+        """Tokens per sequence: the model's window, or ``max_length`` when it is smaller."""
         config = self.model.config
-        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return min(x for x in (window, max_length, 10**9) if x)
 
     def __deepcopy__(self, memo: dict) -> Scorer:
         # sklearn's clone deep-copies parameters; a Scorer holds no learned state, so share its weights.
