@@ -54,8 +54,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=4_000,
         help="characters per text (per field) at most; longer ones answer 413 text_too_long naming the text "
         "(default 4000, about 1,000 tokens: a fixed cap on the model time and memory one text costs everyone, "
-        "not derived from the context; on a 2-core Xeon with AVX-512 VNNI and AMX the embedded model took 1.4 s and +230 MB RSS for a "
-        "4,000-character text, 6 s and +540 MB for 20,000)",
+        "not derived from the context; on a 2-core Xeon with AVX-512 VNNI and AMX the embedded model took "
+        "1.4 s and +230 MB RSS for a 4,000-character text, 6 s and +540 MB for 20,000)",
     )
     s.add_argument(
         "--request-timeout",
