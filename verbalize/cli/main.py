@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from verbalize import __version__
 from verbalize.cli.check import check
+from verbalize.cli.eval_report import ProbaRecorder, check_report_path, write_eval_report
 from verbalize.cli.serve import add_parser as _add_serve  # `verbalize serve` (needs the [serve] extra to run)
 from verbalize.cli.suggest import add_parser as _add_suggest
 from verbalize.errors import InputError, VerbalizeError
@@ -135,6 +136,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--calibration", type=_calibration, default=None, help=CALIBRATION_HELP)
     e.add_argument("--batch-size", type=_positive, default=64)
     e.add_argument("--limit", type=_positive, default=None, help="use the first N rows")
+    e.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE.html",
+        help="also write one self-contained HTML page: metrics with confidence intervals, confusion matrix, "
+        "per-class scores, reliability diagram and the wrong texts",
+    )
     e.set_defaults(func=_eval)
 
     f = sub.add_parser("finetune", help="prompt-based fine-tuning on a labeled file; saves a classifier directory")
@@ -343,6 +351,7 @@ def _probe(fmap: dict[str, str] | None) -> object:
 def _eval(args: argparse.Namespace) -> int:
     from sklearn.metrics import accuracy_score, f1_score
 
+    report = check_report_path(args.report, args.data) if args.report else None
     clf, source, fmap = _classifier_and_source(args, args.data)  # a missing column: a setup error, before the model
     if _fits_on_texts(clf):
         texts = sample_texts(source, CALIBRATION_SAMPLE)
@@ -350,21 +359,27 @@ def _eval(args: argparse.Namespace) -> int:
     clf.predict_proba([_probe(fmap)])
     labels = [str(c) for c in clf.classes_]
     rows, problems = labeled_rows(args.data, args.column, args.label_column, labels, args.limit, fmap)
-    y, pred = [], []
+    y, pred, kept = [], [], []
+    scored = ProbaRecorder(clf) if report else clf  # the same predict_proba, each row's probabilities kept
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
-        for row, out in zip(chunk, classify_rows(clf, chunk), strict=True):
+        for row, out in zip(chunk, classify_rows(scored, chunk), strict=True):
             if "error" in out:
                 problems.append(out["error"])
             else:
                 y.append(row.fields[args.label_column])
                 pred.append(out["prediction"])
+                kept.append(row.text)
     for p in problems:
         print(f"skipped {p}", file=sys.stderr)
     if not y:
         print(f"error: no usable rows in {args.data}", file=sys.stderr)
         return EXIT_SETUP
     print(f"n={len(y)}  accuracy={accuracy_score(y, pred):.4f}  macro_f1={f1_score(y, pred, average='macro'):.4f}")
+    if report is not None and isinstance(scored, ProbaRecorder):
+        proba = [scored.proba_of(t) for t in kept]
+        write_eval_report(report, y, proba, kept, labels, f"{args.template} on {args.data}")
+        print(f"report written to {report}", file=sys.stderr)
     if problems:
         print(f"{len(problems)} rows were skipped; see above", file=sys.stderr)
     return EXIT_ROWS_FAILED if problems else EXIT_OK
