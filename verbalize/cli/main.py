@@ -54,6 +54,14 @@ CALIBRATION_HELP = (
     f"none (default), auto, contextual, domain, batch or temperature; auto, domain and batch are fitted on the "
     f"first {CALIBRATION_SAMPLE} usable texts of the input (auto without labels: batch calibration)"
 )
+EVAL_CALIBRATION_HELP = (
+    "none (default), auto, contextual, domain, batch or temperature, fitted as the API's fit(X, y) is: on the "
+    "evaluated rows with their labels (auto: a cross-validated choice), or on --fit-file"
+)
+FIT_FILE_HELP = (
+    "labeled file the calibration is fitted on (same columns as DATA); default: DATA's evaluated rows themselves, "
+    "so auto's choice sees the labels it is scored on"
+)
 PROBE = "A short example text."
 FIELD_HELP = (
     "with a template of several fields: the column that fills FIELD (repeatable); "
@@ -133,9 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
     e.add_argument("--label-column", default="label")
     e.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help=FIELD_HELP)
-    e.add_argument("--calibration", type=_calibration, default=None, help=CALIBRATION_HELP)
+    e.add_argument("--calibration", type=_calibration, default=None, help=EVAL_CALIBRATION_HELP)
+    e.add_argument("--fit-file", default=None, metavar="FILE", help=FIT_FILE_HELP)
     e.add_argument("--batch-size", type=_positive, default=64)
-    e.add_argument("--limit", type=_positive, default=None, help="use the first N rows")
+    e.add_argument("--limit", type=_positive, default=None, help="use the first N rows (and fit on them)")
     e.add_argument(
         "--report",
         default=None,
@@ -353,12 +362,13 @@ def _eval(args: argparse.Namespace) -> int:
 
     report = check_report_path(args.report, args.data) if args.report else None
     clf, source, fmap = _classifier_and_source(args, args.data)  # a missing column: a setup error, before the model
-    if _fits_on_texts(clf):
-        texts = sample_texts(source, CALIBRATION_SAMPLE)
-        clf.fit(texts or None)
-    clf.predict_proba([_probe(fmap)])
-    labels = [str(c) for c in clf.classes_]
+    fits = clf.calibration is not None and _saved(args) is None
+    if not fits:  # every setup error before the rows are read (a calibration that needs labels cannot run yet)
+        clf.predict_proba([_probe(fmap)])
+    labels = [str(c) for c in (clf.classes_ if not fits else resolve_template(clf.template, clf.labels).labels)]
     rows, problems = labeled_rows(args.data, args.column, args.label_column, labels, args.limit, fmap)
+    if rows and fits:
+        _fit_calibration(args, clf, rows, labels, fmap)
     y, pred, kept = [], [], []
     scored = ProbaRecorder(clf) if report else clf  # the same predict_proba, each row's probabilities kept
     for start in range(0, len(rows), CHUNK):
@@ -383,6 +393,41 @@ def _eval(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} rows were skipped; see above", file=sys.stderr)
     return EXIT_ROWS_FAILED if problems else EXIT_OK
+
+
+def _fit_calibration(
+    args: argparse.Namespace, clf: Verbalizer, rows: list[Any], labels: list[str], fmap: dict[str, str] | None
+) -> None:
+    """Fit ``eval``'s calibration as ``Verbalizer(calibration=...).fit(X, y)`` does, on ``--fit-file``'s labeled
+    rows or else on the evaluated rows, and say on stderr what it was fitted on (and auto's choice)."""
+    where = args.fit_file or args.data
+    if args.fit_file:
+        rows, problems = labeled_rows(args.fit_file, args.column, args.label_column, labels, None, fmap)
+        for p in problems:
+            print(f"skipped {p} (--fit-file)", file=sys.stderr)
+        if not rows:
+            raise InputError(f"--fit-file {args.fit_file}: no usable labeled rows to fit the calibration on")
+    try:
+        clf.fit([r.text for r in rows], [r.fields[args.label_column] for r in rows])
+    except (VerbalizeError, FileNotFoundError, ValueError, TypeError):
+        raise
+    except Exception as exc:  # a model that fails to load or run: one message, as in _ready_classifier
+        raise VerbalizeError(f"setup failed before the first row: {type(exc).__name__}: {exc}") from exc
+    report = getattr(clf, "calibration_report_", None)
+    if report is None:
+        cap = clf.calibration_sample
+        n = f"a seeded random {cap} of {len(rows)}" if cap is not None and len(rows) > cap else f"{len(rows)}"
+        note = f"calibration {clf.calibration} fitted on {n} labeled rows of {where}"
+    elif "n_folds" in report:
+        note = (
+            f"calibration auto chose {report['chosen']} by {report['n_folds']}-fold cross-validation on "
+            f"{report['n_examples']} labeled rows of {where}"
+        )
+    else:
+        note = f"calibration auto chose {report['chosen']}: {report['reason']}"
+    if not args.fit_file:
+        note += " (the rows evaluated here; --fit-file fits on other rows)"
+    print(note, file=sys.stderr)
 
 
 def _finetune(args: argparse.Namespace) -> int:
