@@ -325,13 +325,37 @@ def load_template(path: str | Path) -> Template:
     'Review: {text}\\nSentiment:'
     """
     path = _find(path)
-    source = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TemplateError([f"{path}: not UTF-8 text: {exc}"]) from None
+    return loads_template(text, str(path))
+
+
+def loads_template(text: str, source: str = "<text>") -> Template:
+    """Read and validate a template from TOML text (a file's content), reporting every problem at once.
+
+    Parameters
+    ----------
+    text : str
+        The TOML text of a template file.
+    source : str, default "<text>"
+        The name every problem starts with (a file name), as in ``source: key: what; how to fix``.
+
+    Raises
+    ------
+    TemplateError
+        With one line per problem, as :func:`load_template`.
+
+    Examples
+    --------
+    >>> loads_template('prompt = "{text} =>"\\n[labels]\\nno = ["no"]\\nyes = ["yes"]\\n').render("ok")
+    'ok =>'
+    """
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TemplateError([f"{source}: not valid TOML: {exc}"]) from None
-    except UnicodeDecodeError as exc:
-        raise TemplateError([f"{source}: not UTF-8 text: {exc}"]) from None
     issues = [
         f"{source}: {key}: unknown key.{did_you_mean(key, KEYS)} Known keys: {', '.join(KEYS)}"
         for key in data
