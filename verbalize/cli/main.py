@@ -26,6 +26,7 @@ from verbalize import __version__
 from verbalize.cli.check import check
 from verbalize.cli.eval_report import ProbaRecorder, check_report_path, write_eval_report
 from verbalize.cli.serve import add_parser as _add_serve  # `verbalize serve` (needs the [serve] extra to run)
+from verbalize.cli.studio import add_parser as _add_studio  # `verbalize studio` (the [serve] extra too)
 from verbalize.cli.suggest import add_parser as _add_suggest
 from verbalize.errors import InputError, VerbalizeError
 from verbalize.io.jobs import (
@@ -173,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_finetune)
     _add_serve(sub)
     _add_suggest(sub)
+    _add_studio(sub)
     return p
 
 
