@@ -1,6 +1,7 @@
 """``verbalize serve``: an HTTP classification service with dynamic micro-batching and hot reload.
 
-Needs the optional extra: ``pip install 'verbalize[serve]'`` (FastAPI, uvicorn, prometheus_client).
+Needs the optional extra: ``pip install 'verbalize[serve]'`` (FastAPI, uvicorn, prometheus_client, and
+fastapi-offline for the ``/docs`` assets).
 Importing this package needs none of them (the CLI registers ``serve`` without them); using
 :func:`create_app` does.
 
@@ -16,9 +17,10 @@ __all__ = ["ServeConfig", "create_app", "require_extra"]
 
 
 def require_extra() -> None:
-    """Raise an ImportError naming the extra when FastAPI, uvicorn or prometheus_client is missing."""
+    """Raise an ImportError naming the extra when FastAPI, uvicorn, prometheus_client or fastapi-offline is missing."""
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:

@@ -1,7 +1,8 @@
 """The ASGI application: FastAPI routes over the registry and the micro-batcher.
 
 Routes: ``POST /v1/classify``, ``GET /v1/templates``, ``GET /healthz``, ``GET /readyz``,
-``GET /metrics`` (Prometheus text), ``GET /docs`` (OpenAPI). Every error answer is JSON
+``GET /metrics`` (Prometheus text), ``GET /docs`` and ``GET /redoc`` (the OpenAPI document's pages, with their
+assets served from ``/docs/static/``: they work offline; see :mod:`verbalize.serve.docs`). Every error answer is JSON
 ``{"error": code, "message": ..., "location": ...}``.
 """
 
@@ -24,10 +25,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from verbalize.engine.scoring import Scorer
 from verbalize.errors import InputError, did_you_mean
 from verbalize.rows import check_rows, text_problem
 from verbalize.serve.auth import OPEN_PATHS, ApiKeyGate
 from verbalize.serve.batcher import MicroBatcher, Overloaded
+from verbalize.serve.docs import add_docs
 from verbalize.serve.metrics import Metrics
 from verbalize.serve.registry import Entry, Registry, Source, build_classifier, expand_sources, hide_paths
 from verbalize.serve.schemas import (
@@ -98,15 +101,30 @@ class Service:
         self.batcher = MicroBatcher(
             self.metrics, config.window_ms / 1000, config.max_batch_tokens, config.max_queue_texts
         )
-        build = partial(build_classifier, model=model, batch_size=config.batch_size)
+        build = partial(build_classifier, model=model, batch_size=config.batch_size, note=self.note)
         self.registry = Registry(
             sources, build, self.batcher.exclusive, lambda result: self.metrics.reloads.labels(result).inc()
         )
+        self.model, self.sources = model, sources
         self.load_error: str | None = None
+        self.stage = "starting"
+        self.started = time.monotonic()
+
+    def note(self, stage: str, what: str = "") -> None:
+        """Say what loading does now: ``stage`` in ``/readyz``'s detail (open: no name or path there), and a
+        log line with ``what`` (a file, a model) and the time since start. Quiet once ready (a hot reload
+        logs its own line)."""
+        if self.stage == "ready":
+            return
+        self.stage = stage
+        logger.info("%s%s (%.1f s after start)", stage, f": {what}" if what else "", time.monotonic() - self.started)
 
     def load(self) -> None:
-        """Build every served classifier (loads the model), then watch the files."""
+        """Load the model, build every served classifier, then watch the files; each stage logged."""
         try:
+            if not isinstance(self.model, Scorer) and any(s.kind == "template" for s in self.sources):
+                self.note("loading the model", str(self.model or "the embedded default"))
+                Scorer.from_pretrained(self.model)  # once per process: the template files' classifiers share it
             self.registry.load()
         except Exception as exc:  # e.g. the model cannot be loaded: stay alive, not ready, and say why
             logger.exception("loading the served templates failed")
@@ -117,6 +135,8 @@ class Service:
                 i for issues in self.registry.problems.values() for i in issues
             )
             logger.error("%s", self.load_error)
+        else:
+            self.note("ready", f"serving {', '.join(self.registry.names)}")
         if self.config.reload_interval_s > 0:
             self.registry.start_polling(self.config.reload_interval_s)
 
@@ -143,8 +163,10 @@ def create_app(paths: list[str], model: Any = None, config: ServeConfig | None =
         service.registry.stop_polling()
         await asyncio.to_thread(service.batcher.stop)
 
-    app = FastAPI(title="verbalize", summary="Prompt-based text classification service", lifespan=lifespan)
+    summary = "Prompt-based text classification service"
+    app = FastAPI(title="verbalize", summary=summary, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
+    add_docs(app)  # /docs and /redoc with the assets served here, not from a CDN
     if service.config.api_key is not None:
         app.add_middleware(ApiKeyGate, api_key=service.config.api_key)
 
@@ -244,7 +266,8 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def readyz() -> JSONResponse:
         if registry.ready:
             return JSONResponse({"status": "ready", "templates": registry.names})
-        detail = service.load_error or "loading the model and templates"
+        elapsed = time.monotonic() - service.started
+        detail = service.load_error or f"{service.stage} ({elapsed:.0f} s after start)"
         return JSONResponse({"status": "not ready", "detail": detail}, status_code=503, headers={"Retry-After": "2"})
 
     @app.get(
@@ -271,7 +294,7 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> ServeError:
     """Starlette's own refusals (no such route, a method the route lacks) in the service's error shape."""
     where = f"{request.method} {request.url.path[:200]}"
     if exc.status_code == 404:
-        routes = "POST /v1/classify, GET /v1/templates, /healthz, /readyz, /metrics, /docs, /openapi.json"
+        routes = "POST /v1/classify, GET /v1/templates, /healthz, /readyz, /metrics, /docs, /redoc, /openapi.json"
         return ServeError(404, "not_found", f"{where}: no such route; the routes are {routes}", location="path")
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "the documented method")

@@ -1,8 +1,10 @@
 """Optional API key: ``Authorization: Bearer KEY`` on every route but the health probes.
 
 ``/healthz`` and ``/readyz`` stay open (load balancers and orchestrators probe them without a
-key); they show no template, path or label. The key is compared with :func:`hmac.compare_digest`
-(constant time), so the answer's timing does not reveal how much of a guess was right.
+key); they show no template, path or label. So do the ``/docs`` pages' static assets (``/docs/static/``:
+the same Swagger UI and ReDoc release files in every installation); the pages themselves need the key.
+The key is compared with :func:`hmac.compare_digest` (constant time), so the answer's timing does not
+reveal how much of a guess was right.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PREFIX = "/docs/static/"
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` is answered without the key: a health probe or a docs asset (never a path with '..')."""
+    return path in OPEN_PATHS or (path.startswith(OPEN_PREFIX) and ".." not in path)
 
 
 def key_matches(header: str | None, api_key: str) -> bool:
@@ -32,7 +40,7 @@ class ApiKeyGate:
         self.app, self.api_key = app, api_key
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization")

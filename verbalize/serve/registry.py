@@ -152,20 +152,28 @@ def sample_row(template: Template) -> dict[str, str]:
     return dict.fromkeys(template.fields, template.sample_text)
 
 
-def build_classifier(source: Source, model: Any, batch_size: int = 64) -> Verbalizer:
+def build_classifier(
+    source: Source, model: Any, batch_size: int = 64, note: Callable[[str, str], None] | None = None
+) -> Verbalizer:
     """A ready classifier for ``source``, warmed up once (which also checks its label words' tokens).
+
+    ``note(stage, what)`` is told each stage (reading, warming up) as it starts, for the service's log.
 
     Raises
     ------
     TemplateError
         With every problem of the file, each ``file: key: ...``.
     """
+    note = note or (lambda stage, what: None)
     if source.kind == "classifier":
+        note("loading a saved classifier and its model", source.shown_file)
         clf = Verbalizer.load(source.path)
         template = clf.template_
     else:
+        note("reading a template", source.shown_file)
         template = load_template(source.path)
         clf = Verbalizer(template=template, model=model, batch_size=batch_size)
+    note("warming up a classifier", source.shown_file)
     clf.predict_proba([sample_row(template)])
     if getattr(clf, "heads_", None):
         raise TemplateError([f"{source.path}: heads: classifiers with heads are not served yet; serve the template"])
