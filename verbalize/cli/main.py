@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import os
 import shlex
 import sys
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from verbalize import __version__
 from verbalize.cli.check import check
+from verbalize.cli.console import configure_logging, hide_unused_torchao, one_line_warnings
 from verbalize.cli.eval_report import ProbaRecorder, check_report_path, write_eval_report
 from verbalize.cli.serve import add_parser as _add_serve  # `verbalize serve` (needs the [serve] extra to run)
 from verbalize.cli.studio import add_parser as _add_studio  # `verbalize studio` (the [serve] extra too)
@@ -74,12 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    # transformers imports torchao when it is installed (the int8 extra), and torchao warns about GPU-only
-    # kernels it cannot load on a CPU; that is no problem of the user's run.
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    configure_logging()  # warnings as one line each: `warning: <message>`
+    hide_unused_torchao()
     try:
-        return int(args.func(args))
+        with one_line_warnings():
+            return int(args.func(args))
     except (VerbalizeError, FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SETUP

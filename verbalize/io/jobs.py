@@ -237,7 +237,7 @@ def _run(job: Job, clf: Any) -> JobResult:
             rows = islice(job.source.rows(), state["rows_done"], None) if not state["complete"] else iter(())
             for chunk in _chunks(rows, job.chunk_size):
                 out = classify_rows(clf, chunk)
-                with guard.critical():
+                with guard.critical(), _above_the_bar(bar, job.output is None):
                     sink.write(out)
                     result.rows += len(out)
                     result.failed += sum("error" in r for r in out)
@@ -288,6 +288,21 @@ def _exclusive(job: Job) -> Iterator[None]:
 def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
     while chunk := list(islice(rows, size)):
         yield chunk
+
+
+@contextlib.contextmanager
+def _above_the_bar(bar: Any, to_stdout: bool) -> Iterator[None]:
+    """Rows written to stdout go above the progress bar (stderr: the same terminal): the bar is cleared first and
+    drawn again once the rows are flushed, so no row starts on the bar's line."""
+    if not to_stdout or bar.disable:
+        yield
+        return
+    bar.clear()
+    try:
+        yield
+        sys.stdout.flush()
+    finally:
+        bar.refresh()
 
 
 def _bar(job: Job, done: int) -> Any:
