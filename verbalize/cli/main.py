@@ -325,8 +325,12 @@ def _interrupted_note(args: argparse.Namespace, job: Job, rows: int, signum: int
 
 
 def _predict_ray(args: argparse.Namespace) -> int:
-    from verbalize.io.ray import predict_file
+    from verbalize.io.ray import available_resources, check_resources, predict_file
 
+    found = available_resources()  # None: a cluster named by RAY_ADDRESS, checked once joined
+    if found is not None:  # before the model loads: a pool Ray cannot place would wait forever
+        cpus = args.threads_per_actor if args.cpus_per_actor is None else args.cpus_per_actor
+        check_resources(args.concurrency or 2, cpus, args.gpus_per_actor, *found)
     if args.resume:
         raise InputError("--resume works with --engine local only; a Ray job reruns from the start")
     out = check_output(args.output, args.input)

@@ -85,6 +85,47 @@ class _Predictor:
         return pa.Table.from_pydict(cols, schema=schema)
 
 
+def check_resources(
+    concurrency: int | tuple[int, int], num_cpus: float, num_gpus: float, available: dict[str, float], where: str
+) -> None:
+    """Refuse an actor pool that ``available`` (Ray's resource names: ``"CPU"``, ``"GPU"``) cannot hold.
+
+    Ray would wait forever for actors it cannot place, among hundreds of log lines; here the request is
+    refused before anything runs, with the numbers. ``concurrency`` as ``(min, max)`` needs ``min`` actors.
+
+    Raises
+    ------
+    ValueError
+        When the actors need more CPUs or GPUs than ``available`` has (``where``: the cluster's description).
+    """
+    actors = concurrency[0] if isinstance(concurrency, tuple) else concurrency
+    for kind, each, flag in (("CPU", num_cpus, "--cpus-per-actor"), ("GPU", num_gpus, "--gpus-per-actor")):
+        have, need = float(available.get(kind, 0.0)), actors * each
+        if need <= have:
+            continue
+        fit = int(have // each) if each else 0
+        raise ValueError(
+            f"Ray: {actors} actors x {each:g} {kind} each (concurrency={concurrency}, num_{kind.lower()}s={each:g}; "
+            f"CLI: --concurrency, {flag}{', default --threads-per-actor' if kind == 'CPU' else ''}) need "
+            f"{need:g} {kind}s, and {where} has {have:g}: Ray would wait for them forever. Use "
+            + (f"{fit} actor{'s' if fit > 1 else ''} or fewer, or " if fit else "")
+            + f"fewer {kind}s per actor (actors x {kind}s each <= {have:g}), or a larger cluster (RAY_ADDRESS)"
+        )
+
+
+def available_resources() -> tuple[dict[str, float], str] | None:
+    """The CPUs and GPUs the actors can get, and where: the Ray instance this process is connected to, or
+    this machine when Ray will start locally (no ``RAY_ADDRESS``); None when a cluster is yet to be joined."""
+    ray = _ray()
+    if ray.is_initialized():
+        return {k: float(v) for k, v in ray.cluster_resources().items()}, "the Ray cluster"
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}, "this machine"
+
+
 def _row_of(values: dict[str, Any], column: str, fields: dict[str, str] | None) -> Row:
     """An input row for :func:`classify_rows`: the ``column``'s text, or {field: text} from the mapped columns."""
     if fields:
@@ -152,6 +193,9 @@ def classify_dataset(
     for ctx in (ray.data.DataContext.get_current(), getattr(ds, "_context", None)):
         if ctx is not None:
             ctx.execution_options.preserve_order = True
+    found = available_resources() if ray.is_initialized() else None  # else Ray starts on first use
+    if found is not None:
+        check_resources(concurrency, threads if num_cpus is None else num_cpus, num_gpus, *found)
     params = {"template": str(template), "model": model, "calibration": calibration, "batch_size": batch_size}
     blocks = ds.repartition(target_num_rows_per_block=chunk_size, strict=True)
     return blocks.map_batches(
