@@ -116,3 +116,29 @@ def test_a_failing_ray_job_leaves_no_temporary_file_and_the_old_output(tmp_path,
         ray_io.predict_file(open_source(src), out, template="t.toml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.parquet"]
     assert out.read_bytes() == b"an earlier output"
+
+
+@pytest.mark.parametrize("concurrency", [3, (1, 4)])
+def test_the_actor_pool_is_asked_for_with_compute_not_the_deprecated_concurrency(concurrency):
+    """Ray 2.51 deprecated map_batches(concurrency=...) (a warning among Ray's log lines on every run); the actor
+    pool is a ``compute=ActorPoolStrategy``. A stand-in dataset records the call (no cluster started)."""
+    from verbalize.io.ray import classify_dataset
+
+    calls = []
+
+    class Dataset:
+        def repartition(self, **kwargs):
+            return self
+
+        def map_batches(self, fn, **kwargs):
+            calls.append(kwargs)
+            return self
+
+    classify_dataset(Dataset(), template="t.toml", concurrency=concurrency, num_cpus=0.5)  # fits any Ray instance
+    [kwargs] = calls
+    assert "concurrency" not in kwargs
+    pool = kwargs["compute"]
+    assert isinstance(pool, ray.data.ActorPoolStrategy)
+    want = (3, 3) if concurrency == 3 else concurrency
+    assert (pool.min_size, pool.max_size) == want
+    assert kwargs["num_cpus"] == 0.5

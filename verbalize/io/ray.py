@@ -209,10 +209,18 @@ def classify_dataset(
         },
         batch_size=chunk_size,
         batch_format="pyarrow",
-        concurrency=concurrency,
+        compute=_actor_pool(ray, concurrency),
         num_cpus=threads if num_cpus is None else num_cpus,
         num_gpus=num_gpus,
     )
+
+
+def _actor_pool(ray: Any, concurrency: int | tuple[int, int]) -> Any:
+    """A fixed pool of ``concurrency`` actors, or an autoscaling one between ``(min, max)`` actors (the
+    ``compute`` argument: ``map_batches(concurrency=...)`` is deprecated since Ray 2.51)."""
+    if isinstance(concurrency, tuple):
+        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    return ray.data.ActorPoolStrategy(size=concurrency)
 
 
 def read_dataset(source: Source) -> Any:
