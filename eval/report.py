@@ -71,21 +71,36 @@ def summary(g: dict) -> str:
     gains = []
     for ds in sorted({key[0] for key in g}):
 
-        def acc(m: str, c: str, k: int, ds: str = ds) -> float:
+        def acc(m: str, c: str, k: int, ds: str = ds) -> float | None:
             vals = g.get((ds, m, c, k), {}).get("accuracy")
-            return float(np.mean(vals)) if vals else float("nan")
+            return float(np.mean(vals)) if vals else None
 
-        cals = ("contextual", "domain", "batch", "temperature")
-        raw0 = acc("verbalize", "none", 0)
-        best0 = max(cals, key=lambda c: acc("verbalize", c, 0))
-        best4 = max(cals, key=lambda c: acc("verbalize", c, 4))
-        gains.append(acc("verbalize", best0, 0) - raw0)
+        def best(k: int) -> tuple[str, float] | None:
+            """The most accurate calibration among those run at k (max over NaN keys kept the first one)."""
+            ran = [(c, a) for c in CALIBRATIONS if (a := acc("verbalize", c, k)) is not None]
+            return max(ran, key=lambda ca: ca[1]) if ran else None
+
+        raw0, best0, best4, tfidf = acc("verbalize", "none", 0), best(0), best(4), acc("tfidf_lr", "-", 4)
+        if raw0 is not None and best0 is not None:
+            gains.append(best0[1] - raw0)
+        out.append(f"| {ds} | {_cell(raw0)} | {_best_cell(best0)} | {_best_cell(best4)} | {_cell(tfidf)} |")
+    if gains:
+        what = f"{len(gains)} dataset{'s' if len(gains) > 1 else ''} with a calibrated zero-shot run"
         out.append(
-            f"| {ds} | {raw0:.3f} | {acc('verbalize', best0, 0):.3f} ({best0}) | "
-            f"{acc('verbalize', best4, 4):.3f} ({best4}) | {acc('tfidf_lr', '-', 4):.3f} |"
+            f"\nbest calibrated zero-shot minus raw, mean over datasets: {100 * np.mean(gains):+.1f} points ({what})"
         )
-    out.append(f"\nbest calibrated zero-shot minus raw, mean over datasets: {100 * np.mean(gains):+.1f} points")
     return "\n".join(out)
+
+
+CALIBRATIONS = ("contextual", "domain", "batch", "temperature")
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _best_cell(best: tuple[str, float] | None) -> str:
+    return "n/a" if best is None else f"{best[1]:.3f} ({best[0]})"
 
 
 def plots(rows: list[dict], folder: Path) -> int:
