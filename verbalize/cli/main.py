@@ -105,15 +105,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"verbalize {__version__}")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("template", help="template file (TOML), or a classifier directory written by finetune / save")
+    def common(sp: argparse.ArgumentParser, saved: bool = True) -> None:
+        what = "template file (TOML) or shipped template name (sst2, agnews, ...)"
+        if saved:
+            what += ", or a classifier directory written by finetune / save"
+        sp.add_argument("template", help=what)
         sp.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: embedded)")
         sp.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "int8"], help="weights")
 
     c = sub.add_parser("check", help="validate a template, show its prompt and how label words tokenize")
-    common(c)
+    common(c, saved=False)
     c.add_argument("--text", default=None, help="sample text to render (default: the template's sample_text)")
-    c.set_defaults(func=lambda a: check(a.template, a.model, a.text))
+    c.set_defaults(func=lambda a: check(_template_only(a, "check"), a.model, a.text))
 
     r = sub.add_parser("predict", help="classify the texts of a CSV / TSV / JSONL / Parquet / plain-text file")
     common(r)
@@ -155,9 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_eval)
 
     f = sub.add_parser("finetune", help="prompt-based fine-tuning on a labeled file; saves a classifier directory")
-    common(f)
+    common(f, saved=False)
     f.add_argument("train", help="labeled file (.jsonl, .csv, .tsv, .parquet) with a text and a label column")
     f.add_argument("--output", "-o", required=True, help="directory to write (classifier + Hugging Face model/)")
+    f.add_argument("--force", action="store_true", help="replace the classifier already in --output")
     f.add_argument("--column", default=None, help="text column (default: text, sentence, content, ...)")
     f.add_argument("--label-column", default="label")
     f.add_argument("--method", choices=["full", "lora"], default="full")
@@ -180,6 +184,18 @@ def _parser() -> argparse.ArgumentParser:
 def _saved(args: argparse.Namespace) -> Path | None:
     path = Path(args.template)
     return path if path.is_dir() and (path / "verbalize.json").is_file() else None
+
+
+def _template_only(args: argparse.Namespace, command: str) -> str:
+    """``check`` and ``finetune`` take a template: a saved classifier directory is refused with the way out."""
+    saved = _saved(args)
+    if saved is not None:
+        raise InputError(
+            f"{saved} is a saved classifier directory; verbalize {command} takes a template file or a shipped "
+            f"template name: give the template it was made from (its fields are under 'template' in "
+            f"{saved / 'verbalize.json'}); predict and eval take the directory itself"
+        )
+    return str(args.template)
 
 
 def _classifier(args: argparse.Namespace, batch_size: int = 64) -> Verbalizer:
@@ -440,7 +456,12 @@ def _finetune(args: argparse.Namespace) -> int:
     from verbalize.training.config import FineTuneConfig
 
     out = check_model_dir(args.output)
-    template = resolve_template(args.template, None)
+    if (out / "verbalize.json").is_file() and not args.force:
+        raise InputError(
+            f"--output {out} holds a fine-tuned classifier already; pass --force to replace it, or give another "
+            "--output"
+        )
+    template = resolve_template(_template_only(args, "finetune"), None)
     rows, problems = labeled_rows(args.train, args.column, args.label_column, list(template.labels))
     for p in problems:
         print(f"skipped {p}", file=sys.stderr)
