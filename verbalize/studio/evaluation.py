@@ -24,12 +24,12 @@ from verbalize.estimator import Verbalizer
 from verbalize.io.jobs import field_columns
 from verbalize.io.readers import labeled_rows
 from verbalize.prompting.template import Template, loads_template
-from verbalize.report import summarize
+from verbalize.report import summarize, svg_confusion, svg_reliability
 from verbalize.studio.files import version_of
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_CHUNK = 16  # rows scored between progress updates (and cancellation checks) without calibration
+PROGRESS_CHUNK = 64  # rows scored between progress updates and cancellation checks (the default batch size)
 CACHE_SIZE = 64  # finished jobs kept
 
 
@@ -158,7 +158,9 @@ class Evaluator:
                 job.progress = done + share / steps
 
             proba = self._proba(template, None if name == "none" else name, texts, y, job, tick)
-            job.results = job.results | {name: summarize(y, proba, classes, texts)}
+            summary = summarize(y, proba, classes, texts)
+            summary["svg"] = {"confusion": svg_confusion(summary), "reliability": svg_reliability(summary)}
+            job.results = job.results | {name: summary}
             job.progress = (i + 1) / steps
 
     def _proba(
@@ -166,8 +168,7 @@ class Evaluator:
     ) -> np.ndarray:
         clf = Verbalizer(template=template, model=self.scorer, calibration=calibration)
         if calibration is not None:  # fitted as `verbalize eval --calibration` fits it: fit(X, y) on the rows
-            clf.fit(texts, y)
-            return np.asarray(clf.predict_proba(texts))
+            clf.fit(texts, y)  # a fitted calibrator scores each text alone: chunks below give the same numbers
         parts = []
         for start in range(0, len(texts), PROGRESS_CHUNK):
             if job.cancel.is_set():
