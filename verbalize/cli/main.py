@@ -28,6 +28,7 @@ from verbalize.cli.eval_report import ProbaRecorder, check_report_path, write_ev
 from verbalize.cli.serve import add_parser as _add_serve  # `verbalize serve` (needs the [serve] extra to run)
 from verbalize.cli.studio import add_parser as _add_studio  # `verbalize studio` (the [serve] extra too)
 from verbalize.cli.suggest import add_parser as _add_suggest
+from verbalize.cli.threads import add_threads_argument, set_threads
 from verbalize.errors import InputError, VerbalizeError
 from verbalize.io.jobs import (
     EXIT_OK,
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging()  # warnings as one line each: `warning: <message>`
     hide_unused_torchao()
+    if "threads" in args:  # the commands that run the model
+        set_threads(args.threads)
     try:
         with one_line_warnings():
             return int(args.func(args))
@@ -129,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--chunk-size", type=_positive, default=CHUNK, help="rows classified and written at a time")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.partial")
     r.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    add_threads_argument(r)
     r.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="ray: Ray Data (pip install verbalize[ray])"
     )
@@ -148,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--fit-file", default=None, metavar="FILE", help=FIT_FILE_HELP)
     e.add_argument("--batch-size", type=_positive, default=64)
     e.add_argument("--limit", type=_positive, default=None, help="use the first N rows (and fit on them)")
+    add_threads_argument(e)
     e.add_argument(
         "--report",
         default=None,
@@ -174,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--calibration", type=_calibration, default=None, help="none (default), auto or a calibrator name")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-progress", action="store_true")
+    add_threads_argument(f)
     f.set_defaults(func=_finetune)
     _add_serve(sub)
     _add_suggest(sub)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from verbalize.cli.threads import add_threads_argument
 from verbalize.prompting.template import load_template
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         f"(or set {API_KEY_ENV}, or use --api-key-file; a flag shows in the process list)",
     )
     s.add_argument("--api-key-file", default=None, help="read the API key from this file (first line)")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(s)  # set by main before the command runs, as for predict
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=run)
     return s
@@ -149,10 +150,6 @@ def prepare(args: argparse.Namespace) -> Any:
     for source in expand_sources(args.templates):
         if source.kind == "template":
             load_template(source.path)  # TemplateError lists every problem: exit 2 before any model loads
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     logging.getLogger("verbalize").setLevel(args.log_level.upper())
     config = ServeConfig(
         window_ms=args.window_ms,

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from verbalize.cli.threads import add_threads_argument
 from verbalize.io.jobs import field_columns
 from verbalize.io.readers import open_source
 from verbalize.prompting.template import load_template
@@ -42,6 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--cv", type=int, default=4, help="cross-validation folds")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="overwrite --output if it exists (never the input)")
+    add_threads_argument(s)
     s.set_defaults(func=run_suggest)
     return s
 
