@@ -243,7 +243,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray of str
-        Label names in template order; the columns of ``predict_proba``.
+        Label names in template order; the columns of ``predict_proba``. A zero-shot classifier knows them
+        from its template before any ``fit`` or ``predict`` (reading them loads no model); with ``heads``,
+        they are the heads' labels, known after ``fit``.
     template_, scorer_, demos_, calibrator_
     heads_ : dict of str to FittedHead
         Fitted heads, when ``heads`` is given.
@@ -594,3 +596,18 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     def __getstate__(self) -> dict[str, Any]:
         return persistence.pickle_state(super().__getstate__())
+
+    def __getattr__(self, name: str) -> Any:
+        """``classes_`` of a zero-shot classifier before its set-up: the template's labels (no model is loaded).
+
+        Only reached when normal look-up fails: once set up (first fit or predict), ``classes_`` is stored.
+        """
+        if name != "classes_" or name in self.__dict__ or "template" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if self.__dict__.get("heads") is not None:
+            raise AttributeError("classes_ of a Verbalizer with heads are the heads' labels, known after fit")
+        try:
+            template = resolve_template(self.template, self.labels)
+        except (ValueError, TypeError, OSError) as exc:  # hasattr() must stay False, not raise
+            raise AttributeError(f"classes_ is not available: the template cannot be read: {exc}") from exc
+        return np.array(list(template.labels), dtype=object)

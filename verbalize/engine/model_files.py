@@ -126,8 +126,8 @@ def hub_source(name: str) -> str:
     """
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return name
-    if any(os.environ.get(v) for v in PROXY_VARIABLES):
-        return name  # the proxy may reach the hub where a direct connection cannot
+    if any(os.environ.get(v) for v in PROXY_VARIABLES) or not _is_repo_id(name):
+        return name  # a proxy may reach the hub; no repo id (a missing path) fails fast in from_pretrained
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     reason = _unreachable(endpoint)
     if reason is None:
@@ -137,7 +137,7 @@ def hub_source(name: str) -> str:
         logger.info("the hub (%s) is unreachable (%s); %r is read from the local hub cache", endpoint, reason, name)
         return snapshot
     raise ModelLoadError(
-        f"model {name!r} is no local directory or .gguf file, so it would come from the Hugging Face hub, but "
+        f"could not load model {name!r}: it is no local directory or .gguf file, so it would come from the hub, but "
         f"{endpoint} cannot be reached from here ({reason}) and {name!r} is not in the local hub cache. Pass a "
         "directory saved with save_pretrained, a .gguf file, or None for the embedded default model; or download "
         "it where the hub is reachable and copy the hub cache (HF_HUB_CACHE), or set HF_HUB_OFFLINE=1 to use "
@@ -157,6 +157,17 @@ def _unreachable(endpoint: str) -> str | None:
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _is_repo_id(name: str) -> bool:
+    """Whether ``name`` is a valid hub repo id ("gpt2", "org/model"), as opposed to a missing local path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _cached_snapshot(name: str) -> str | None:
