@@ -82,6 +82,8 @@ def _eval_cli(tmp_path, client, text, size, calibration=None):
         str(size),
         "--report",
         str(report),
+        "--dtype",
+        "float32",  # the studio's scorer here: the tiny model in float32
     ]
     assert main(args + (["--calibration", calibration] if calibration else [])) == 0
     page = report.read_text(encoding="utf-8")
@@ -122,12 +124,22 @@ def test_evaluation_equals_verbalize_eval_on_the_same_rows(studio, tmp_path, mod
     studio.model_dir = model_dir
     job = _evaluate(studio, TEMPLATE, size=20)
     assert job["status"] == "done" and list(job["results"]) == ["none", "contextual", "batch"]
+    shares = {(w["label"], w["word"]): w["share"] for w in job["words"]}
+    assert list(shares) == [
+        ("negative", "bad"),
+        ("negative", "negative"),
+        ("positive", "good"),
+        ("positive", "positive"),
+    ]
+    assert shares["negative", "bad"] + shares["negative", "negative"] == pytest.approx(1.0)
+    assert 0 < shares["positive", "good"] < 1
     for calibration in ("none", "contextual", "batch"):
         cli = _eval_cli(tmp_path, studio, TEMPLATE, 20, None if calibration == "none" else calibration)
         got = job["results"][calibration]
         assert got["n"] == cli["n"] == 20
         assert got["predictions"] == cli["predictions"] and got["confusion"] == cli["confusion"]
         assert (got["accuracy"], got["macro_f1"]) == (cli["accuracy"], cli["macro_f1"])
+        print(calibration, got["ece"], cli["ece"])
         assert got["ece"] == pytest.approx(cli["ece"], abs=1e-9) and got["per_class"] == pytest.approx(cli["per_class"])
     changed = TEMPLATE.replace('negative = ["bad", "negative"]', 'negative = ["terrible"]')
     other = _evaluate(studio, changed, size=20)
@@ -242,3 +254,49 @@ def test_all_calibrations_run(studio):
     job = _evaluate(studio, TEMPLATE, size=24)
     assert job["status"] == "done", job["error"]
     assert set(job["results"]) >= {"none", "contextual", "domain", "batch", "temperature", "auto"}
+
+
+def test_suggested_words_come_from_the_suggest_machinery(studio):
+    body = {"name": "t.toml", "text": TEMPLATE, "data": "data.jsonl", "size": 24}
+    out = studio.post("/api/suggest", json=body, headers=H).json()
+    assert set(out["candidates"]) == {"negative", "positive"} and out["choice"] in ("input", "new", "input+new")
+    assert set(out["chosen"]) == {"negative", "positive"} and 0 <= out["template_cv_accuracy"] <= 1
+    own = {"bad", "negative", "good", "positive"}
+    assert all(w not in own for words in out["candidates"].values() for w in words)  # only new words are offered
+    assert any(out["candidates"].values())
+
+
+def test_the_command_prints_its_url_and_serves_the_page(tmp_path, model_dir):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "t.toml").write_text(TEMPLATE, encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "verbalize.cli", "studio", str(folder), "--model", model_dir, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "open http" in line:
+                break
+        assert f"verbalize studio: open http://127.0.0.1:{port}/" in "".join(lines)
+        end = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/files", timeout=5) as r:
+                    files = json.loads(r.read())
+                break
+            except OSError:
+                assert time.monotonic() < end and proc.poll() is None, "".join(lines)
+                time.sleep(0.1)
+        assert files["templates"] == ["t.toml"] and files["data"] == []
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -27,6 +27,7 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"no chromium at {CHROMIUM}: apt-get install -y chromium (see .ci/setup)", allow_module_level=True)
 
 import uvicorn  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
 
 from verbalize import Verbalizer  # noqa: E402
 from verbalize.cli.main import main  # noqa: E402
@@ -149,10 +150,10 @@ def _shown(page) -> dict:
     )
 
 
-def _eval_cli(tmp_path: Path, text: str, data: Path, model: str, size: int) -> dict:
+def _eval_cli(tmp_path: Path, text: str, data: Path, model: str, size: int, dtype: str = "float32") -> dict:
     tpl, report = tmp_path / "cli.toml", tmp_path / "cli-report.html"
     tpl.write_text(text, encoding="utf-8")
-    args = ["eval", str(tpl), str(data), "--limit", str(size), "--report", str(report)]
+    args = ["eval", str(tpl), str(data), "--limit", str(size), "--report", str(report), "--dtype", dtype]
     assert main(args + (["--model", model] if model else [])) in (0, 1)
     page = report.read_text(encoding="utf-8")
     return json.loads(page.split('id="verbalize-report">', 1)[1].split("</script>", 1)[0])
@@ -331,3 +332,54 @@ def _screenshot(page, tmp_path: Path) -> None:
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, target)
     print(f"\nscreenshot: {shot} ({size} bytes)" + (f", copied to {target}" if target.exists() else ""))
+
+
+def test_eval_report_opens_offline_in_chromium_with_the_studios_numbers(tmp_path, gpt2_model, gpt2_tokenizer, tiny_dir):
+    folder, data = _setup(tmp_path, TINY, TINY_ROWS)
+    size = len(TINY_ROWS)
+    report = tmp_path / "report.html"
+    args = [
+        "eval",
+        str(folder / "t.toml"),
+        str(data),
+        "--model",
+        tiny_dir,
+        "--limit",
+        str(size),
+        "--report",
+        str(report),
+        "--dtype",
+        "float32",
+    ]
+    assert main(args) == 0
+    served = Served(folder, data, Scorer(gpt2_model, gpt2_tokenizer), ["none"])  # the app, not started
+    with TestClient(served.app) as client:
+        body = {"name": "t.toml", "text": TINY, "data": "data.jsonl", "size": size}
+        job = client.post("/api/evaluate", json=body, headers={"X-Verbalize-Studio": "1"}).json()
+        while job["status"] in ("queued", "running"):
+            time.sleep(0.02)
+            job = client.get(f"/api/evaluate/{job['id']}").json()
+    studio = job["results"]["none"]
+    with Browser("file://" + str(report)) as browser:  # every request but the file itself is blocked
+        page = browser.context.new_page()
+        page.goto("file://" + str(report))
+        assert page.locator("svg[aria-label='confusion matrix']").is_visible()
+        assert page.locator("svg[aria-label='reliability diagram']").is_visible()
+        island = json.loads(page.text_content("#verbalize-report"))
+        wrong_rows = page.locator("h2:has-text('Wrong texts') + table tr").count() - 1
+        cells = {c.get_attribute("data-cell"): int(c.text_content()) for c in page.locator("svg text[data-cell]").all()}
+        assert browser.blocked == []
+    for key in (
+        "n",
+        "accuracy",
+        "macro_f1",
+        "confusion",
+        "predictions",
+        "per_class",
+        "ece",
+        "accuracy_ci",
+        "macro_f1_ci",
+    ):
+        assert island[key] == studio[key], key
+    assert wrong_rows == island["n_errors"] > 0
+    assert cells == {f"{i},{j}": v for i, row in enumerate(studio["confusion"]) for j, v in enumerate(row)}

@@ -30,7 +30,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--label-column", default="label")
     s.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help="column of a template field")
     s.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: embedded)")
-    s.add_argument("--dtype", default="float32", help="weights: float32 (default), bfloat16, float16, int8, auto")
+    s.add_argument("--dtype", default=None, help="number format of the weights (default: eval's default)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     s.set_defaults(func=run)
@@ -55,6 +55,7 @@ def build(args: argparse.Namespace, scorer: Any = None) -> Any:
     """The studio's app (model loaded, folder and data checked), before listening."""
     from verbalize.cli.serve import is_loopback
     from verbalize.engine.scoring import Scorer
+    from verbalize.estimator import Verbalizer
     from verbalize.studio.app import LOCAL_HOSTS, Studio, create_app
     from verbalize.studio.evaluation import Evaluator
     from verbalize.studio.files import TemplateFolder
@@ -63,7 +64,8 @@ def build(args: argparse.Namespace, scorer: Any = None) -> Any:
     data = data_files(args)
     if scorer is None:
         print(f"verbalize studio: loading model {args.model or '(embedded default)'} ...", file=sys.stderr)
-        scorer = Scorer.from_pretrained(args.model, dtype=args.dtype)
+        dtype = args.dtype or Verbalizer().dtype  # eval's default, so the studio's numbers are eval's
+        scorer = Scorer.from_pretrained(args.model, dtype=dtype)
     if not is_loopback(args.host):
         print(
             f"warning: listening on {args.host}: anyone who reaches it can read and write the templates in "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from verbalize.studio.files import version_of
 
 logger = logging.getLogger(__name__)
 
+WORDS_SHARE = 0.8  # of the progress bar: scoring the words; the calibrations take the rest
 PROGRESS_CHUNK = 64  # rows scored between progress updates and cancellation checks (the default batch size)
 CACHE_SIZE = 64  # finished jobs kept
 
@@ -70,11 +71,12 @@ class Job:
     skipped: list[str] = field(default_factory=list)
     texts: list[Any] = field(default_factory=list, repr=False)
     y: list[str] = field(default_factory=list, repr=False)
+    words: list[dict[str, Any]] = field(default_factory=list)  # each label word's share of its label's score
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def view(self) -> dict[str, Any]:
         """What the page is sent."""
-        keys = ("id", "version", "data", "size", "status", "progress", "step", "error", "seconds", "results")
+        keys = ("id", "version", "data", "size", "status", "progress", "step", "error", "seconds", "results", "words")
         return {k: getattr(self, k) for k in keys} | {"skipped": self.skipped[:20], "n_skipped": len(self.skipped)}
 
 
@@ -147,35 +149,40 @@ class Evaluator:
         if not texts:
             raise ValueError(f"no usable labeled rows in {job.data} for this template's labels {list(template.labels)}")
         classes = list(template.labels)
+        words, shares = self._words(template, texts, job)  # scored once: every calibration reuses them
+        job.words = shares
         steps = len(self.calibrations)
         for i, name in enumerate(self.calibrations):
             if job.cancel.is_set():
                 raise Cancelled
             job.step = f"calibration {name}"
-            done = i / steps
-
-            def tick(share: float, done: float = done) -> None:
-                job.progress = done + share / steps
-
-            proba = self._proba(template, None if name == "none" else name, texts, y, job, tick)
+            clf = Verbalizer(template=template, model=self.scorer, calibration=None if name == "none" else name)
+            if name != "none":  # fitted as `verbalize eval --calibration` fits it: fit(X, y) on the evaluated rows
+                clf.fit(texts, y)
+            proba = clf.calibrate_words(words, texts)  # equals clf.predict_proba(texts) (see Verbalizer.build_prompts)
             summary = summarize(y, proba, classes, texts)
             summary["svg"] = {"confusion": svg_confusion(summary), "reliability": svg_reliability(summary)}
             job.results = job.results | {name: summary}
-            job.progress = (i + 1) / steps
+            job.progress = WORDS_SHARE + (1 - WORDS_SHARE) * (i + 1) / steps
 
-    def _proba(
-        self, template: Template, calibration: str | None, texts: list[Any], y: list[str], job: Job, tick: Callable
-    ) -> np.ndarray:
-        clf = Verbalizer(template=template, model=self.scorer, calibration=calibration)
-        if calibration is not None:  # fitted as `verbalize eval --calibration` fits it: fit(X, y) on the rows
-            clf.fit(texts, y)  # a fitted calibrator scores each text alone: chunks below give the same numbers
+    def _words(self, template: Template, texts: list[Any], job: Job) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Each label word's log-probability after each text's prompt (n, n_words), scored in chunks (progress and
+        cancellation between them), and each word's share of its label's probability (mean over the rows)."""
+        clf = Verbalizer(template=template, model=self.scorer)
+        job.step = "scoring the label words"
         parts = []
         for start in range(0, len(texts), PROGRESS_CHUNK):
             if job.cancel.is_set():
                 raise Cancelled
-            parts.append(np.asarray(clf.predict_proba(texts[start : start + PROGRESS_CHUNK])))
-            tick(min(start + PROGRESS_CHUNK, len(texts)) / len(texts))
-        return np.vstack(parts)
+            p = clf.build_prompts(texts[start : start + PROGRESS_CHUNK])
+            words = np.zeros((len(p.prompts), len(clf.label_tokens_.words)))  # (chunk, n_words)
+            for prefix, rows in p.groups():
+                q = p.part(rows)
+                words[rows] = clf.scorer_.score_words(q.prompts, clf.label_tokens_, q.spans, prefix)
+            parts.append(words)
+            job.progress = WORDS_SHARE * min(start + PROGRESS_CHUNK, len(texts)) / len(texts)
+        words = np.vstack(parts)
+        return words, word_shares(words, clf.label_tokens_)
 
     def compare(self, a: str, b: str, calibration: str = "none") -> dict[str, Any]:
         """Two finished jobs side by side: each one's numbers and the rows whose predicted label differs."""
@@ -195,6 +202,18 @@ class Evaluator:
         if job is None or job.status != "done":
             raise KeyError(f"evaluation {job_id!r} is not finished; evaluate both versions first")
         return job
+
+
+def word_shares(words: np.ndarray, tokens: Any) -> list[dict[str, Any]]:
+    """Which words carry each label's score: a word's share of its label's probability (the label's score is the
+    log of the sum of its words' probabilities), averaged over the rows."""
+    out = []
+    for li, label in enumerate(tokens.labels):
+        cols = [j for j, owner in enumerate(tokens.word_label) if owner == li]
+        w = words[:, cols]  # (n, words of this label)
+        share = np.exp(w - np.logaddexp.reduce(w, axis=1, keepdims=True)).mean(axis=0)
+        out += [{"label": label, "word": tokens.words[j], "share": float(v)} for j, v in zip(cols, share, strict=True)]
+    return out
 
 
 def _headline(s: dict[str, Any]) -> dict[str, Any]:

@@ -184,6 +184,7 @@ function showJob(job) {
     $("right").dataset.ms = (performance.now() - state.lastInput).toFixed(1);
   }
   showCalibrations(job.results);
+  showShares(job.words || []);
   if (!r) return;
   for (const key of ["accuracy", "macro_f1", "ece"]) document.querySelector(`[data-metric="${key}"]`).textContent = fmt(r[key]);
   document.querySelector('[data-metric="n"]').textContent = r.n;
@@ -204,6 +205,15 @@ function showCalibrations(results) {
     body.append(el("tr", { "data-calibration": name }, el("th", { text: name }), el("td", { text: fmt(r.accuracy) }),
       el("td", { text: ci(r.accuracy_ci) }), el("td", { text: fmt(r.macro_f1) }), el("td", { text: ci(r.macro_f1_ci) }),
       el("td", { text: fmt(r.ece) })));
+  }
+}
+
+function showShares(words) {
+  const body = $("word-shares").tBodies[0];
+  body.replaceChildren();
+  for (const w of words) {
+    body.append(el("tr", {}, el("td", { class: "l", text: w.label }), el("td", { class: "l", text: w.word }),
+      el("td", { text: `${(100 * w.share).toFixed(1)}%` })));
   }
 }
 
