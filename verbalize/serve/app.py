@@ -1,8 +1,8 @@
 """The ASGI application: FastAPI routes over the registry and the micro-batcher.
 
 Routes: ``POST /v1/classify``, ``GET /v1/templates``, ``GET /healthz``, ``GET /readyz``,
-``GET /metrics`` (Prometheus text), ``GET /docs`` and ``GET /redoc`` (the OpenAPI document's pages, with their
-assets served from ``/docs/static/``: they work offline; see :mod:`verbalize.serve.docs`). Every error answer is JSON
+``GET /metrics`` (Prometheus text), ``GET /docs`` (the OpenAPI document's page, with its assets served from
+``/docs/static/``: it works offline; see :mod:`verbalize.serve.docs`). Every error answer is JSON
 ``{"error": code, "message": ..., "location": ...}``.
 """
 
@@ -166,7 +166,7 @@ def create_app(paths: list[str], model: Any = None, config: ServeConfig | None =
     summary = "Prompt-based text classification service"
     app = FastAPI(title="verbalize", summary=summary, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
-    add_docs(app)  # /docs and /redoc with the assets served here, not from a CDN
+    add_docs(app)  # /docs with its assets served here, not from a CDN
     if service.config.api_key is not None:
         app.add_middleware(ApiKeyGate, api_key=service.config.api_key)
 
@@ -294,7 +294,7 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> ServeError:
     """Starlette's own refusals (no such route, a method the route lacks) in the service's error shape."""
     where = f"{request.method} {request.url.path[:200]}"
     if exc.status_code == 404:
-        routes = "POST /v1/classify, GET /v1/templates, /healthz, /readyz, /metrics, /docs, /redoc, /openapi.json"
+        routes = "POST /v1/classify, GET /v1/templates, /healthz, /readyz, /metrics, /docs, /openapi.json"
         return ServeError(404, "not_found", f"{where}: no such route; the routes are {routes}", location="path")
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "the documented method")

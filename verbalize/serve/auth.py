@@ -1,8 +1,8 @@
 """Optional API key: ``Authorization: Bearer KEY`` on every route but the health probes.
 
 ``/healthz`` and ``/readyz`` stay open (load balancers and orchestrators probe them without a
-key); they show no template, path or label. So do the ``/docs`` pages' static assets (``/docs/static/``:
-the same Swagger UI and ReDoc release files in every installation); the pages themselves need the key.
+key); they show no template, path or label. So do the ``/docs`` page's static assets (``/docs/static/``:
+the same Swagger UI release files in every installation); the page itself needs the key.
 The key is compared with :func:`hmac.compare_digest` (constant time), so the answer's timing does not
 reveal how much of a guess was right.
 """
