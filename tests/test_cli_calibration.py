@@ -112,3 +112,12 @@ def test_eval_temperature_is_fitted_on_the_labels_and_none_is_accepted(tmp_path,
     args = ["eval", template, data, "--model", model_dir, "--calibration", "auto", "--fit-file", str(bad)]
     assert main(args) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_predict_takes_calibration_none_as_no_calibration(tmp_path, tmp_template, model_dir, capsys):
+    template = str(tmp_template(TOPICS))
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS[:4]) + "\n")
+    assert main(["predict", template, str(src), "--model", model_dir, "--calibration", "none", "--no-progress"]) == 0
+    got = [json.loads(line)["prediction"] for line in capsys.readouterr().out.splitlines()]
+    assert got == list(Verbalizer(template=template, model=model_dir).predict(TEXTS[:4]))
