@@ -125,12 +125,14 @@ def test_importing_verbalize_imports_no_optional_extra():
     assert imported_after("import verbalize, verbalize.cli.main\nverbalize.cli.main._parser()", EXTRAS) == []
 
 
-def test_the_cli_prints_a_warning_as_one_line(capsys):
+def test_the_cli_prints_a_warning_as_one_line():
     """The CLI's own hook: ``warning: <message>``, no file name, no source line (the library installs none)."""
     from verbalize.cli.console import one_line_warnings
 
-    before = warnings.showwarning
+    before = warnings.formatwarning
+    message = "95% of the predictions are 'positive'"
     with one_line_warnings():
-        warnings.warn_explicit("95% of the predictions are 'positive'", UserWarning, "verbalize/x.py", 12)
-    assert warnings.showwarning is before
-    assert capsys.readouterr().err == "warning: 95% of the predictions are 'positive'\n"
+        assert warnings.formatwarning(message, UserWarning, "verbalize/x.py", 12) == f"warning: {message}\n"
+        with pytest.warns(UserWarning, match="95%"):  # recorded warnings are still recorded (pytest.warns)
+            warnings.warn(message, UserWarning, stacklevel=1)
+    assert warnings.formatwarning is before

@@ -10,7 +10,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import Any
 
 
 class OneLineFormatter(logging.Formatter):
@@ -20,28 +20,26 @@ class OneLineFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.message}"
 
 
-def _show(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: TextIO | None = None,
-    line: str | None = None,
-) -> None:
-    """``warnings.showwarning`` for the terminal: the message alone, without the file, line number and source."""
-    with contextlib.suppress(OSError):  # stderr closed: a warning is not worth a crash
-        print(f"warning: {message}", file=file or sys.stderr)
+def _one_line(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """``warnings.formatwarning`` for the terminal: the message alone, without the file, line number and source."""
+    return f"warning: {message}\n"
 
 
 @contextlib.contextmanager
 def one_line_warnings() -> Iterator[None]:
-    """Show Python warnings as ``warning: <message>`` while the block runs."""
-    before: Any = warnings.showwarning
-    warnings.showwarning = _show
+    """Show Python warnings as ``warning: <message>`` while the block runs.
+
+    Only the format changes (``warnings.formatwarning``): where warnings go, and whether they are recorded
+    (``warnings.catch_warnings(record=True)``, ``pytest.warns``), stays as it was.
+    """
+    before: Any = warnings.formatwarning
+    warnings.formatwarning = _one_line
     try:
         yield
     finally:
-        warnings.showwarning = before
+        warnings.formatwarning = before
 
 
 def configure_logging() -> None:
