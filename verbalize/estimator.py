@@ -32,6 +32,8 @@ from verbalize.calibration.calibrators import (
 from verbalize.engine.scoring import AGGREGATIONS, Scorer, aggregate
 from verbalize.engine.tokens import reserved_tokens
 from verbalize.errors import ParameterError, check_choice, check_int
+from verbalize.progress import enabled as progress_shown
+from verbalize.progress import shown_if, stage
 from verbalize.prompting.demos import SELECTIONS, choose_demos
 from verbalize.prompting.prompts import PromptBuilder, Prompts, per_prefix, resolve_template
 from verbalize.prompting.template import Template
@@ -335,9 +337,10 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     def _load_scorer(self) -> Scorer:
         """The shared model (cached per process), wrapped with this classifier's batch size and budget."""
-        return Scorer.resolve(
-            self.model, self.device, self.dtype, batch_size=self.batch_size, max_length=self.max_length
-        )
+        with shown_if(self.progress):  # a cold cache converts the embedded model first (~20 s): a line says so
+            return Scorer.resolve(
+                self.model, self.device, self.dtype, batch_size=self.batch_size, max_length=self.max_length
+            )
 
     def _check_params(self) -> None:
         check_params(self)
@@ -389,7 +392,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             y_index = np.array([list(self.labels_).index(v) for v in ys]) if ys is not None else None
             folds = self._fold_scorer(texts, ys) if self._n_demos() and pool is None else None
             sample = self.calibration_sample
-            fit_calibrator(self.calibrator_, self._raw_scores, texts, y_index, self.random_state, folds, sample)
+            n = len(texts) if sample is None else min(len(texts), sample)
+            with shown_if(self.progress), stage(f"fitting calibration={self.calibration!r} on {n} texts"):
+                fit_calibrator(self.calibrator_, self._raw_scores, texts, y_index, self.random_state, folds, sample)
             report = self.calibrator_.report()
             if report is not None:
                 self.calibration_report_ = report
@@ -534,11 +539,11 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         words, feats = self.scorer_.outputs(prompts, tokens, pools, spans, prefix, self.progress)
         return ([words] if words is not None else []) + feats
 
-    def _label_scores(self, texts: list[str], raw: bool = False, demos: Any = None) -> np.ndarray:
-        p = self._prompts(texts, demos=demos)
-        [words] = per_prefix(
-            p, lambda x, s, pre: [self.scorer_.score_words(x, self.label_tokens_, s, pre, self.progress)]
-        )
+    def _label_scores(
+        self, texts: list[str], raw: bool = False, demos: Any = None, progress: bool | None = None
+    ) -> np.ndarray:
+        p, bar = self._prompts(texts, demos=demos), self.progress if progress is None else progress
+        [words] = per_prefix(p, lambda x, s, pre: [self.scorer_.score_words(x, self.label_tokens_, s, pre, bar)])
         return self._from_words(words, texts, raw)
 
     def _from_words(self, words: np.ndarray, texts: list[str], raw: bool = False) -> np.ndarray:
@@ -556,7 +561,8 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         return out
 
     def _raw_scores(self, texts: list[str]) -> np.ndarray:
-        return self._label_scores(texts, raw=True)
+        # what calibrators are fitted on (1,000 texts for the CLI's batch calibration): a bar when progress is shown
+        return self._label_scores(texts, raw=True, progress=self.progress or progress_shown())
 
     def _prompts(self, texts: list[str], leave_out_same: bool = False, demos: Any = None) -> Prompts:
         """What the model reads for these texts; ``leave_out_same`` for training prompts (see PromptBuilder).

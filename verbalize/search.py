@@ -27,6 +27,7 @@ from verbalize.calibration.calibrators import CONTENT_FREE, get_calibrator, log_
 from verbalize.calibration.folds import stratified_folds
 from verbalize.engine.scoring import Scorer, aggregate
 from verbalize.errors import TemplateError, check_choice, check_int
+from verbalize.progress import shown_if, stage
 from verbalize.prompting.prompts import resolve_template
 from verbalize.prompting.template import Template
 from verbalize.prompting.template_toml import to_toml, write_template
@@ -314,7 +315,8 @@ def suggest_label_words(
     texts, ys = check_rows(X, tpl.fields), check_labels(y, labels)
     if len(texts) != len(ys):
         raise ValueError(f"X and y have different lengths: {len(texts)} rows, {len(ys)} labels")
-    scorer = Scorer.resolve(model, batch_size=64, max_length=None)
+    with shown_if(progress):  # a cold cache converts the embedded model first
+        scorer = Scorer.resolve(model, batch_size=64, max_length=None)
     y_idx = np.array([labels.index(v) for v in ys])
     cols, words = word_tokens(scorer.tokenizer, tpl.label_prefix, scorer.model.config.vocab_size)
     ok = eligible(words, [w for ws in tpl.labels.values() for w in ws])
@@ -386,6 +388,11 @@ def rank_templates(
     """Search label words for each candidate prompt (see :func:`candidate_templates`) and rank the
     results by cross-validated accuracy, best first; ``search`` goes to :func:`suggest_label_words`."""
     tpl = resolve_template(template, None)
-    scorer = Scorer.resolve(model, batch_size=64, max_length=None)
-    found = [suggest_label_words(X, y, t, scorer, **search) for t in candidate_templates(tpl, prompts)]
+    with shown_if(bool(search.get("progress"))):
+        scorer = Scorer.resolve(model, batch_size=64, max_length=None)
+        found = []
+        candidates = candidate_templates(tpl, prompts)
+        for i, t in enumerate(candidates, 1):
+            with stage(f"searching label words for prompt {i} of {len(candidates)}: {t.prompt[:60]!r}"):
+                found.append(suggest_label_words(X, y, t, scorer, **search))
     return sorted(found, key=lambda s: -round(s.cv_accuracy, 9))  # stable: on ties the input template first

@@ -24,6 +24,7 @@ import numpy as np
 from verbalize.calibration import calibrators as _cal
 from verbalize.calibration.calibrators import Calibrator, FoldScorer, ScoreTexts, log_softmax
 from verbalize.calibration.folds import stratified_folds
+from verbalize.progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ class AutoCalibrator(Calibrator):
         folds = stratified_folds(y, n_folds, random_state)
         names, n = self.candidates(), len(y)
         out = {k: np.zeros((n, 0)) for k in names}
-        for train, held in folds:
+        desc = f"calibration='auto': cross-validation of {len(names)} methods"
+        for train, held in progress_bar(folds, desc=desc, unit="fold"):
             score_texts = fold_scorer([int(i) for i in train])
             held_texts = [texts[i] for i in held]
             raw = score_texts(held_texts)

@@ -44,6 +44,8 @@ from verbalize.io.jobs import (
     sample_texts,
 )
 from verbalize.io.readers import Source, labeled_rows, open_source, read_table
+from verbalize.progress import bar as progress_bar
+from verbalize.progress import shown as progress_shown
 from verbalize.prompting.prompts import resolve_template
 from verbalize.rows import text_problem
 
@@ -65,6 +67,7 @@ FIT_FILE_HELP = (
     "so auto's choice sees the labels it is scored on"
 )
 PROBE = "A short example text."
+NO_PROGRESS_HELP = "show no progress on stderr (bars, and a line per long step with its time)"
 FIELD_HELP = (
     "with a template of several fields: the column that fills FIELD (repeatable); "
     "default: the column named like each field"
@@ -80,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "threads" in args:  # the commands that run the model
         set_threads(args.threads)
     try:
-        with one_line_warnings():
+        with one_line_warnings(), progress_shown(not getattr(args, "no_progress", False)):
             return int(args.func(args))
     except (VerbalizeError, FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -131,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive, default=64)
     r.add_argument("--chunk-size", type=_positive, default=CHUNK, help="rows classified and written at a time")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.partial")
-    r.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    r.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     add_threads_argument(r)
     r.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="ray: Ray Data (pip install verbalize[ray])"
@@ -153,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=64)
     e.add_argument("--limit", type=_positive, default=None, help="use the first N rows (and fit on them)")
     add_threads_argument(e)
+    e.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     e.add_argument(
         "--report",
         default=None,
@@ -178,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--lm-texts", default=None, help="file of unlabeled plain text for the LM loss")
     f.add_argument("--calibration", type=_calibration, default=None, help="none (default), auto or a calibrator name")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     add_threads_argument(f)
     f.set_defaults(func=_finetune)
     _add_serve(sub)
@@ -398,6 +402,7 @@ def _eval(args: argparse.Namespace) -> int:
         _fit_calibration(args, clf, rows, labels, fmap)
     y, pred, kept = [], [], []
     scored = ProbaRecorder(clf) if report else clf  # the same predict_proba, each row's probabilities kept
+    rows_bar = progress_bar(total=len(rows), desc="eval", unit="row")
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
         for row, out in zip(chunk, classify_rows(scored, chunk), strict=True):
@@ -407,6 +412,8 @@ def _eval(args: argparse.Namespace) -> int:
                 y.append(row.fields[args.label_column])
                 pred.append(out["prediction"])
                 kept.append(row.text)
+        rows_bar.update(len(chunk))
+    rows_bar.close()
     for p in problems:
         print(f"skipped {p}", file=sys.stderr)
     if not y:

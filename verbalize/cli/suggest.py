@@ -44,6 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="overwrite --output if it exists (never the input)")
     add_threads_argument(s)
+    s.add_argument("--no-progress", action="store_true", help="show no progress on stderr")
     s.set_defaults(func=run_suggest)
     return s
 
@@ -84,6 +85,7 @@ def run_suggest(args: argparse.Namespace) -> int:
         )
     calibration = None if args.calibration == "none" else args.calibration
     search: dict[str, Any] = {"cv": args.cv, "random_state": args.seed, "calibration": calibration}
+    search["progress"] = not args.no_progress  # the vocabulary's scores over the examples: the long part
     if args.n_words:  # else the search's own default
         search["n_words"] = args.n_words
     y = [r[args.label_column] for r in rows]

@@ -134,9 +134,11 @@ def _train(
     best: tuple[float, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch, stale, step = 0, 0, 0
+    last_val: dict[str, str] = {}
     bar = tqdm(total=total, disable=not config.progress, desc="fine-tuning", unit="step")
     try:
         for epoch in range(1, config.epochs + 1):
+            bar.set_description(f"fine-tuning, epoch {epoch}/{config.epochs}")
             model.train()
             if objective.joint is not None:
                 objective.joint.train()
@@ -157,11 +159,12 @@ def _train(
                 step += 1
                 losses.append(float(loss.detach()))
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", **last_val)
             record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
             if len(val_idx):
                 val_loss, val_acc = _evaluate(scorer, ids, val_idx, objective, device, config.batch_size)
                 record |= {"val_loss": val_loss, "val_accuracy": val_acc}
+                last_val = {"val_accuracy": f"{val_acc:.3f}"}  # the previous epoch's, on the bar
                 key = (val_acc, -val_loss)
                 if best is None or key > best:
                     best, best_epoch, stale = key, epoch, 0
