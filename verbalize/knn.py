@@ -156,7 +156,7 @@ class KNNPrompting(ClassifierMixin, TransformerMixin, BaseEstimator):
         batch_size: int = 64,
         max_length: int | None = None,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         random_state: int | None = None,
         progress: bool = False,
     ):

@@ -11,7 +11,8 @@ import json
 import os
 import sys
 
-from verbalize.engine.model_files import UNKNOWN_WINDOW, load_tokenizer
+from verbalize.engine.machine import describe_cpu, recorded_choice, records_file
+from verbalize.engine.model_files import UNKNOWN_WINDOW, load_tokenizer, model_source
 from verbalize.engine.tokens import leading_special_ids, prompt_budget, reserved_tokens
 from verbalize.errors import TemplateError
 from verbalize.prompting.prompts import resolve_template
@@ -92,5 +93,25 @@ def check(template_arg: str, model: str | os.PathLike | None = None, text: str |
             print(f"warning: the sample text's prompt takes {used} of {budget} tokens; its text would be cut to fit")
         else:
             print(f"fits: the sample text's prompt takes {used} of {budget} tokens")
+    print(_dtype_line(model, name))
     print("ok: no problems found")
     return 0
+
+
+def _dtype_line(model: str | os.PathLike | None, name: str) -> str:
+    """What ``dtype="auto"`` chose for the model on this machine (read from its record: no torch, no weights)."""
+    record = recorded_choice(model_source(model))
+    if record is None:
+        return (
+            f"dtype auto: not measured for model {name} on this machine ({describe_cpu()}) yet; the first load with "
+            f"dtype='auto' measures it (about a second) and records it in {records_file()}"
+        )
+    rates = record.get("rates", {})
+    base = rates.get("float32") or 1.0
+    shown = ", ".join(f"{k} {v:.0f} GFLOP/s ({v / base:.2f}x)" for k, v in rates.items())
+    why = "; ".join(f"{k}: {v}" for k, v in record.get("refused", {}).items())
+    return (
+        f"dtype auto: {record['dtype']} for model {name} on {record.get('machine', 'this machine')} (measured "
+        f"{str(record.get('measured_at', '?'))[:16]}: {shown}){f'; not taken: {why}' if why else ''}. "
+        "Force a format with --dtype or VERBALIZE_DTYPE"
+    )

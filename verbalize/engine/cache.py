@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from verbalize.engine.formats import AUTO, forced, load_auto
 from verbalize.engine.models import load_model
 
 logger = logging.getLogger(__name__)
@@ -52,14 +53,24 @@ class ModelCache:
         self._entries: dict[Key, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str | os.PathLike[str] | None, device: str = "auto", dtype: str = "float32") -> tuple[Any, Any]:
+    def get(
+        self,
+        name: str | os.PathLike[str] | None,
+        device: str = "auto",
+        dtype: str = "auto",
+        exact: Callable[[Any, Any], object] | None = None,
+    ) -> tuple[Any, Any]:
         """The loaded ``(model, tokenizer)`` for ``name``, loading it on first use (see :func:`load_model`).
+
+        ``dtype="auto"`` loads the format measured fastest here that passes ``exact(model, tokenizer)``
+        (see :mod:`verbalize.engine.formats`); ``$VERBALIZE_DTYPE`` names the format it means instead.
 
         Raises
         ------
         ModelLoadError
             When the model cannot be loaded (nothing is cached then).
         """
+        dtype = (forced() or dtype) if dtype == AUTO else dtype
         key = _key(name, device, dtype)
         with self._lock:  # one load per key, even when threads ask at once
             if key not in self._entries:
@@ -68,7 +79,9 @@ class ModelCache:
                     del self._entries[k]
                 if stale:
                     logger.info("evicted the model of %s: its directory was replaced", key[0])
-                self._entries[key] = (self._load or load_model)(name, device, dtype)
+                load = self._load or load_model
+                got = load_auto(name, device, load, exact) if dtype == AUTO else load(name, device, dtype)
+                self._entries[key] = got
             return self._entries[key]
 
     def evict(self, model: Any) -> bool:

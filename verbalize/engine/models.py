@@ -202,6 +202,13 @@ def _onednn_int8() -> bool:
         return False
 
 
+def int8_available(model: torch.nn.Module) -> bool:
+    """Whether :func:`quantize` would run this model on :class:`Int8Linear` (CPU, oneDNN, linear layers)."""
+    out = model.get_output_embeddings()  # type: ignore[operator]
+    linear = any(isinstance(m, torch.nn.Linear) and m is not out for m in model.modules())
+    return linear and next(model.parameters()).device.type == "cpu" and _onednn_int8()
+
+
 def quantize(model: torch.nn.Module) -> torch.nn.Module:
     """Quantize the linear layers of a causal LM's transformer body to int8, in place; returns the model.
 

@@ -41,6 +41,7 @@ from verbalize.engine.batching import (
     span_lists,
 )
 from verbalize.engine.cache import MODELS
+from verbalize.engine.formats import DtypeChoice, choice_of
 from verbalize.engine.model_io import ModelIO
 from verbalize.engine.models import float_activations
 from verbalize.engine.tokens import LabelTokens, char_bound, leading_special_ids, prompt_budget, reserved_tokens
@@ -109,14 +110,22 @@ class Scorer:
 
     @classmethod
     def from_pretrained(
-        cls, name: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "float32", **kwargs: Any
+        cls, name: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "auto", **kwargs: Any
     ) -> Scorer:
         """Load (once per process, per name/device/dtype: :data:`verbalize.engine.cache.MODELS`) and wrap
-        a model; see :func:`load_model`. ``verbalize.clear_model_cache()`` forgets the loaded models."""
-        return cls(*MODELS.get(name, device, dtype), **kwargs)
+        a model; see :func:`load_model`. ``verbalize.clear_model_cache()`` forgets the loaded models.
+
+        ``dtype="auto"`` takes the format measured fastest on this machine among those whose scores
+        pass this class's exactness probe (see :mod:`verbalize.engine.formats` and :attr:`dtype_choice`)."""
+        return cls(*MODELS.get(name, device, dtype, exact=_exact), **kwargs)
+
+    @property
+    def dtype_choice(self) -> DtypeChoice | None:
+        """What ``dtype="auto"`` chose for this model and the rates it measured (None when a format was named)."""
+        return choice_of(self.model)
 
     @classmethod
-    def resolve(cls, model: Any = None, device: str = "auto", dtype: str = "float32", **settings: Any) -> Scorer:
+    def resolve(cls, model: Any = None, device: str = "auto", dtype: str = "auto", **settings: Any) -> Scorer:
         """``model`` as a Scorer with ``settings`` (see :meth:`with_settings`): a Scorer is re-wrapped
         (sharing its weights), a name, directory or file loaded once per process (:meth:`from_pretrained`)."""
         base = model if isinstance(model, Scorer) else cls.from_pretrained(model, device, dtype)
@@ -442,6 +451,11 @@ class Scorer:
         got, _ = self.forward(batch, io.batch_cache(kv, len(rows)), len(prefix), tokens)
         assert got is not None
         return got
+
+
+def _exact(model: Any, tokenizer: Any) -> None:
+    """Raise :class:`ModelLoadError` unless ``model``'s scores pass the Scorer's exactness probe (``dtype="auto"``)."""
+    Scorer(model, tokenizer)
 
 
 def aggregate(word_scores: np.ndarray, word_label: np.ndarray, n_labels: int, how: str = "logsumexp") -> np.ndarray:
