@@ -121,3 +121,10 @@ def test_predict_takes_calibration_none_as_no_calibration(tmp_path, tmp_template
     assert main(["predict", template, str(src), "--model", model_dir, "--calibration", "none", "--no-progress"]) == 0
     got = [json.loads(line)["prediction"] for line in capsys.readouterr().out.splitlines()]
     assert got == list(Verbalizer(template=template, model=model_dir).predict(TEXTS[:4]))
+
+
+def test_fit_file_without_a_calibration_to_fit_is_refused(tmp_path, tmp_template, model_dir, capsys):
+    template = str(tmp_template(TOPICS))
+    data = _write(tmp_path / "data.jsonl", TEXTS[:2], ["world", "sports"])
+    assert main(["eval", template, data, "--model", model_dir, "--fit-file", data]) == 2
+    assert "no calibration is fitted here: give --calibration NAME" in capsys.readouterr().err

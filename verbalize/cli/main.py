@@ -400,6 +400,11 @@ def _eval(args: argparse.Namespace) -> int:
     report = check_report_path(args.report, args.data) if args.report else None
     clf, source, fmap = _classifier_and_source(args, args.data)  # a missing column: a setup error, before the model
     fits = clf.calibration is not None and _saved(args) is None
+    if args.fit_file and not fits:
+        raise InputError(
+            f"--fit-file {args.fit_file} is what --calibration is fitted on, and no calibration is fitted here: "
+            "give --calibration NAME with a template (a saved classifier keeps its own calibration), or drop --fit-file"
+        )
     if not fits:  # every setup error before the rows are read (a calibration that needs labels cannot run yet)
         clf.predict_proba([_probe(fmap)])
     labels = [str(c) for c in (clf.classes_ if not fits else resolve_template(clf.template, clf.labels).labels)]
