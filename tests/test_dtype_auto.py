@@ -164,3 +164,15 @@ def test_check_shows_the_recorded_choice(auto_env, llama_dir, tmp_template, caps
     assert main(["check", str(template), "--model", llama_dir]) == 0
     out = capsys.readouterr().out
     assert "dtype auto: bfloat16" in out and "bfloat16 380 GFLOP/s (3.80x)" in out
+
+
+def test_the_service_lists_the_choice_and_its_rates(auto_env, llama_dir):
+    from verbalize.serve.registry import describe_dtype
+
+    record(llama_dir, "bfloat16", {"float32": 100.0, "bfloat16": 380.0, "int8": 300.0})
+    clf = Verbalizer(template=PROMPT, labels=LABELS, model=llama_dir).fit()
+    got = describe_dtype(clf)
+    assert got["requested"] == "auto" and got["dtype"] == "bfloat16" and got["recorded"] is True
+    assert got["gflops"] == {"float32": 100.0, "bfloat16": 380.0, "int8": 300.0}
+    named = Verbalizer(template=PROMPT, labels=LABELS, model=llama_dir, dtype="int8").fit()
+    assert describe_dtype(named) == {"requested": "int8", "dtype": "int8"}

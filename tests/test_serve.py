@@ -124,6 +124,7 @@ def test_templates_health_metrics_docs(server: Running):
         {"label": "yes", "words": ["positive", "great film"]},
     ]
     assert by_name["senti"]["version"] == 1 and by_name["senti"]["fields"] == ["text"]
+    assert by_name["senti"]["dtype"] == {"requested": "auto", "dtype": "float32"}  # a model object: nothing measured
     assert get(server, "/healthz") == (200, {"status": "ok"})
     assert get(server, "/readyz")[0] == 200
     status, text = get(server, "/metrics")

@@ -43,7 +43,7 @@ from verbalize.engine.batching import (
 from verbalize.engine.cache import MODELS
 from verbalize.engine.formats import DtypeChoice, choice_of
 from verbalize.engine.model_io import ModelIO
-from verbalize.engine.models import float_activations
+from verbalize.engine.models import float_activations, is_quantized
 from verbalize.engine.tokens import LabelTokens, char_bound, leading_special_ids, prompt_budget, reserved_tokens
 from verbalize.engine.tokens import token_ids as _ids
 from verbalize.errors import InputError, check_choice
@@ -118,6 +118,11 @@ class Scorer:
         ``dtype="auto"`` takes the format measured fastest on this machine among those whose scores
         pass this class's exactness probe (see :mod:`verbalize.engine.formats` and :attr:`dtype_choice`)."""
         return cls(*MODELS.get(name, device, dtype, exact=_exact), **kwargs)
+
+    @property
+    def dtype(self) -> str:
+        """The number format the model runs in: "float32", "bfloat16", "float16" or "int8"."""
+        return "int8" if is_quantized(self.model) else str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     @property
     def dtype_choice(self) -> DtypeChoice | None:

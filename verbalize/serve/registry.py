@@ -144,7 +144,23 @@ class Entry:
             "fields": list(template.fields),
             "labels": [{"label": str(c), "words": list(template.labels[str(c)])} for c in self.clf.classes_],
             "prompt": template.prompt,
+            "dtype": describe_dtype(self.clf),
         }
+
+
+def describe_dtype(clf: Verbalizer) -> dict[str, Any]:
+    """The format the classifier's model runs in, and for ``dtype="auto"`` the rates measured to choose it."""
+    scorer = clf.scorer_
+    out: dict[str, Any] = {"requested": str(clf.dtype), "dtype": scorer.dtype}
+    choice = scorer.dtype_choice
+    if choice is not None:
+        out |= {
+            "gflops": {k: round(v, 1) for k, v in choice.rates.items()},
+            "not_taken": choice.refused,
+            "recorded": choice.recorded,
+            "machine": choice.machine,
+        }
+    return out
 
 
 def sample_row(template: Template) -> dict[str, str]:
