@@ -249,6 +249,7 @@ def test_the_page_and_its_assets_are_served_without_any_url(studio):
     assert studio.get("/static/..%2F__init__.py").status_code == 404
 
 
+@pytest.mark.filterwarnings("ignore:calibration=.*collapsed:UserWarning")  # random tiny weights: some calibrations do
 def test_all_calibrations_run(studio):
     studio.app.state.evaluator.calibrations = calibration_names()
     job = _evaluate(studio, TEMPLATE, size=24)

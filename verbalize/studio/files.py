@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from verbalize.atomic import write_text
@@ -38,6 +39,7 @@ class TemplateFolder:
     """A folder of template files that the studio lists, reads and writes."""
 
     root: Path
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)  # one save at a time
 
     def __post_init__(self) -> None:
         root = Path(self.root).resolve()
@@ -84,6 +86,10 @@ class TemplateFolder:
         """
         path = self.path(name)
         loads_template(text, name)  # every problem, before anything is written
+        with self.lock:  # two tabs saving at once: the version check and the write are one step
+            return self._save(name, path, text, base_version)
+
+    def _save(self, name: str, path: Path, text: str, base_version: str | None) -> str:
         current = path.read_text(encoding="utf-8") if path.is_file() else None
         now = version_of(current) if current is not None else None
         if now != base_version:
