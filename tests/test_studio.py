@@ -156,6 +156,8 @@ def test_going_back_is_cached_and_compare_lists_the_changed_rows(studio):
         "/api/evaluate", json={"name": "t.toml", "text": TEMPLATE, "data": "data.jsonl", "size": 12}, headers=H
     ).json()
     assert again["status"] == "done" and again["id"] == first["id"] and again["results"] == first["results"]
+    held = studio.get(f"/api/evaluate/{first['id']}?have=none,batch").json()  # the page holds these: not resent
+    assert list(held["results"]) == ["contextual"] and held["ready"] == ["none", "contextual", "batch"]
     out = studio.post("/api/compare", json={"a": first["id"], "b": second["id"]}, headers=H).json()
     pa, pb = first["results"]["none"]["predictions"], second["results"]["none"]["predictions"]
     assert [c["row"] for c in out["changed"]] == [i for i in range(12) if pa[i] != pb[i]]

@@ -212,11 +212,12 @@ def _evaluation_routes(app: FastAPI, studio: Studio) -> None:
         return job.view()
 
     @app.get("/api/evaluate/{job_id}")
-    def job(job_id: str) -> Any:
+    def job(job_id: str, have: str = "") -> Any:
+        """The job's state; ``have``: comma-separated calibrations the page holds already (not sent again)."""
         found = evaluator.jobs.get(job_id)
         if found is None:
             return _error(404, "unknown_job", f"no evaluation {job_id!r} (cancelled by a newer edit, or never started)")
-        return found.view()
+        return found.view(set(have.split(",")) if have else set())
 
     @app.post("/api/compare")
     def compare(body: CompareBody) -> Any:

@@ -74,10 +74,12 @@ class Job:
     words: list[dict[str, Any]] = field(default_factory=list)  # each label word's share of its label's score
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
-    def view(self) -> dict[str, Any]:
-        """What the page is sent."""
-        keys = ("id", "version", "data", "size", "status", "progress", "step", "error", "seconds", "results", "words")
-        return {k: getattr(self, k) for k in keys} | {"skipped": self.skipped[:20], "n_skipped": len(self.skipped)}
+    def view(self, have: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """What the page is sent; ``have``: calibrations whose numbers it holds already (left out of ``results``)."""
+        keys = ("id", "version", "data", "size", "status", "progress", "step", "error", "seconds", "words")
+        results = {k: v for k, v in self.results.items() if k not in have}
+        out = {k: getattr(self, k) for k in keys} | {"results": results, "ready": list(self.results)}
+        return out | {"skipped": self.skipped[:20], "n_skipped": len(self.skipped)}
 
 
 def calibration_names() -> list[str]:

@@ -157,7 +157,8 @@ async function evaluate(text, seq) {
 
 async function poll(id) {
   while (state.job === id) {
-    const { ok, data } = await api(`/api/evaluate/${encodeURIComponent(id)}`);
+    const have = state.mergedJob === id ? Object.keys(state.merged).join(",") : "";
+    const { ok, data } = await api(`/api/evaluate/${encodeURIComponent(id)}?have=${encodeURIComponent(have)}`);
     if (!ok || state.job !== id) return;
     showJob(data);
     if (!["queued", "running"].includes(data.status)) return;
@@ -169,11 +170,17 @@ function fmt(x) { return x === undefined || x === null ? "–" : Number(x).toFix
 function ci(pair) { return pair ? `${pair[0].toFixed(3)} to ${pair[1].toFixed(3)}` : ""; }
 
 function showJob(job) {
+  if (state.mergedJob !== job.id) { state.mergedJob = job.id; state.merged = {}; }
+  Object.assign(state.merged, job.results); // polls send only the calibrations the page does not hold yet
+  job.results = state.merged;
   $("progress").value = job.progress;
   $("step").textContent = job.status === "done" ? `done in ${job.seconds.toFixed(2)} s` : job.status === "failed" ? job.error : job.step;
   $("sample-note").textContent = `on the first ${job.size} rows of ${job.data}` + (job.n_skipped ? ` (${job.n_skipped} skipped)` : "");
   state.result = job;
   const wanted = $("calibration").value;
+  const shown = `${job.id}|${Object.keys(job.results).join(",")}|${wanted}|${job.status}`;
+  if (shown === state.shown) return; // nothing new to draw: progress only
+  state.shown = shown;
   const r = job.results[wanted] || job.results.none;
   $("right").classList.toggle("stale", !r);
   $("right").setAttribute("data-job", job.id);
