@@ -8,6 +8,7 @@ cache, no position ids, no batching. Everything runs on both tiny model families
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -108,7 +109,8 @@ def test_the_template_start_runs_once_and_scores_as_before(family, monkeypatch):
     """With spans, the words before {text} ("Review:") join the cached prefix: each batch reads only the rest."""
     lt = LabelWords(WORDS["single"]).encode(family.tokenizer)
     prompts, spans = TEMPLATE.spans(TEXTS)
-    scorer = family.scorer(batch_size=3)
+    # a model of its own: the shared one keeps the prefixes other tests ran (verbalize.engine.prefixes)
+    scorer = family.scorer(batch_size=3).with_settings(model=copy.deepcopy(family.model))
     shapes = []
     hidden = scorer.io.run
     monkeypatch.setattr(

@@ -44,6 +44,7 @@ from verbalize.engine.cache import MODELS
 from verbalize.engine.formats import DtypeChoice, choice_of
 from verbalize.engine.model_io import ModelIO
 from verbalize.engine.models import float_activations, is_quantized
+from verbalize.engine.prefixes import PrefixMemo
 from verbalize.engine.tokens import LabelTokens, char_bound, leading_special_ids, prompt_budget, reserved_tokens
 from verbalize.engine.tokens import token_ids as _ids
 from verbalize.errors import InputError, check_choice
@@ -57,6 +58,7 @@ LONG_ROW = 1024
 # model -> its exact logits path, whether its cached prefix is shared (see model_io.share_prefix), and
 # the attention implementation the model had when probed (its owner may change it since)
 _PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool, Any]] = weakref.WeakKeyDictionary()
+_MEMOS: weakref.WeakKeyDictionary[Any, PrefixMemo] = weakref.WeakKeyDictionary()  # model -> its shared prefixes
 
 
 class Scorer:
@@ -407,7 +409,7 @@ class Scorer:
         if not ids:
             return
         shared, rest = ids[0][:n_shared], Encoded([x[n_shared:] for x in ids], 0)
-        prefix_kv, prefix_states = self._prefix_kv(shared, want_states)
+        prefix_kv, prefix_states = self._shared_prefix(shared, want_states)
         rows = np.asarray(where)
         for batch in tqdm(
             rest.batches(self.batch_size, self.pad_id, self.max_tokens, self.io.prefix_tokens_per_row(len(shared))),
@@ -419,6 +421,17 @@ class Scorer:
             cache = self.io.batch_cache(prefix_kv, batch.input_ids.shape[0])
             for o, r in zip(out, step(batch, cache, len(shared), prefix_states), strict=True):
                 o[rows[batch.rows]] = r.float().cpu().numpy()
+
+    def _shared_prefix(self, prefix_ids: list[int], want_states: bool) -> tuple[Any, list[torch.Tensor] | None]:
+        """:meth:`_prefix_kv`, kept between calls (see :mod:`verbalize.engine.prefixes`)."""
+        if not prefix_ids:
+            return None, None
+        params = list(self.model.parameters())
+        # the weights' in-place edits (load_state_dict) bump their version: a changed model never reads an old prefix
+        version = (sum(p._version for p in params), params[0].dtype, params[0].device)
+        key = (tuple(prefix_ids), want_states, getattr(self.model.config, "_attn_implementation", None), version)
+        memo = _MEMOS.setdefault(self.model, PrefixMemo())
+        return memo.get(key, lambda: self._prefix_kv(prefix_ids, want_states))
 
     def _prefix_kv(self, prefix_ids: list[int], want_states: bool = False) -> tuple[Any, list[torch.Tensor] | None]:
         """Key/value cache of the shared prefix and, if wanted, each layer's sum of its hidden states after BOS."""
