@@ -119,3 +119,16 @@ def test_eval_says_it_scores_rows_to_fit_the_calibrator_and_shows_the_rows(tmp_p
     assert "fitting calibration='batch' on 8 texts ..." in err
     assert re.search(r"scoring: 100%.*\| \d+/\d+ \[", err), err  # the calibrator's texts, counted
     assert re.search(r"eval: 100%.*\| 8/8 \[", err), err
+
+
+def test_predict_shows_no_scoring_bar_for_a_calibration_fitted_at_its_first_call(tmp_path, model_dir, capsys):
+    """Progress shows for fitting; contextual calibration fitted on its first predict (the CLI's probe) is not a
+    long step, and the job's own bar counts the rows: no extra 'scoring' bar beside it."""
+    (tmp_path / "t.toml").write_text(TEMPLATE)
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(X) + "\n")
+    args = ["predict", str(tmp_path / "t.toml"), str(src), "--model", model_dir, "--calibration", "contextual"]
+    assert main([*args, "-o", str(tmp_path / "out.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "scoring:" not in err, err
+    assert re.search(r"100%.*\| 8/8 \[", err), err

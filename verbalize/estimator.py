@@ -401,7 +401,7 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             sample = self.calibration_sample
             n = len(texts) if sample is None else min(len(texts), sample)
             with shown_if(self.progress), stage(f"fitting calibration={self.calibration!r} on {n} texts"):
-                fit_calibrator(self.calibrator_, self._raw_scores, texts, y_index, self.random_state, folds, sample)
+                fit_calibrator(self.calibrator_, self._fit_scores, texts, y_index, self.random_state, folds, sample)
             report = self.calibrator_.report()
             if report is not None:
                 self.calibration_report_ = report
@@ -568,6 +568,9 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         return out
 
     def _raw_scores(self, texts: list[str]) -> np.ndarray:
+        return self._label_scores(texts, raw=True)
+
+    def _fit_scores(self, texts: list[str]) -> np.ndarray:
         # what calibrators are fitted on (1,000 texts for the CLI's batch calibration): a bar when progress is shown
         return self._label_scores(texts, raw=True, progress=self.progress or progress_shown())
 
