@@ -303,3 +303,35 @@ def test_the_command_prints_its_url_and_serves_the_page(tmp_path, model_dir):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_shutdown_cancels_the_running_evaluation_and_waits_for_it(tmp_path, gpt2_model, gpt2_tokenizer):
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "t.toml").write_text(TEMPLATE, encoding="utf-8")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in ROWS), encoding="utf-8")
+    args = argparse.Namespace(
+        templates=str(folder), data=[str(data)], column=None, label_column="label", field=[], host="127.0.0.1"
+    )
+    app = build(args, scorer=Scorer(gpt2_model, gpt2_tokenizer))
+    evaluator = app.state.evaluator
+    started, gate = threading.Event(), threading.Event()
+    plain = evaluator.data["data.jsonl"]
+
+    class Gated(type(plain)):
+        def rows(self, template, size):
+            started.set()
+            gate.wait(10)
+            return super().rows(template, size)
+
+    evaluator.data["data.jsonl"] = Gated(plain.path, plain.column, plain.label_column, plain.fields)
+    with TestClient(app) as client:
+        body = {"name": "t.toml", "text": TEMPLATE, "data": "data.jsonl", "size": 6}
+        job_id = client.post("/api/evaluate", json=body, headers=H).json()["id"]
+        job = evaluator.jobs[job_id]
+        assert started.wait(10)
+        threading.Timer(0.3, gate.set).start()  # the worker is busy when the app shuts down
+    assert job.status == "cancelled" and not any(
+        t.is_alive() for t in threading.enumerate() if t.name.startswith("studio-")
+    )

@@ -189,8 +189,11 @@ def test_studio_in_chromium_on_the_tiny_model(tmp_path, gpt2_model, gpt2_tokeniz
         print("\nstudio feedback on the tiny model: " + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()))
 
 
-def _edit_score_save(browser, tmp_path, folder, data, model, after, typed, size=200) -> dict[str, float]:
-    """The user's path through the page; returns the feedback times."""
+def _edit_score_save(
+    browser, tmp_path, folder, data, model, after, typed, size=200, after_scored=None
+) -> dict[str, float]:
+    """The user's path through the page; returns the feedback times. ``after_scored`` is called once the edit's
+    evaluation is complete and the studio idle (the slow test times the library in-process there)."""
     path = folder / "t.toml"
     original = path.read_text(encoding="utf-8")
     page = browser.page()
@@ -204,6 +207,8 @@ def _edit_score_save(browser, tmp_path, folder, data, model, after, typed, size=
     t_acc = _wait_done(page, first["job"], ready="none")
     in_page = {"problems": _ms(page, "problems"), "accuracy": _ms(page, "right")}
     _wait_done(page, first["job"])
+    if after_scored is not None:
+        after_scored()
     shown = _shown(page)
     edited = shown["editor"]
     assert edited == original.replace(after, after + typed)
@@ -307,22 +312,36 @@ def test_studio_on_sst2_with_the_embedded_model(tmp_path, default_scorer, capsys
     rows = [(r["text"], r["label"]) for r in map(json.loads, sst2.read_text(encoding="utf-8").splitlines()[:200])]
     template = (ROOT / "templates" / "sst2.toml").read_text(encoding="utf-8")
     folder, data = _setup(tmp_path, template, rows)
-    in_process = _time_predict_proba(template.replace(SST2_AFTER, SST2_AFTER + SST2_TYPED), data, default_scorer)
+    edited = template.replace(SST2_AFTER, SST2_AFTER + SST2_TYPED)
+    # in-process before the studio starts and again right after it scored the edit (same load on a shared machine)
+    in_process = [_time_predict_proba(edited, data, default_scorer)]
     with (
         Served(folder, data, default_scorer, ["none", "contextual", "batch"]) as served,
         Browser(served.url) as browser,
     ):
         browser.scorer = default_scorer
-        times = _edit_score_save(browser, tmp_path, folder, data, "", SST2_AFTER, SST2_TYPED)
+        times = _edit_score_save(
+            browser,
+            tmp_path,
+            folder,
+            data,
+            "",
+            SST2_AFTER,
+            SST2_TYPED,
+            after_scored=lambda: in_process.append(_time_predict_proba(edited, data, default_scorer)),
+        )
         assert browser.blocked == []
         _screenshot(browser.last_page, tmp_path)
-    ratio = times["keystroke to accuracy (no calibration)"] / in_process
+    ratio = times["keystroke to accuracy (no calibration)"] / min(in_process)
     with capsys.disabled():
         print(
             "\nstudio feedback, embedded model, 200 SST-2 texts: "
             + ", ".join(f"{k} {v:.3f} s" for k, v in times.items())
         )
-        print(f"in-process predict_proba on the same 200 texts: {in_process:.3f} s; studio / in-process = {ratio:.2f}")
+        print(
+            f"in-process predict_proba on the same 200 texts: {in_process[0]:.3f} s before, {in_process[1]:.3f} s "
+            f"after; studio / faster in-process = {ratio:.2f} (bar: 1.5)"
+        )
     assert times["keystroke to problems and tokens"] <= 1.0
     assert times["back to the earlier version"] <= 0.5
 

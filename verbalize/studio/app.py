@@ -12,6 +12,9 @@ Errors answer ``{"error": code, "message": ...}``. Every ``POST`` must carry the
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +97,13 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 
 def create_app(studio: Studio) -> FastAPI:
     """The studio's FastAPI application over ``studio``."""
-    app = FastAPI(title="verbalize studio", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(studio.evaluator.close)  # cancel the background evaluation and wait for it
+
+    app = FastAPI(title="verbalize studio", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.studio, app.state.evaluator = studio, studio.evaluator
 
     @app.middleware("http")

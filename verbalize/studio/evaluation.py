@@ -98,6 +98,7 @@ class Evaluator:
         self.current: Job | None = None
         self._lock = threading.Lock()
         self.model_lock = threading.Lock()  # one job (or suggestion) uses the model at a time
+        self._threads: list[threading.Thread] = []
 
     def start(self, text: str, name: str, data: str, size: int) -> Job:
         """The job for this text, data and size: the cached one, or a new one started in the background.
@@ -118,8 +119,19 @@ class Evaluator:
             job = Job(job_id, version_of(text), data, size)
             self.jobs[job_id] = self.current = job
             self._trim()
-        threading.Thread(target=self._run, args=(job, template), daemon=True, name=f"studio-{job_id}").start()
+        thread = threading.Thread(target=self._run, args=(job, template), daemon=True, name=f"studio-{job_id}")
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         return job
+
+    def close(self, timeout: float = 300.0) -> None:
+        """Cancel every job and wait for the workers (a worker still in torch at interpreter exit aborts it)."""
+        with self._lock:
+            for job in self.jobs.values():
+                job.cancel.set()
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(end - time.monotonic(), 0))
 
     def _trim(self) -> None:
         done = [k for k, j in self.jobs.items() if j.status not in ("queued", "running")]
