@@ -136,3 +136,14 @@ def test_the_cli_prints_a_warning_as_one_line():
         with pytest.warns(UserWarning, match="95%"):  # recorded warnings are still recorded (pytest.warns)
             warnings.warn(message, UserWarning, stacklevel=1)
     assert warnings.formatwarning is before
+
+
+def test_the_cli_logs_a_warning_record_as_one_line():
+    import logging
+
+    from verbalize.cli.console import OneLineFormatter
+
+    record = logging.LogRecord(
+        "verbalize.x", logging.WARNING, "x.py", 3, "serving on %s without an API key", ("::",), None
+    )
+    assert OneLineFormatter().format(record) == "warning: serving on :: without an API key"
