@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from verbalize.engine.scoring import Scorer
 from verbalize.errors import InputError, did_you_mean
+from verbalize.estimator import Verbalizer
 from verbalize.rows import check_rows, text_problem
 from verbalize.serve.auth import OPEN_PATHS, ApiKeyGate
 from verbalize.serve.batcher import MicroBatcher, Overloaded
@@ -124,7 +125,9 @@ class Service:
         try:
             if not isinstance(self.model, Scorer) and any(s.kind == "template" for s in self.sources):
                 self.note("loading the model", str(self.model or "the embedded default"))
-                Scorer.from_pretrained(self.model)  # once per process: the template files' classifiers share it
+                served = Verbalizer()  # the device and dtype build_classifier's classifiers load the model with
+                # once per process (same name, device and dtype): the template files' classifiers share it
+                Scorer.from_pretrained(self.model, served.device, served.dtype)
             self.registry.load()
         except Exception as exc:  # e.g. the model cannot be loaded: stay alive, not ready, and say why
             logger.exception("loading the served templates failed")
