@@ -147,3 +147,20 @@ def test_the_cli_logs_a_warning_record_as_one_line():
         "verbalize.x", logging.WARNING, "x.py", 3, "serving on %s without an API key", ("::",), None
     )
     assert OneLineFormatter().format(record) == "warning: serving on :: without an API key"
+
+
+@pytest.mark.slow  # ~12 s: transformers' model code and torchao in a fresh interpreter
+def test_torchao_hidden_from_transformers_stays_importable_for_int8_off_cpu():
+    """The CLI hides torchao from transformers' model code only: verbalize's own int8 path (off CPU) imports it."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        pytest.skip("torchao (the int8 extra) is not installed")
+    code = (
+        "import sys\nfrom verbalize.cli.console import hide_unused_torchao\nhide_unused_torchao()\n"
+        "import transformers.modeling_utils\nassert 'torchao' not in sys.modules\n"
+        "from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_\nprint('ok')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
