@@ -25,6 +25,7 @@ from sklearn.utils import TransformerTags
 from verbalize.engine.scoring import Scorer
 from verbalize.errors import InputError, check_int
 from verbalize.estimator import text_input_tags
+from verbalize.progress import shown_if
 from verbalize.prompting.demos import select_demos
 from verbalize.prompting.prompts import PromptBuilder, per_prefix, resolve_template
 from verbalize.prompting.template import Template
@@ -198,9 +199,10 @@ class KNNPrompting(ClassifierMixin, TransformerMixin, BaseEstimator):
         ys = check_labels(y, list(self.classes_))
         if len(ys) != len(texts):
             raise ValueError(f"X and y have different lengths: {len(texts)} texts, {len(ys)} labels")
-        self.scorer_ = Scorer.resolve(
-            self.model, self.device, self.dtype, batch_size=self.batch_size, max_length=self.max_length
-        )
+        with shown_if(self.progress):  # a cold cache converts the embedded model first (~20 s): a line says so
+            self.scorer_ = Scorer.resolve(
+                self.model, self.device, self.dtype, batch_size=self.batch_size, max_length=self.max_length
+            )
         demo_idx: list[int] = []
         if self.demos_per_class:
             n = self.demos_per_class * len(self.classes_)
