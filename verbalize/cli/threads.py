@@ -2,8 +2,8 @@
 
 torch starts one thread per physical core whatever else runs there; on a machine already busy, its threads
 wait on each other: ``predict`` ran 3.5 rows/s with torch's default on two loaded cores, 12 rows/s with one
-thread (issue 21's report). The default here is the CPUs this process may use (its affinity) less the work already running on
-them (the 1-minute load average), at least one.
+thread (issue 21's report). The default here is the CPUs this process may use (its affinity) less the work
+already running on them (the 1-minute load average), at least one.
 """
 
 from __future__ import annotations
