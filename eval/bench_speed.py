@@ -1,6 +1,7 @@
 """Throughput of label-word scoring on SST-2 texts, against naive baselines and the CPU's FLOP bound.
 
     python eval/bench_speed.py --data ../shared/data            # 512 texts, embedded model
+    python eval/bench_speed.py --data ../shared/data --dtype auto --rounds 5   # auto's choice vs float32
 
 Rows of the table (all in one run, same texts, same two labels "negative"/"positive"):
 - naive: one forward per (text, label) at batch 1, full-vocabulary logits at every position;
@@ -140,6 +141,35 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t, result
 
 
+def auto_row(args: argparse.Namespace) -> None:
+    """``--dtype auto``: the format auto chooses here against float32, same texts, interleaved rounds."""
+    from verbalize.engine.machine import describe_cpu
+
+    texts, _ = load("sst2", "test", data_dir(args.data), args.n)
+    scorers = {"float32": Scorer.from_pretrained(args.model, "cpu", "float32")}
+    scorers["auto"] = Scorer.from_pretrained(args.model, "cpu", "auto")
+    choice = scorers["auto"].dtype_choice
+    template = load_template(template_path("sst2"))
+    prompts, spans = template.spans(texts)
+    tokens = template.labels.encode(scorers["float32"].tokenizer, template.label_prefix, template.render(texts[0]))
+    for s in scorers.values():
+        s.score_words(prompts[:64], tokens, spans[:64])  # warm-up
+    rates: dict[str, list[float]] = {k: [] for k in scorers}
+    ratios = []
+    for _ in range(args.rounds):
+        for name, s in scorers.items():
+            seconds, _ = timed(lambda s=s: s.score_words(prompts, tokens, spans))
+            rates[name].append(len(prompts) / seconds)
+        ratios.append(rates["auto"][-1] / rates["float32"][-1])
+    print(f"CPU: {describe_cpu()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(choice.summary() if choice else f"dtype auto -> {scorers['auto'].dtype} (forced by VERBALIZE_DTYPE)")
+    print(f"SST-2: {len(prompts)} texts, shipped template, {args.rounds} interleaved rounds\n")
+    print("| dtype | runs in | texts/s (median round) | x float32 (median of per-round ratios) |\n|---|---|---:|---:|")
+    for name, s in scorers.items():
+        ratio = float(np.median(ratios)) if name == "auto" else 1.0
+        print(f"| {name} | {s.dtype} | {np.median(rates[name]):.1f} | {ratio:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data folder (or $VERBALIZE_DATA)")
@@ -148,8 +178,16 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="logits paths to time")
     ap.add_argument("--naive-n", type=int, default=63, help="texts for the two naive baselines, spread over the rounds")
     ap.add_argument("--rounds", type=int, default=7, help="rounds of (scorer, matmul rate, naive share)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"])
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16", "int8", "auto"],
+        help="auto: only the table of auto's choice against float32 (bar: >= 3x on a CPU with AMX or AVX-512 BF16)",
+    )
     args = ap.parse_args()
+    if args.dtype == "auto":
+        auto_row(args)
+        return
 
     texts, _ = load("sst2", "test", data_dir(args.data), args.n)
     base = Scorer.from_pretrained(args.model, "cpu", args.dtype)
