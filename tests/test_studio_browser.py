@@ -292,14 +292,22 @@ SST2_AFTER, SST2_TYPED = 'positive = ["positive", "good", "great"', ', "fine"'
 
 
 def _time_predict_proba(text: str, data: Path, scorer: Scorer) -> float:
-    """Seconds ``Verbalizer.predict_proba`` takes in-process on the studio's 200 rows (measured before the studio
-    runs, so that nothing else of the test competes for the cores)."""
+    """Seconds ``Verbalizer.predict_proba`` takes in-process on the studio's 200 rows, run in a new thread as the
+    studio's worker runs (on a loaded 2-core machine torch ran several times slower in the main thread)."""
     texts = [r.text for r in labeled_rows(data, None, "label", ["negative", "positive"], 200)[0]]
     clf = Verbalizer(template=loads_template(text, "t.toml"), model=scorer)
     clf.predict_proba(texts[:2])
-    start = time.perf_counter()
-    clf.predict_proba(texts)
-    return time.perf_counter() - start
+    took: list[float] = []
+
+    def run() -> None:
+        start = time.perf_counter()
+        clf.predict_proba(texts)
+        took.append(time.perf_counter() - start)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return took[0]
 
 
 @pytest.mark.slow
@@ -339,7 +347,8 @@ def test_studio_on_sst2_with_the_embedded_model(tmp_path, default_scorer, capsys
             + ", ".join(f"{k} {v:.3f} s" for k, v in times.items())
         )
         print(
-            f"in-process predict_proba on the same 200 texts: {in_process[0]:.3f} s before, {in_process[1]:.3f} s "
+            f"in-process predict_proba (a new thread) on the same 200 texts: {in_process[0]:.3f} s before, "
+            f"{in_process[1]:.3f} s "
             f"after; studio / faster in-process = {ratio:.2f} (bar: 1.5)"
         )
     assert times["keystroke to problems and tokens"] <= 1.0
@@ -355,10 +364,11 @@ def _screenshot(page, tmp_path: Path) -> None:
     page.screenshot(path=str(shot), full_page=False)
     size = shot.stat().st_size
     target = ROOT / "docs" / "studio.png"
-    if size < 200_000 and os.environ.get("VERBALIZE_SCREENSHOT") == "1":
+    copied = size < 200_000 and os.environ.get("VERBALIZE_SCREENSHOT") == "1"  # the README's, when asked for
+    if copied:
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, target)
-    print(f"\nscreenshot: {shot} ({size} bytes)" + (f", copied to {target}" if target.exists() else ""))
+    print(f"\nscreenshot: {shot} ({size} bytes)" + (f", copied to {target}" if copied else ""))
 
 
 def test_eval_report_opens_offline_in_chromium_with_the_studios_numbers(tmp_path, gpt2_model, gpt2_tokenizer, tiny_dir):
