@@ -53,6 +53,9 @@ def data_files(args: argparse.Namespace) -> dict[str, Any]:
 
 def build(args: argparse.Namespace, scorer: Any = None) -> Any:
     """The studio's app (model loaded, folder and data checked), before listening."""
+    from verbalize.serve import require_extra
+
+    require_extra()  # the studio runs on the service's stack: the same extra, named when missing
     from verbalize.cli.serve import is_loopback
     from verbalize.engine.scoring import Scorer
     from verbalize.estimator import Verbalizer
