@@ -274,6 +274,12 @@ def _calibration(value: str) -> str | None:
     return None if value.strip().lower() == "none" else value
 
 
+def _weights_dtype(clf: Verbalizer, params: dict[str, Any]) -> str:
+    """The format the set-up classifier's model runs in (what ``dtype="auto"`` chose), else its dtype parameter."""
+    scorer = getattr(clf, "scorer_", None)
+    return scorer.dtype if scorer is not None else str(params.get("dtype"))
+
+
 def _dtype(args: argparse.Namespace) -> dict[str, Any]:
     """``--dtype`` when given (a saved classifier keeps its own otherwise)."""
     return {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
@@ -311,7 +317,7 @@ def _job_options(
         "template": _template_digest(args),  # a saved classifier's file: its demonstrations and calibration too
         "model": args.model,
         "model_files": _files_stamp(args.model) or _files_stamp(_saved(args)),  # new weights under the same name
-        "dtype": str(params.get("dtype")),  # the weights: int8 or bfloat16 scores differ from float32 ones
+        "dtype": _weights_dtype(clf, params),  # the weights: int8 or bfloat16 scores differ from float32 ones
         "device": str(clf.scorer_.device.type),
         "calibration": args.calibration,
         "column": source.column,
