@@ -21,6 +21,7 @@ every ``dtype="auto"`` of the process then means that format.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import logging
 import os
@@ -223,8 +224,6 @@ def choose(
     order = ranking(rates)
     refused = {f: "not available for this model here" for f in PRECISION if f not in rates}
     if reload is None and order[0] != "float32":
-        import copy
-
         kept = copy.deepcopy(model)
         reload = lambda: copy.deepcopy(kept)  # noqa: E731
     chosen = "float32"
