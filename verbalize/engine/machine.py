@@ -27,7 +27,7 @@ from verbalize.engine.model_files import cache_dir
 logger = logging.getLogger(__name__)
 
 RECORDS = "dtype-choices.json"
-PROBE_VERSION = 1  # bump when the measurement changes: older records are then measured again
+PROBE_VERSION = 2  # bump when the measurement changes: older records are then measured again (2: CPU time, one thread)
 # The instruction-set features that decide how fast float32, bfloat16 and int8 products run (shown, and
 # part of the record key; the choice itself is measured)
 FEATURES = (
