@@ -48,7 +48,7 @@ def test_auto_chooses_the_method_that_fixes_a_biased_prompt():
     assert report["scores"]["None"]["accuracy"] == 0.5  # raw: everything is label 0
     assert report["scores"]["contextual"]["accuracy"] == 1.0
     assert report["chosen"] in ("contextual", "domain", "batch")
-    assert set(report["scores"]) == {"None", "contextual", "domain", "batch", "temperature"}
+    assert set(report["scores"]) == {"None", "contextual", "domain", "batch", "temperature", "prior"}
     out = calibrate(cal, _biased_scorer(scores)(texts), texts, _biased_scorer(scores))
     assert (out.argmax(axis=1) == y).all()
 
@@ -196,7 +196,7 @@ def test_predict_warns_when_the_prompt_collapses(gpt2):
 def test_auto_in_the_estimator_reports_and_predicts_like_its_choice(gpt2):
     clf = make(gpt2, calibration="auto", random_state=0).fit(X, Y)
     report = clf.calibration_report_
-    assert set(report["scores"]) == {"None", "contextual", "domain", "batch", "temperature"}
+    assert set(report["scores"]) == {"None", "contextual", "domain", "batch", "temperature", "prior"}
     chosen = report["chosen"]
     twin = make(gpt2, calibration=chosen, random_state=0).fit(X, Y)
     np.testing.assert_allclose(clf.predict_log_proba(X), twin.predict_log_proba(X), atol=1e-6)
@@ -257,8 +257,8 @@ def test_demo_pool_is_separate_from_the_calibration_texts(gpt2, monkeypatch):
     pool = (["pool good", "pool bad"], ["positive", "negative"])
     clf = make(gpt2, demos_per_class=1, calibration="batch", random_state=0)
     scored = []
-    original = clf._raw_scores
-    monkeypatch.setattr(clf, "_raw_scores", lambda texts: scored.append(list(texts)) or original(texts))
+    original = clf._fit_scores
+    monkeypatch.setattr(clf, "_fit_scores", lambda texts: scored.append(list(texts)) or original(texts))
     clf.fit(X, demo_pool=pool)
     assert sorted(t for t, _ in clf.demos_) == ["pool bad", "pool good"]  # demonstrations from the pool only
     assert scored == [X]  # the calibrator scored fit's texts, none of the pool's
@@ -271,7 +271,7 @@ def test_demo_pool_is_separate_from_the_calibration_texts(gpt2, monkeypatch):
 def test_calibration_sample_caps_the_texts_scored(gpt2, monkeypatch):
     clf = make(gpt2, calibration="batch", calibration_sample=3, random_state=0)
     scored = []
-    original = clf._raw_scores
-    monkeypatch.setattr(clf, "_raw_scores", lambda texts: scored.append(list(texts)) or original(texts))
+    original = clf._fit_scores
+    monkeypatch.setattr(clf, "_fit_scores", lambda texts: scored.append(list(texts)) or original(texts))
     clf.fit(X)
     assert len(scored) == 1 and len(scored[0]) == 3 and set(scored[0]) <= set(X)

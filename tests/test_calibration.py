@@ -116,7 +116,7 @@ def test_each_calibrator_says_what_it_is_fitted_on():
     assert all(len(t.split()) == 2 for t in domain_texts(texts, 0))  # as long as an average text
     assert get_calibrator("temperature").needs_labels and not get_calibrator("domain").needs_labels
     # the CLI fits these on X ("auto" without labels is batch calibration fitted on X)
-    assert [n for n in CALIBRATORS if unlabeled_texts_help(n)] == ["domain", "batch", "auto"]
+    assert [n for n in CALIBRATORS if unlabeled_texts_help(n)] == ["domain", "batch", "auto", "prior"]
     assert not unlabeled_texts_help(None)
     with pytest.raises(ValueError, match="needs labeled examples"):
         fit_calibrator(get_calibrator("temperature"), _recording_scores([]), texts, None)

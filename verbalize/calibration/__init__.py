@@ -5,3 +5,4 @@ Importing any module of this package registers every calibrator, ``"auto"`` incl
 """
 
 from verbalize.calibration import auto as auto  # registers "auto" in the calibrators' registry
+from verbalize.calibration import prior as prior  # registers "prior" (label prior estimated by EM)

@@ -195,7 +195,13 @@ class AutoCalibrator(Calibrator):
 
     def transform(self, scores: np.ndarray) -> np.ndarray:
         chosen = getattr(self, "chosen_", None)
-        return log_softmax(scores) if chosen is None else chosen.transform(scores)
+        if chosen is None:
+            return log_softmax(scores)
+        out = chosen.transform(scores)
+        last = chosen.report() or {}
+        if "estimated_prior" in last:  # a prior-estimating choice ("prior"): its last estimate in auto's report
+            self.report_.update({k: last[k] for k in ("n_texts", "estimated_prior", "fallback") if k in last})
+        return out
 
     def is_fitted(self) -> bool:
         return hasattr(self, "report_")

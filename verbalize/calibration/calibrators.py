@@ -96,6 +96,25 @@ def domain_texts(texts: Sequence[Any], random_state: int | None, n: int = N_DOMA
     return [" ".join(rng.choice(words, size=length)) for _ in range(n)]
 
 
+def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T in ``TEMPERATURE_BOUNDS`` that minimises the log-loss of ``log_softmax(scores) / T``
+    on class indices ``y`` (golden-section search: the loss is unimodal in log T)."""
+    s = log_softmax(scores)
+    y = np.asarray(y, dtype=int)
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(s / np.exp(log_t))[np.arange(len(y)), y].mean())
+
+    lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
+    for _ in range(80):
+        a, b = hi - 0.618 * (hi - lo), lo + 0.618 * (hi - lo)
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return float(np.exp((lo + hi) / 2))
+
+
 class Calibrator(abc.ABC):
     """Base of every calibrator: arithmetic on (n, n_classes) arrays plus what it is fitted on.
 
@@ -107,6 +126,7 @@ class Calibrator(abc.ABC):
     name: ClassVar[str] = ""
     fitted_on: ClassVar[str] = "the texts given to fit"  # what it learns from, in words (docs, messages)
     needs_labels: ClassVar[bool] = False
+    uses_labels: ClassVar[bool] = False  # fit takes fit's labels when there are some (optional)
     unlabeled_texts_help: ClassVar[bool] = False  # fit(X) on unlabeled texts of the task improves it
 
     @abc.abstractmethod
@@ -261,20 +281,8 @@ class TemperatureCalibrator(Calibrator):
     def fit(self, scores: np.ndarray, y: Any = None) -> TemperatureCalibrator:
         if y is None:
             raise ValueError("TemperatureCalibrator.fit needs labels y (class indices); pass labeled examples")
-        s = log_softmax(scores)
         y = np.asarray(y, dtype=int)
-
-        def nll(log_t: float) -> float:
-            return float(-log_softmax(s / np.exp(log_t))[np.arange(len(y)), y].mean())
-
-        lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
-        for _ in range(80):  # golden-section search: the loss is unimodal in log T
-            a, b = hi - 0.618 * (hi - lo), lo + 0.618 * (hi - lo)
-            if nll(a) < nll(b):
-                hi = b
-            else:
-                lo = a
-        self.temperature_ = float(np.exp((lo + hi) / 2))
+        self.temperature_ = fit_temperature(scores, y)
         low, high = TEMPERATURE_BOUNDS
         if not low * 1.01 < self.temperature_ < high / 1.01:
             warnings.warn(
@@ -366,7 +374,7 @@ def fit_calibrator(
         raise ValueError(f"calibration={cal.name!r} needs labeled examples: call fit(X, y) with y")
     inputs = cal.fit_inputs(texts, random_state)
     if inputs is not None:
-        cal.fit(score_texts(inputs), y if cal.needs_labels else None)
+        cal.fit(score_texts(inputs), y if cal.needs_labels or cal.uses_labels else None)
 
 
 def calibrate(

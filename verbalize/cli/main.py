@@ -55,11 +55,12 @@ if TYPE_CHECKING:
 CHUNK = 512
 CALIBRATION_SAMPLE = 1000  # the first usable texts that domain and batch calibration are fitted on
 CALIBRATION_HELP = (
-    f"none (default), auto, contextual, domain, batch or temperature; auto, domain and batch are fitted on the "
-    f"first {CALIBRATION_SAMPLE} usable texts of the input (auto without labels: batch calibration)"
+    f"none (default), auto, contextual, domain, batch, temperature or prior; auto, domain, batch and prior are fitted "
+    f"on the first {CALIBRATION_SAMPLE} usable texts of the input (auto without labels: batch calibration; prior "
+    "estimates the label distribution of each chunk of texts)"
 )
 EVAL_CALIBRATION_HELP = (
-    "none (default), auto, contextual, domain, batch or temperature, fitted as the API's fit(X, y) is: on the "
+    "none (default), auto, contextual, domain, batch, temperature or prior, fitted as the API's fit(X, y) is: on the "
     "evaluated rows with their labels (auto: a cross-validated choice), or on --fit-file"
 )
 FIT_FILE_HELP = (
@@ -437,6 +438,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"error: no usable rows in {args.data}", file=sys.stderr)
         return EXIT_SETUP
     print(f"n={len(y)}  accuracy={accuracy_score(y, pred):.4f}  macro_f1={f1_score(y, pred, average='macro'):.4f}")
+    print(_distribution_line(labels, y, pred, getattr(clf, "calibration_report_", None)))
     if report is not None and isinstance(scored, ProbaRecorder):
         proba = [scored.proba_of(t) for t in kept]
         write_eval_report(report, y, proba, kept, labels, f"{args.template} on {args.data}")
@@ -444,6 +446,18 @@ def _eval(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} rows were skipped; see above", file=sys.stderr)
     return EXIT_ROWS_FAILED if problems else EXIT_OK
+
+
+def _distribution_line(labels: list[str], y: list[str], pred: list[str], report: dict[str, Any] | None) -> str:
+    """Each label's share: true, predicted, and the prior estimated by calibration='prior' (its last call)."""
+    estimate = (report or {}).get("estimated_prior")
+    cells = []
+    for k, label in enumerate(labels):
+        est = f"/{estimate[k]:.3f}" if estimate else ""
+        cells.append(f"{label} {y.count(label) / len(y):.3f}/{pred.count(label) / len(pred):.3f}{est}")
+    head = "true/predicted" + ("/estimated" if estimate else "")
+    note = f" (estimated on the last {report['n_texts']} texts scored together)" if estimate and report else ""
+    return f"label distribution {head}: " + "  ".join(cells) + note
 
 
 def _fit_calibration(
@@ -465,7 +479,7 @@ def _fit_calibration(
     except Exception as exc:  # a model that fails to load or run: one message, as in _ready_classifier
         raise VerbalizeError(f"setup failed before the first row: {type(exc).__name__}: {exc}") from exc
     report = getattr(clf, "calibration_report_", None)
-    if report is None:
+    if report is None or "chosen" not in report:  # a plain calibrator ("prior" reports its estimate only)
         cap = clf.calibration_sample
         n = f"a seeded random {cap} of {len(rows)}" if cap is not None and len(rows) > cap else f"{len(rows)}"
         note = f"calibration {clf.calibration} fitted on {n} labeled rows of {where}"

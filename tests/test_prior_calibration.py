@@ -1,0 +1,243 @@
+"""calibration="prior" (issue 23): EM estimate of the label prior of the texts being classified.
+
+Synthetic score matrices whose true prior is known; the guards (too few texts, a collapsed estimate,
+EM that does not settle); save/load; the tiny model through the Verbalizer.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from verbalize import Verbalizer
+from verbalize.calibration.calibrators import CONTENT_FREE, calibrate, fit_calibrator, get_calibrator, log_softmax
+from verbalize.calibration.prior import PriorCalibrator, estimate_prior
+from verbalize.errors import ParameterError
+
+LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
+PROMPT = "Review: {text}\nSentiment:"
+X = ["good film", "bad film", "a great review", "terrible and bad", "the plot was bad", "good good", "fine", "awful"]
+Y = ["positive", "negative", "positive", "negative", "negative", "positive", "positive", "negative"]
+
+
+def sample(prior: list[float], n: int, signal: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from ``prior`` and the exact posteriors under a uniform prior (scores of a known model).
+
+    Each text's scores are Gaussian noise plus ``signal`` on its label, so the posterior of label k
+    under a uniform prior is softmax(signal * scores).
+    """
+    rng = np.random.default_rng(seed)
+    y = rng.choice(len(prior), size=n, p=prior)
+    z = rng.normal(size=(n, len(prior)))
+    z[np.arange(n), y] += signal
+    return signal * z, y
+
+
+@pytest.mark.parametrize("prior", [[0.5, 0.5], [0.8, 0.2], [0.55, 0.25, 0.1, 0.06, 0.04]])
+def test_em_recovers_a_known_prior(prior):
+    q, y = sample(prior, 5000, signal=1.5)
+    est, iterations, converged = estimate_prior(q)
+    assert converged and iterations > 1
+    empirical = np.bincount(y, minlength=len(prior)) / len(y)
+    np.testing.assert_allclose(est, empirical, atol=0.03)
+
+
+def test_em_on_confident_posteriors_counts_the_predictions():
+    q = np.log([[0.999, 0.001]] * 30 + [[0.001, 0.999]] * 10)
+    est, _, converged = estimate_prior(q, smoothing=0.0)
+    assert converged
+    np.testing.assert_allclose(est, [0.75, 0.25], atol=0.002)
+
+
+def test_smoothing_keeps_a_small_sample_near_uniform():
+    q = np.log([[0.9, 0.1]] * 3)
+    est, _, _ = estimate_prior(q, smoothing=1.0)
+    assert 0.5 < est[0] < 0.85  # three texts: (3 + 1) / (3 + 2) at most
+    assert estimate_prior(q, smoothing=0.0)[0][0] > 0.99
+
+
+def test_prior_beats_the_uniform_correction_on_a_skewed_sample():
+    q, y = sample([0.85, 0.15], 2000, signal=1.0, seed=1)
+    cal = PriorCalibrator().fit(np.zeros((1, 2)))  # no bias to divide out: the base is the identity
+    out = cal.transform(q)
+    acc_uniform = (q.argmax(1) == y).mean()
+    acc_prior = (out.argmax(1) == y).mean()
+    assert acc_prior > acc_uniform + 0.03
+    report = cal.report()
+    assert report["fallback"] is None and report["n_texts"] == 2000
+    # the default estimate (mean posterior, one EM step) lies between uniform and the truth: conservative
+    assert 0.55 < report["estimated_prior"][0] < np.mean(y == 0)
+    em = PriorCalibrator(estimator="em").fit(np.zeros((1, 2)))
+    em.transform(q)
+    assert em.report()["estimated_prior"][0] == pytest.approx(np.mean(y == 0), abs=0.03)
+
+
+def test_prior_divides_out_the_base_bias_first():
+    # the model adds log 4 to label 0 everywhere; the base (content-free inputs) shows exactly that
+    q, y = sample([0.5, 0.5], 2000, signal=1.5, seed=2)
+    biased = q + np.array([np.log(4.0), 0.0])
+    cal = PriorCalibrator(base="contextual").fit(np.log([[0.8, 0.2]]))
+    est = np.exp(cal.transform(biased)).mean(axis=0)
+    assert cal.report()["estimated_prior"][0] == pytest.approx(0.5, abs=0.03)
+    assert est[0] == pytest.approx(0.5, abs=0.03)
+
+
+def test_fewer_texts_than_labels_fall_back_to_the_base_with_a_warning():
+    cal = PriorCalibrator().fit(np.log([[0.5, 0.3, 0.2]]))
+    s = np.log([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    with pytest.warns(UserWarning, match=r"2 texts, fewer than the 3 labels.*toward a uniform prior"):
+        out = cal.transform(s)
+    np.testing.assert_allclose(out, log_softmax(log_softmax(s) - np.log([0.5, 0.3, 0.2])))
+    assert cal.report()["fallback"].startswith("2 texts") and cal.report()["estimated_prior"] is None
+
+
+def test_a_collapsed_estimate_falls_back_with_a_warning():
+    cal = PriorCalibrator().fit(np.zeros((1, 2)))
+    s = np.log([[0.95, 0.05]] * 40)  # every text confidently label 0: EM gives it ~98%
+    with pytest.warns(UserWarning, match=r"collapses onto label 0"):
+        out = cal.transform(s)
+    np.testing.assert_allclose(out, log_softmax(s))
+    assert "collapses" in cal.report()["fallback"]
+
+
+def test_em_that_does_not_settle_falls_back(monkeypatch):
+    import verbalize.calibration.prior as prior_module
+
+    monkeypatch.setattr(prior_module, "MAX_ITER", 2)
+    monkeypatch.setattr(prior_module.estimate_prior, "__defaults__", (1.0, 1e-12, 2))
+    q, _ = sample([0.7, 0.3], 500, signal=1.0)
+    cal = PriorCalibrator(estimator="em").fit(np.zeros((1, 2)))
+    with pytest.warns(UserWarning, match="did not settle in 2 iterations"):
+        out = cal.transform(q)
+    np.testing.assert_allclose(out, log_softmax(q))
+
+
+def test_batch_base_with_labels_weighs_each_label_equally():
+    # 3 texts of label 0 and 1 of label 1; the base is the mean of the two labels' mean probabilities
+    p = np.array([[0.9, 0.1], [0.7, 0.3], [0.8, 0.2], [0.4, 0.6]])
+    y = np.array([0, 0, 0, 1])
+    cal = PriorCalibrator().fit(np.log(p), y)
+    expected = (p[:3].mean(axis=0) + p[3]) / 2
+    np.testing.assert_allclose(np.exp(cal.log_bias_), expected)
+    assert cal.temperature_ > 0
+
+
+def test_fit_inputs_follow_the_base_and_the_labels():
+    texts = ["a b c", "d e f", "g h i"]
+    cal = PriorCalibrator()
+    cal.select(lambda rows: None, texts, np.array([0, 1, 0]), 0)
+    assert cal.fit_inputs(texts, 0) == texts  # batch with labels: the labeled texts themselves
+    cal.select(lambda rows: None, texts, None, 0)
+    unlabeled = cal.fit_inputs(texts, 0)  # batch without labels would absorb their skew: domain words
+    assert unlabeled is not None and len(unlabeled) == 20 and unlabeled != texts
+    ctx = PriorCalibrator(base="contextual")
+    ctx.select(lambda rows: None, texts, np.array([0, 1, 0]), 0)
+    assert ctx.fit_inputs(texts, 0) == [*CONTENT_FREE, *texts]
+
+
+def test_fit_calibrator_passes_the_labels_and_fits_a_temperature():
+    texts = [f"t{i}" for i in range(12)]
+    y = np.array([0, 1] * 6)
+    table = {t: ([3.0, 0.0] if k == 0 else [0.0, 3.0]) for t, k in zip(texts, y, strict=True)}
+
+    def score(batch):
+        return np.array([table.get(t, [0.0, 0.0]) for t in batch])
+
+    cal = get_calibrator("prior")
+    fit_calibrator(cal, score, texts, y, random_state=0)
+    assert cal.report()["base"] == "batch"
+    assert cal.temperature_ < 1.0  # every labeled text is right: sharper than the raw scores
+
+
+def test_state_round_trips_and_refuses_bad_values():
+    cal = PriorCalibrator(base="domain").fit(np.log([[0.7, 0.3], [0.6, 0.4]]))
+    q, _ = sample([0.7, 0.3], 300, signal=1.0)
+    first = cal.transform(q)
+    back = PriorCalibrator.from_state(cal.get_state())
+    assert back.base == "domain" and back.report()["estimated_prior"] == cal.report()["estimated_prior"]
+    np.testing.assert_allclose(back.transform(q), first)
+    state = cal.get_state() | {"log_bias_": [float("nan"), 0.0]}
+    with pytest.raises(ValueError, match="log_bias_: expected a list of finite numbers"):
+        PriorCalibrator.from_state(state)
+    with pytest.raises(ValueError, match="temperature_"):
+        PriorCalibrator.from_state(cal.get_state() | {"temperature_": -1.0})
+    with pytest.raises(ParameterError, match="base"):
+        PriorCalibrator(base="uniform")
+
+
+def make(gpt2, **kw):
+    return Verbalizer(**(dict(template=PROMPT, labels=LABELS, model=gpt2.scorer(batch_size=4)) | kw))
+
+
+def test_verbalizer_by_name_reports_the_estimated_prior_and_saves(gpt2, tmp_path):
+    clf = make(gpt2, calibration="prior", random_state=0).fit(X, Y)
+    assert clf.calibration_report_["base"] == "batch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random tiny model may collapse: the warning is tested above
+        proba = clf.predict_proba(X * 3)
+    report = clf.calibration_report_
+    assert report["n_texts"] == 24
+    if report["fallback"] is None:
+        assert sum(report["estimated_prior"]) == pytest.approx(1.0, abs=1e-3)
+    raw = clf.label_scores(X * 3)
+    np.testing.assert_allclose(proba, np.exp(calibrate(clf.calibrator_, raw, X * 3, clf._raw_scores)), atol=1e-6)
+    clf.save(tmp_path / "m")
+    back = Verbalizer.load(tmp_path / "m", model=gpt2.scorer(batch_size=4))
+    assert isinstance(back.calibrator_, PriorCalibrator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_allclose(back.predict_proba(X * 3), proba, atol=1e-6)
+
+
+def test_verbalizer_unfitted_prior_uses_the_content_free_base(gpt2):
+    clf = make(gpt2, calibration="prior")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.predict(X)
+    assert clf.calibrator_.report()["base"] == "contextual"
+
+
+def test_auto_reports_the_estimate_of_a_prior_choice_and_round_trips():
+    from verbalize.calibration.auto import AutoCalibrator
+
+    auto = AutoCalibrator()
+    auto.chosen_ = PriorCalibrator().fit(np.zeros((1, 2)))
+    auto.report_ = {"chosen": "prior", "default": "batch"}
+    q, _ = sample([0.8, 0.2], 400, signal=2.0)
+    out = auto.transform(q)
+    assert auto.report_["n_texts"] == 400 and auto.report_["estimated_prior"][0] > 0.6
+    back = AutoCalibrator.from_state(auto.get_state())
+    assert isinstance(back.chosen_, PriorCalibrator)
+    np.testing.assert_allclose(back.transform(q), out)
+
+
+TEMPLATE = """
+name = "t"
+prompt = "Review: {text}\\nSentiment:"
+[labels]
+negative = ["bad", "negative"]
+positive = ["good", "positive"]
+"""
+
+
+def test_cli_eval_shows_the_estimated_label_distribution_beside_the_true_one(
+    tmp_path, tmp_template, gpt2_model, gpt2_tokenizer, capsys
+):
+    from verbalize.cli.main import main
+
+    gpt2_model.save_pretrained(tmp_path / "m")
+    gpt2_tokenizer.save_pretrained(tmp_path / "m")
+    rows = [("good film", "positive")] * 9 + [("bad film", "negative")] * 3
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"text": "{t} {i}", "label": "{y}"}}\n' for i, (t, y) in enumerate(rows)))
+    template = str(tmp_template(TEMPLATE))
+    assert main(["eval", template, str(data), "--model", str(tmp_path / "m"), "--calibration", "prior"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("label distribution"))
+    assert "negative 0.250/" in line and "positive 0.750/" in line
+    assert line.startswith("label distribution true/predicted/estimated:") and "last 12 texts" in line
+    assert main(["eval", template, str(data), "--model", str(tmp_path / "m")]) == 0
+    plain = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("label distribution"))
+    assert plain.startswith("label distribution true/predicted:") and "positive 0.750/" in plain
