@@ -39,6 +39,7 @@ import sys
 import time
 import tomllib
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,17 +66,17 @@ SERVICES = {
 # eval scripts that reproduce the published figures over the full data (minutes to hours on 2 cores):
 # each runs this many seconds (past its imports, data and model loading) and must not fail within them.
 BOUNDED = {
-    "python eval/zero_shot.py --data ../shared/data --dataset sst2": 30,
-    "python eval/zero_shot.py --dataset sst2 --calibration none contextual": 30,
-    "python eval/bench_speed.py --data ../shared/data": 20,
-    "python eval/bench_speed.py": 20,
-    "python eval/bench_jobs.py --part rss && python eval/bench_jobs.py --part kill": 20,
-    "python eval/bench_ray.py": 30,
-    "python eval/bench_fewshot.py": 20,
-    "python eval/bench_hostile.py": 30,
-    "python eval/bench_huge.py": 20,
-    "python eval/finetune.py --k 16 64 --seeds 0 1 2 --limit 200 --out results/finetune.jsonl": 20,
-    "python eval/generation.py": 20,
+    "python eval/zero_shot.py --data ../shared/data --dataset sst2": 20,
+    "python eval/zero_shot.py --dataset sst2 --calibration none contextual": 20,
+    "python eval/bench_speed.py --data ../shared/data": 15,
+    "python eval/bench_speed.py": 15,
+    "python eval/bench_jobs.py --part rss && python eval/bench_jobs.py --part kill": 15,
+    "python eval/bench_ray.py": 25,
+    "python eval/bench_fewshot.py": 15,
+    "python eval/bench_hostile.py": 25,
+    "python eval/bench_huge.py": 15,
+    "python eval/finetune.py --k 16 64 --seeds 0 1 2 --limit 200 --out results/finetune.jsonl": 15,
+    "python eval/generation.py": 15,
 }
 # The grid writes a row per run; it runs until its first row (report.py then has rows to read).
 UNTIL_FIRST_ROW = {
@@ -412,6 +413,14 @@ def _run_until_row(ws: Workspace, text: str, path: str, timeout: float) -> str:
     return "" if target.exists() and target.read_text(encoding="utf-8").strip() else f"no row in {path} in {timeout} s"
 
 
+def _timed(where: str, run: Callable[[], str]) -> list[str]:
+    """Run one example; say on stderr how long it took and how it went (a run stopped early still tells)."""
+    started = time.monotonic()
+    problem = run()
+    print(f"{'FAILED' if problem else 'ok'} {where} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    return [f"{where}: {problem}"] if problem else []
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("readme-venv") / "venv"
@@ -426,17 +435,11 @@ def test_readme_examples_run_as_written(file: str, venv: Path, tmp_path: Path) -
     failures = []
     try:
         for block in blocks(file):
-            started = time.monotonic()
             if block.lang == "python":
-                problems = [(block.where, ws.python(block, TIMEOUT))]
+                failures += _timed(block.where, lambda block=block: ws.python(block, TIMEOUT))
             elif block.lang in SHELL_LANGS:
-                problems = [(c.where, _run_command(ws, c)) for c in commands(block)]
-            else:
-                continue
-            print(f"{block.where} {block.lang}: {time.monotonic() - started:.0f} s", file=sys.stderr)
-            for where, problem in problems:  # as they happen: a long run stopped early still says what failed
-                print(f"FAILED {where}: {problem}" if problem else f"ok {where}", file=sys.stderr)
-            failures += [f"{where}: {problem}" for where, problem in problems if problem]
+                for command in commands(block):
+                    failures += _timed(command.where, lambda command=command: _run_command(ws, command))
     finally:
         ws.close()
     assert not failures, f"{len(failures)} examples of {file} failed:\n\n" + "\n\n".join(failures)
