@@ -57,8 +57,10 @@ def exact(model, tokenizer):
 def test_ranking_prefers_precision_unless_clearly_faster():
     assert formats.ranking({"float32": 100, "bfloat16": 90, "int8": 80}) == ["float32"]
     assert formats.ranking({"float32": 100, "bfloat16": 110}) == ["float32"]  # under the margin
-    assert formats.ranking({"float32": 100, "bfloat16": 350, "int8": 340}) == ["bfloat16", "int8", "float32"]
-    assert formats.ranking({"float32": 100, "bfloat16": 50, "int8": 300}) == ["int8", "float32"]
+    assert formats.ranking({"float32": 100, "bfloat16": 350, "int8": 900}) == ["bfloat16", "float32"]  # int8: never
+    every = formats.PRECISION
+    assert formats.ranking({"float32": 100, "bfloat16": 350, "int8": 340}, every) == ["bfloat16", "int8", "float32"]
+    assert formats.ranking({"float32": 100, "bfloat16": 50, "int8": 300}, every) == ["int8", "float32"]
 
 
 def test_auto_keeps_float32_when_the_others_measure_slower(llama):
@@ -80,19 +82,23 @@ def test_auto_falls_back_to_float32_when_faster_formats_fail_exactness(llama):
         if m.dtype != torch.float32 or is_quantized(m):
             raise ModelLoadError("injected: log-probs differ from the model's own forward")
 
-    got, choice = formats.choose(model, llama.tokenizer, strict, rates={"float32": 100, "bfloat16": 400, "int8": 450})
+    rates = {"float32": 100, "bfloat16": 400, "int8": 450}
+    got, choice = formats.choose(model, llama.tokenizer, strict, rates, candidates=formats.PRECISION)
     assert tried == ["torch.bfloat16", "int8"]  # best first (int8 is not 1.15x bfloat16's rate)
     assert choice.dtype == "float32" and got.dtype == torch.float32 and not is_quantized(got)
     assert all(torch.equal(before[k], v) for k, v in got.state_dict().items())  # the float32 weights, unchanged
     assert all("not exact" in choice.refused[f] for f in ("bfloat16", "int8"))
 
 
-def test_auto_takes_the_fastest_exact_format(llama):
+def test_auto_takes_the_fastest_exact_format_and_never_int8_by_default(llama):
+    rates = {"float32": 100, "bfloat16": 200, "int8": 400}
+    got, choice = formats.choose(copy.deepcopy(llama.model), llama.tokenizer, exact, rates)
+    assert choice.dtype == "bfloat16" and got.dtype == torch.bfloat16
+    assert choice.refused["int8"] == formats.NOT_CANDIDATE and choice.speedups()["int8"] == 4.0
     got, choice = formats.choose(
-        copy.deepcopy(llama.model), llama.tokenizer, exact, rates={"float32": 100, "bfloat16": 200, "int8": 400}
+        copy.deepcopy(llama.model), llama.tokenizer, exact, rates, candidates=formats.PRECISION
     )
     assert choice.dtype == "int8" and is_quantized(got)
-    assert "bfloat16" in choice.refused and choice.speedups()["int8"] == 4.0
 
 
 def test_int8_is_not_measured_where_the_model_cannot_run_it(gpt2):
@@ -143,7 +149,7 @@ def test_a_bad_environment_value_is_named(auto_env, llama_dir, monkeypatch):
 def test_fine_tuning_with_auto_trains_float32(auto_env, llama_dir):
     from verbalize import FineTuneConfig
 
-    record(llama_dir, "int8")
+    record(llama_dir, "bfloat16")
     clf = Verbalizer(template=PROMPT, labels=LABELS, model=llama_dir, fine_tuning=FineTuneConfig(epochs=1))
     clf.fit(X * 2, ["positive", "negative"] * 2)
     assert clf.scorer_.model.dtype == torch.float32 and not is_quantized(clf.scorer_.model)

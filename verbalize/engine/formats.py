@@ -4,12 +4,12 @@ At the first load of a model on a machine, :func:`measure_rates` times the matri
 the model's own transformer blocks (its linear layers' shapes, on :data:`ROWS` tokens) in float32,
 bfloat16 and int8 (int8 where the model has linear layers to quantize and this torch runs
 :class:`~verbalize.engine.models.Int8Linear`, on CPU), interleaved and best of :data:`ROUNDS`. The
-fastest format whose scores pass the Scorer's exactness probe on the model is taken
-(:func:`choose`); a format with fewer bits must beat a more precise one by :data:`MARGIN` per step of
-precision (bfloat16 over float32, int8 over bfloat16), so a near tie keeps the more precise format.
+fastest of :data:`CANDIDATES` (float32, bfloat16: int8 is shown, never chosen) whose scores pass the
+Scorer's exactness probe on the model is taken (:func:`choose`); a format with fewer bits must beat a
+more precise one by :data:`MARGIN` per step of precision, so a near tie keeps the more precise format.
 float32 is the fallback. Nothing is guessed from the CPU's name: an AVX2-only CPU, where bfloat16 is
-emulated, measures it slower and keeps float32 (or int8, if that measures faster); a CPU with AMX or
-AVX-512 BF16 measures bfloat16 several times faster.
+emulated, measures it slower and keeps float32; a CPU with AMX or AVX-512 BF16 measures bfloat16
+several times faster.
 
 The choice, its rates and the reasons the other formats were not taken are logged (INFO), kept on the
 model (:func:`choice_of`) and recorded per model, machine and torch version (:mod:`verbalize.engine.machine`),
@@ -42,7 +42,13 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 ENV = "VERBALIZE_DTYPE"
-PRECISION = ("float32", "bfloat16", "int8")  # most precise first: the formats auto may choose
+PRECISION = ("float32", "bfloat16", "int8")  # most precise first
+CANDIDATES = ("float32", "bfloat16")
+"""The formats ``dtype="auto"`` may choose. int8 is measured and shown but never chosen: on the embedded model
+it kept 84.7% of TREC's confident decisions and lost 2.2 points with contextual calibration (bars: 99%, 1
+point; ``eval/bench_int8.py accuracy``), which the exactness probe (a check of the scoring path) cannot see.
+Name ``dtype="int8"`` to use it."""
+NOT_CANDIDATE = "measured only: auto never chooses int8 (it moved confident decisions; name dtype='int8')"
 MARGIN = 1.15
 ROWS = 256
 ROUNDS = 5
@@ -183,10 +189,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def ranking(rates: dict[str, float]) -> list[str]:
-    """The formats of ``rates`` to try, best first: by rate, each step of lost precision discounted by
+def ranking(rates: dict[str, float], candidates: tuple[str, ...] = CANDIDATES) -> list[str]:
+    """The ``candidates`` of ``rates`` to try, best first: by rate, each step of lost precision discounted by
     :data:`MARGIN`, and only those ahead of float32 (which ends the list)."""
-    score = {f: rates[f] / MARGIN ** PRECISION.index(f) for f in rates if f in PRECISION}
+    score = {f: rates[f] / MARGIN ** PRECISION.index(f) for f in rates if f in candidates}
     ahead = sorted((f for f in score if f != "float32" and score[f] > score["float32"]), key=lambda f: -score[f])
     return [*ahead, "float32"]
 
@@ -204,6 +210,7 @@ def choose(
     exact: Exact | None = None,
     rates: dict[str, float] | None = None,
     reload: Callable[[], Any] | None = None,
+    candidates: tuple[str, ...] = CANDIDATES,
 ) -> tuple[Any, DtypeChoice]:
     """Convert a float32 ``model`` to the fastest format that passes ``exact``; return it and the choice.
 
@@ -219,10 +226,13 @@ def choose(
     reload : callable, optional
         Gives the float32 model again after a format was refused (conversions are in place); default:
         a copy kept before converting.
+    candidates : tuple of str
+        The formats that may be chosen (default :data:`CANDIDATES`); the others are measured and shown only.
     """
     rates = measure_rates(model) if rates is None else dict(rates)
-    order = ranking(rates)
+    order = ranking(rates, candidates)
     refused = {f: "not available for this model here" for f in PRECISION if f not in rates}
+    refused |= {f: NOT_CANDIDATE for f in rates if f not in candidates}
     if reload is None and order[0] != "float32":
         kept = copy.deepcopy(model)
         reload = lambda: copy.deepcopy(kept)  # noqa: E731
@@ -257,7 +267,7 @@ def load_auto(name: Any, device: str, load: Load, exact: Exact | None = None) ->
     config = machine.source_config(model_source(name))
     key = machine.record_key(config, _device_id(device)) if config is not None else None
     record = machine.read_record(key) if key else None
-    if record is not None and record["dtype"] in PRECISION:
+    if record is not None and record["dtype"] in CANDIDATES:
         model, tokenizer = load(name, device, record["dtype"])
         try:
             if exact is not None:
