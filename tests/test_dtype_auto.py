@@ -155,7 +155,7 @@ def test_fine_tuning_with_auto_trains_float32(auto_env, llama_dir):
     assert clf.scorer_.model.dtype == torch.float32 and not is_quantized(clf.scorer_.model)
 
 
-def test_check_shows_the_recorded_choice(auto_env, llama_dir, tmp_template, capsys):
+def test_check_shows_the_recorded_choice(auto_env, llama_dir, tmp_template, capsys, monkeypatch):
     template = tmp_template(
         """
         prompt = "Review: {text}\\nSentiment:"
@@ -170,6 +170,9 @@ def test_check_shows_the_recorded_choice(auto_env, llama_dir, tmp_template, caps
     assert main(["check", str(template), "--model", llama_dir]) == 0
     out = capsys.readouterr().out
     assert "dtype auto: bfloat16" in out and "bfloat16 380 GFLOP/s (3.80x)" in out
+    monkeypatch.setenv(formats.ENV, "float32")
+    assert main(["check", str(template), "--model", llama_dir]) == 0
+    assert "dtype auto: float32 (forced by VERBALIZE_DTYPE" in capsys.readouterr().out
 
 
 def test_the_service_lists_the_choice_and_its_rates(auto_env, llama_dir):

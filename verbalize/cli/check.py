@@ -100,6 +100,9 @@ def check(template_arg: str, model: str | os.PathLike | None = None, text: str |
 
 def _dtype_line(model: str | os.PathLike | None, name: str) -> str:
     """What ``dtype="auto"`` chose for the model on this machine (read from its record: no torch, no weights)."""
+    forced = os.environ.get("VERBALIZE_DTYPE", "").strip()
+    if forced and forced != "auto":
+        return f"dtype auto: {forced} (forced by VERBALIZE_DTYPE; nothing is measured)"
     record = recorded_choice(model_source(model))
     if record is None:
         return (
