@@ -66,9 +66,9 @@ def estimate_prior(
 
     Examples
     --------
-    >>> q = np.log([[0.9, 0.1]] * 8 + [[0.1, 0.9]] * 2)
+    >>> q = np.log([[0.999, 0.001]] * 8 + [[0.001, 0.999]] * 2)  # confident: the prior is the counts' shares
     >>> estimate_prior(q, smoothing=0.0)[0].round(2)
-    array([0.85, 0.15])
+    array([0.8, 0.2])
     """
     q = log_softmax(log_proba)
     n, c = q.shape
