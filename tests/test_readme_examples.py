@@ -48,6 +48,11 @@ from readme_examples import FILES, ROOT, SESSION, Block, Command, blocks, comman
 from verbalize import load_template
 from verbalize.cli.main import main
 
+# The eval data lies outside the repo (``../shared/data`` beside the checkout, or ``$VERBALIZE_DATA``): the
+# examples that name ``../shared/data`` are checked and run against it where it exists, and are skipped
+# (named on stderr) on a machine without it, such as a bare CI clone.
+EVAL_DATA = Path(os.environ.get("VERBALIZE_DATA") or ROOT.parent / "shared" / "data")
+DATA_PREFIX = "../shared/data"
 TIMEOUT = 600  # seconds for a command or python block: a guard against a hang, not a speed bar
 # The CI's own commands: `.ci/run` runs them as written (set-up, then the default suite) before this test.
 CI_COMMANDS = {
@@ -196,6 +201,8 @@ def _shell_paths(command: Command) -> tuple[list[str], list[str]]:
 
 def _exists(path: str, written: list[str]) -> bool:
     clean = re.sub(r"\[.*\]$", "", path)
+    if clean.startswith(DATA_PREFIX):  # the eval data, outside the repo
+        return not EVAL_DATA.is_dir() or (EVAL_DATA / clean.removeprefix(DATA_PREFIX).lstrip("/")).exists()
     if (ROOT / clean).exists() or any(clean == w or clean.startswith(w.rstrip("/") + "/") for w in written):
         return True
     return clean.startswith(("s3://", "ray://"))
@@ -276,8 +283,9 @@ class Workspace:
             if (ROOT / name).is_file() or (ROOT / name).is_symlink():  # verbalize/templates is a link
                 (self.root / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / name, self.root / name, follow_symlinks=False)
-        if (ROOT.parent / "shared").is_dir():
-            (tmp / "shared").symlink_to(ROOT.parent / "shared")
+        if EVAL_DATA.is_dir():
+            (tmp / "shared").mkdir()
+            (tmp / "shared" / "data").symlink_to(EVAL_DATA.resolve())
         self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         self.env["PATH"] = f"{venv / 'bin'}{os.pathsep}{self.env['PATH']}"
         self.log = open(tmp / "python-session.log", "w")  # noqa: SIM115 (closed in close())
@@ -375,6 +383,9 @@ def _run_command(ws: Workspace, command: Command) -> str:
     for ci in CI_COMMANDS:  # .ci/run runs it as written (test_every_exception_names_an_example checks)
         text = text.removeprefix(f"{ci} && ") if text != ci else ""
     if not text:
+        return ""
+    if DATA_PREFIX in text and not EVAL_DATA.is_dir():
+        print(f"skipped {command.where}: no eval data at {EVAL_DATA} (set VERBALIZE_DATA)", file=sys.stderr)
         return ""
     if text in SERVICES:
         return ws.serve(text, SERVICES[text], TIMEOUT)
