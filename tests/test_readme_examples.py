@@ -384,7 +384,8 @@ def _run_command(ws: Workspace, command: Command) -> str:
         text = text.removeprefix(f"{ci} && ") if text != ci else ""
     if not text:
         return ""
-    if DATA_PREFIX in text and not EVAL_DATA.is_dir():
+    needs_data = DATA_PREFIX in text or DATA_PREFIX in ws.env.get("VERBALIZE_DATA", "")  # named, or exported
+    if needs_data and not EVAL_DATA.is_dir():
         print(f"skipped {command.where}: no eval data at {EVAL_DATA} (set VERBALIZE_DATA)", file=sys.stderr)
         return ""
     if text in SERVICES:
