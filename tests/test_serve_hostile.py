@@ -224,6 +224,21 @@ def test_non_loopback_bind_without_key_warns(files: dict[str, Path], tmp_path: P
         prepare(_serve_args(template, "--api-key-file", str(key_file)))
 
 
+def test_dtype_option_sets_what_auto_means_for_the_served_classifiers(files: dict[str, Path], monkeypatch: Any):
+    from verbalize.cli.serve import prepare
+    from verbalize.engine.formats import ENV, forced
+
+    monkeypatch.setenv(ENV, "float32")  # monkeypatch restores it after the test
+    prepare(_serve_args(str(files["senti"])))  # never started
+    assert forced() == "float32"  # no --dtype: the environment's choice stays
+    prepare(_serve_args(str(files["senti"]), "--dtype", "bfloat16"))
+    assert forced() == "bfloat16"
+    prepare(_serve_args(str(files["senti"]), "--dtype", "auto"))
+    assert forced() is None
+    with pytest.raises(SystemExit):
+        _serve_args(str(files["senti"]), "--dtype", "float64")
+
+
 def test_templates_listing_shows_no_absolute_path(tiny: Any, tmp_path: Path):
     folder = tmp_path / "served"
     folder.mkdir()

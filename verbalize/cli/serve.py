@@ -40,6 +40,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="model of the template files: hub id, local dir, .gguf "
         "(default: embedded); saved classifiers keep their own",
     )
+    s.add_argument(
+        "--dtype",
+        default=None,
+        choices=["auto", "float32", "bfloat16", "int8"],
+        help="number format of the classifiers that do not name one (default: $VERBALIZE_DTYPE, else auto: the "
+        "fastest format that passes the exactness probe, measured once per model and machine); "
+        "a saved classifier's own dtype wins",
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--window-ms", type=float, default=5.0, help="longest wait to batch more requests (default 5)")
@@ -151,6 +159,10 @@ def prepare(args: argparse.Namespace) -> Any:
         if source.kind == "template":
             load_template(source.path)  # TemplateError lists every problem: exit 2 before any model loads
     logging.getLogger("verbalize").setLevel(args.log_level.upper())
+    if args.dtype is not None:  # what dtype="auto" means in this process: the preloaded model and the classifiers
+        from verbalize.engine.formats import ENV
+
+        os.environ[ENV] = args.dtype
     config = ServeConfig(
         window_ms=args.window_ms,
         max_batch_tokens=args.max_batch_tokens,
