@@ -28,6 +28,7 @@ The slow test (``-m slow``, in ``.ci/run``) runs them, one README file at a time
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 import re
@@ -245,7 +246,7 @@ def test_every_template_named_without_a_path_is_shipped() -> None:
         if len(argv) >= 3 and argv[0] == "verbalize" and argv[1] in {"check", "predict", "eval", "finetune", "suggest"}:
             named = [argv[2]]
         elif len(argv) >= 3 and argv[:2] == ["verbalize", "serve"]:
-            named = [w for w in argv[2:] if not w.startswith("-")][:3]
+            named = list(itertools.takewhile(lambda w: not w.startswith("-"), argv[2:]))  # before any option
         else:
             continue
         problems += [f"{line!r}: {n}" for n in named if re.fullmatch(r"[a-z0-9_]+", n) and n not in SHIPPED]
