@@ -23,6 +23,7 @@ from verbalize.calibration.calibrators import calibration_choices
 from verbalize.estimator import Verbalizer
 from verbalize.io.jobs import field_columns
 from verbalize.io.readers import labeled_rows
+from verbalize.prompting.prompts import per_prefix
 from verbalize.prompting.template import Template, loads_template
 from verbalize.report import summarize, svg_confusion, svg_reliability
 from verbalize.studio.files import version_of
@@ -189,11 +190,8 @@ class Evaluator:
             if job.cancel.is_set():
                 raise Cancelled
             p = clf.build_prompts(texts[start : start + PROGRESS_CHUNK])
-            words = np.zeros((len(p.prompts), len(clf.label_tokens_.words)))  # (chunk, n_words)
-            for prefix, rows in p.groups():
-                q = p.part(rows)
-                words[rows] = clf.scorer_.score_words(q.prompts, clf.label_tokens_, q.spans, prefix)
-            parts.append(words)
+            [words] = per_prefix(p, lambda x, s, pre: [clf.scorer_.score_words(x, clf.label_tokens_, s, pre)])
+            parts.append(words)  # (chunk, n_words)
             job.progress = WORDS_SHARE * min(start + PROGRESS_CHUNK, len(texts)) / len(texts)
         words = np.vstack(parts)
         return words, word_shares(words, clf.label_tokens_)
