@@ -34,8 +34,8 @@ ROWS = [(t, "positive" if i % 3 else "negative") for i, t in enumerate(WORDS)] *
 H = {"X-Verbalize-Studio": "1"}
 
 
-@pytest.fixture
-def studio(tmp_path, gpt2_model, gpt2_tokenizer):
+def _build(tmp_path, gpt2_model, gpt2_tokenizer):
+    """The studio app over a folder holding TEMPLATE as t.toml and ROWS as data.jsonl; (app, folder, data)."""
     folder = tmp_path / "templates"
     folder.mkdir()
     (folder / "t.toml").write_text(TEMPLATE, encoding="utf-8")
@@ -44,7 +44,12 @@ def studio(tmp_path, gpt2_model, gpt2_tokenizer):
     args = argparse.Namespace(
         templates=str(folder), data=[str(data)], column=None, label_column="label", field=[], host="127.0.0.1"
     )
-    app = build(args, scorer=Scorer(gpt2_model, gpt2_tokenizer))
+    return build(args, scorer=Scorer(gpt2_model, gpt2_tokenizer)), folder, data
+
+
+@pytest.fixture
+def studio(tmp_path, gpt2_model, gpt2_tokenizer):
+    app, folder, data = _build(tmp_path, gpt2_model, gpt2_tokenizer)
     app.state.evaluator.calibrations = ["none", "contextual", "batch"]  # auto and the rest: test_all_calibrations
     with TestClient(app) as client:
         client.folder, client.data = folder, data
@@ -306,15 +311,7 @@ def test_the_command_prints_its_url_and_serves_the_page(tmp_path, model_dir):
 
 
 def test_shutdown_cancels_the_running_evaluation_and_waits_for_it(tmp_path, gpt2_model, gpt2_tokenizer):
-    folder = tmp_path / "templates"
-    folder.mkdir()
-    (folder / "t.toml").write_text(TEMPLATE, encoding="utf-8")
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in ROWS), encoding="utf-8")
-    args = argparse.Namespace(
-        templates=str(folder), data=[str(data)], column=None, label_column="label", field=[], host="127.0.0.1"
-    )
-    app = build(args, scorer=Scorer(gpt2_model, gpt2_tokenizer))
+    app, _, _ = _build(tmp_path, gpt2_model, gpt2_tokenizer)
     evaluator = app.state.evaluator
     started, gate = threading.Event(), threading.Event()
     plain = evaluator.data["data.jsonl"]
