@@ -126,6 +126,17 @@ def gpt2_model(gpt2_tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
 
 
 @pytest.fixture(scope="session")
+def model_dir(
+    tmp_path_factory: pytest.TempPathFactory, gpt2_model: GPT2LMHeadModel, gpt2_tokenizer: PreTrainedTokenizerFast
+) -> str:
+    """The tiny GPT-2 saved as a Hugging Face directory: what the CLI's ``--model`` takes."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    gpt2_model.save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def llama_model(llama_tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=len(llama_tokenizer),

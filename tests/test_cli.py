@@ -20,14 +20,6 @@ positive = ["good", "positive"]
 """
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, gpt2_model, gpt2_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    gpt2_model.save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_check_prints_prompt_and_tokens(tmp_template, model_dir, capsys):
     code = main(["check", str(tmp_template(TEMPLATE)), "--model", model_dir])
     out = capsys.readouterr().out

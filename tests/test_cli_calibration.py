@@ -38,14 +38,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, gpt2_model, gpt2_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    gpt2_model.save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _write(path, texts, labels):
     path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels, strict=True)))
     return str(path)

@@ -12,14 +12,6 @@ from verbalize.cli.main import main
 TEMPLATE = 'name = "t"\nprompt = "Review: {text}\\nSentiment:"\n[labels]\nnegative = ["bad"]\npositive = ["good"]\n'
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, gpt2_model, gpt2_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    gpt2_model.save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _train(tmp_path):
     train = tmp_path / "train.jsonl"
     rows = [("good film", "positive"), ("bad film", "negative")] * 2

@@ -11,8 +11,6 @@ import json
 import logging
 import re
 
-import pytest
-
 from verbalize import FineTuneConfig, Template, Verbalizer, rank_templates
 from verbalize.cli.main import main
 from verbalize.engine import model_files
@@ -95,14 +93,6 @@ def test_a_cold_conversion_is_a_stage_with_progress_and_a_warning_without(tmp_pa
         model_files.convert_gguf(gguf)
     assert capsys.readouterr().err == ""
     assert [r.getMessage()[:24] for r in caplog.records] == ["converting m.gguf to saf"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, gpt2_model, gpt2_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    gpt2_model.save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def test_eval_says_it_scores_rows_to_fit_the_calibrator_and_shows_the_rows(tmp_path, model_dir, capsys):
