@@ -34,6 +34,8 @@ from typing import Any
 
 import psutil
 
+from verbalize.engine.machine import describe_cpu
+
 SENTENCE = "the film was long and the acting uneven but the music carried it through to a quiet end"
 WORDS = SENTENCE.split(" ")
 
@@ -144,18 +146,6 @@ def flood(port: int, n: int) -> tuple[list[float], int, int]:
             sock.close()
 
 
-def cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no lscpu)"
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = set(info.get("Flags", "").split())
-    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8") if f in flags]
-    model = info.get("Model name", "?").strip()
-    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(have) or 'no avx2/avx512/amx'}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--long-chars", type=int, default=40_000)
@@ -244,7 +234,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     rows.append(("server log", f"{log.stat().st_size:,} bytes", ""))
-    rows.append(("CPU", cpu(), ""))
+    rows.append(("CPU", f"{describe_cpu()}, {os.cpu_count()} CPUs", ""))
     rows.append(("load average (1, 5, 15 min)", " ".join(f"{x:.1f}" for x in os.getloadavg()), ""))
     width = max(len(r[0]) for r in rows)
     for name, value, verdict in rows:

@@ -28,21 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from verbalize.engine.machine import describe_cpu
+
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the film was long but the actors were good and the music was fine . "
-
-
-def cpu() -> str:
-    """The CPU's model name and which of avx2 / avx512_vnni / amx it has (from lscpu)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "lscpu not available"
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = set(info.get("Flags", "").split())
-    has = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8") if f in flags]
-    model = info.get("Model name", "?").strip()
-    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(has) or 'none of avx2/avx512/amx'}"
 
 
 def write_huge(path: Path, mb: int) -> int:
@@ -132,7 +121,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     logging.getLogger("verbalize").setLevel(logging.ERROR)  # drop and truncation warnings are the point here
-    print(f"CPU: {cpu()}")
+    print(f"CPU: {describe_cpu()}, {os.cpu_count()} CPUs")
     ok = True
     if not args.skip_huge:
         ok &= huge_line(args.mb, args.template)
