@@ -210,8 +210,7 @@ class PriorCalibrator(Calibrator):
     def transform_unfitted(
         self, scores: np.ndarray, texts: list[str], score_texts: ScoreTexts, random_state: int | None
     ) -> np.ndarray:
-        cal = PriorCalibrator(base="contextual", estimator=self.estimator)
-        cal.log_bias_ = np.log(np.exp(log_softmax(score_texts(list(CONTENT_FREE)))).mean(axis=0))
+        cal = PriorCalibrator(base="contextual", estimator=self.estimator).fit(score_texts(list(CONTENT_FREE)))
         out = cal.transform(scores)
         self.report_ = cal.report_
         return out
