@@ -25,6 +25,7 @@ from verbalize import __version__
 from verbalize.cli.check import check
 from verbalize.cli.console import configure_logging, hide_unused_torchao, one_line_warnings
 from verbalize.cli.eval_report import ProbaRecorder, check_report_path, write_eval_report
+from verbalize.cli.options import DTYPE_CHOICES
 from verbalize.cli.serve import add_parser as _add_serve  # `verbalize serve` (needs the [serve] extra to run)
 from verbalize.cli.studio import add_parser as _add_studio  # `verbalize studio` (the [serve] extra too)
 from verbalize.cli.suggest import add_parser as _add_suggest
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--dtype",
             default=None,
-            choices=["auto", "float32", "bfloat16", "float16", "int8"],
+            choices=DTYPE_CHOICES,
             help="number format of the weights (default auto: the fastest measured here that scores exactly; "
             "a saved classifier keeps its own)",
         )

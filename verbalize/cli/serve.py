@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from verbalize.cli.options import DTYPE_CHOICES
 from verbalize.cli.threads import add_threads_argument
 from verbalize.prompting.template import load_template
 
@@ -43,7 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument(
         "--dtype",
         default=None,
-        choices=["auto", "float32", "bfloat16", "int8"],
+        choices=DTYPE_CHOICES,
         help="number format of the classifiers that do not name one (default: $VERBALIZE_DTYPE, else auto: the "
         "fastest format that passes the exactness probe, measured once per model and machine); "
         "a saved classifier's own dtype wins",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from verbalize.cli.options import DTYPE_CHOICES
 from verbalize.errors import InputError
 
 DEFAULT_PORT = 8765
@@ -30,7 +31,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--label-column", default="label")
     s.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help="column of a template field")
     s.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: embedded)")
-    s.add_argument("--dtype", default=None, help="number format of the weights (default: eval's default)")
+    s.add_argument(
+        "--dtype", default=None, choices=DTYPE_CHOICES, help="number format of the weights (default: eval's default)"
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     s.set_defaults(func=run)
