@@ -47,7 +47,7 @@ def test_auto_chooses_the_method_that_fixes_a_biased_prompt():
     report = cal.report_
     assert report["scores"]["None"]["accuracy"] == 0.5  # raw: everything is label 0
     assert report["scores"]["contextual"]["accuracy"] == 1.0
-    assert report["chosen"] in ("contextual", "domain", "batch")
+    assert report["chosen"] in ("contextual", "domain", "batch", "prior")
     assert set(report["scores"]) == {"None", "contextual", "domain", "batch", "temperature", "prior"}
     out = calibrate(cal, _biased_scorer(scores)(texts), texts, _biased_scorer(scores))
     assert (out.argmax(axis=1) == y).all()
@@ -65,7 +65,7 @@ def test_auto_keeps_raw_when_calibration_only_hurts():
     cal = get_calibrator("auto")
     fit_calibrator(cal, _biased_scorer(scores), texts, y, random_state=0)
     assert cal.report_["scores"]["contextual"]["accuracy"] < 1.0
-    assert cal.report_["chosen"] in (None, "temperature", "batch")  # all three are at raw accuracy here
+    assert cal.report_["chosen"] in (None, "temperature", "batch", "prior")  # all at raw accuracy here
     assert cal.report_["scores"][str(cal.report_["chosen"])]["accuracy"] == 1.0
 
 
@@ -126,10 +126,13 @@ Y_SEL = np.array([0, 0, 0, 0, 1, 1, 1, 1])
 
 def test_select_switches_to_a_clearly_better_method():
     out = {None: _lp([0] * 8), "batch": _lp([0, 0, 0, 0, 0, 0, 1, 1]), "contextual": _lp(Y_SEL)}
-    chosen, scores = select(out, Y_SEL, default="batch")
+    chosen, scores = select(out, Y_SEL, default="batch", clear_se=1.0)
     assert chosen == "contextual"  # right on 2 more examples and wrong on none: more than a standard error
-    assert scores["contextual"]["gain"] == 0.25 and 0 < scores["contextual"]["gain_se"] < 0.25
+    assert scores["contextual"]["gain"] == 0.25 and 0.125 < scores["contextual"]["gain_se"] < 0.25
     assert scores["batch"]["gain"] == 0 and scores["None"]["accuracy"] == 0.5
+    assert select(out, Y_SEL, default="batch")[0] == "batch"  # the default margin, 2 errors: 0.25 < 2 x 0.164
+    out["batch"] = _lp([0, 0, 0, 0, 0, 0, 1, 0])  # contextual now right on 3 more of 8: 0.375 > 2 x 0.183
+    assert select(out, Y_SEL, default="batch")[0] == "contextual"
 
 
 def test_select_keeps_the_default_on_a_noisy_tie():

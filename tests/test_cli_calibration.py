@@ -60,7 +60,7 @@ def test_eval_auto_equals_the_api_fit_on_the_same_rows(tmp_path, tmp_template, m
     template = str(tmp_template(TOPICS))
     base = Verbalizer(template=template, model=model_dir, calibration=None if labels_from == "raw" else "batch")
     labels = list(base.fit(TEXTS).predict(TEXTS))
-    api = Verbalizer(template=template, model=model_dir, calibration="auto").fit(TEXTS, labels)
+    api = Verbalizer(template=template, model=model_dir, calibration="auto", random_state=0).fit(TEXTS, labels)
     api_chosen, api_accuracy = api.calibration_report_["chosen"], api.score(TEXTS, labels)
     data = _write(tmp_path / "data.jsonl", TEXTS, labels)
     assert main(["eval", template, data, "--model", model_dir, "--calibration", "auto"]) == 0
@@ -69,6 +69,8 @@ def test_eval_auto_equals_the_api_fit_on_the_same_rows(tmp_path, tmp_template, m
     assert _chosen(captured.err) == str(api_chosen)
     if labels_from == "raw":  # the labels decide: batch calibration (the choice without labels) is not the API's
         assert api_chosen != "batch"
+    assert main(["eval", template, data, "--model", model_dir, "--calibration", "auto", "--seed", "0"]) == 0
+    assert _accuracy(capsys.readouterr().out) == round(api_accuracy, 4)  # --seed is random_state
 
 
 def test_eval_fit_file_fits_on_other_rows_as_the_api_does(tmp_path, tmp_template, model_dir, capsys):
@@ -76,7 +78,7 @@ def test_eval_fit_file_fits_on_other_rows_as_the_api_does(tmp_path, tmp_template
     train, test = TEXTS[:12], TEXTS[12:] + TEXTS[:4]
     labels = list(Verbalizer(template=template, model=model_dir).predict(TEXTS))
     y_train, y_test = labels[:12], labels[12:] + labels[:4]
-    api = Verbalizer(template=template, model=model_dir, calibration="auto").fit(train, y_train)
+    api = Verbalizer(template=template, model=model_dir, calibration="auto", random_state=0).fit(train, y_train)
     fit_file = _write(tmp_path / "train.jsonl", train, y_train)
     data = _write(tmp_path / "test.jsonl", test, y_test)
     args = ["eval", template, data, "--model", model_dir, "--calibration", "auto", "--fit-file", fit_file]

@@ -60,7 +60,7 @@ def test_smoothing_keeps_a_small_sample_near_uniform():
 
 def test_prior_beats_the_uniform_correction_on_a_skewed_sample():
     q, y = sample([0.85, 0.15], 2000, signal=1.0, seed=1)
-    cal = PriorCalibrator().fit(np.zeros((1, 2)))  # no bias to divide out: the base is the identity
+    cal = PriorCalibrator(min_skew=0.0).fit(np.zeros((1, 2)))  # no bias to divide out: the base is the identity
     out = cal.transform(q)
     acc_uniform = (q.argmax(1) == y).mean()
     acc_prior = (out.argmax(1) == y).mean()
@@ -72,6 +72,23 @@ def test_prior_beats_the_uniform_correction_on_a_skewed_sample():
     em = PriorCalibrator(estimator="em").fit(np.zeros((1, 2)))
     em.transform(q)
     assert em.report()["estimated_prior"][0] == pytest.approx(np.mean(y == 0), abs=0.03)
+
+
+def test_an_estimate_near_uniform_keeps_the_base_alone():
+    q, y = sample([0.85, 0.15], 2000, signal=1.0, seed=1)
+    gated = PriorCalibrator().fit(np.zeros((1, 2)))  # default min_skew 0.2; this weak model's estimate is ~0.6
+    out = gated.transform(q)
+    report = gated.report()
+    skew = 0.5 * np.abs(np.subtract(report["estimated_prior"], 0.5)).sum()
+    assert report["skew"] == pytest.approx(skew, abs=1e-3) and skew < 0.2
+    assert report["shifted"] is False and report["fallback"] is None
+    np.testing.assert_allclose(out, log_softmax(q))
+    strong, _ = sample([0.85, 0.15], 2000, signal=3.0, seed=1)  # a sharper model: the estimate clears the bar
+    shifted = gated.transform(strong)
+    assert gated.report()["shifted"] is True and gated.report()["skew"] >= 0.2
+    assert not np.allclose(shifted, log_softmax(strong))
+    with pytest.raises(ValueError, match="min_skew"):
+        PriorCalibrator(min_skew=1.5)
 
 
 def test_prior_divides_out_the_base_bias_first():
@@ -126,9 +143,13 @@ def test_batch_base_with_labels_weighs_each_label_equally():
 
 def test_fit_inputs_follow_the_base_and_the_labels():
     texts = ["a b c", "d e f", "g h i"]
-    cal = PriorCalibrator()
+    cal = PriorCalibrator(base="batch")
     cal.select(lambda rows: None, texts, np.array([0, 1, 0]), 0)
     assert cal.fit_inputs(texts, 0) == texts  # batch with labels: the labeled texts themselves
+    both = PriorCalibrator()  # domain+batch: domain words, then the labeled texts
+    both.select(lambda rows: None, texts, np.array([0, 1, 0]), 0)
+    inputs = both.fit_inputs(texts, 0)
+    assert inputs is not None and inputs[-3:] == texts and len(inputs) == 23
     cal.select(lambda rows: None, texts, None, 0)
     unlabeled = cal.fit_inputs(texts, 0)  # batch without labels would absorb their skew: domain words
     assert unlabeled is not None and len(unlabeled) == 20 and unlabeled != texts
@@ -147,7 +168,7 @@ def test_fit_calibrator_passes_the_labels_and_fits_a_temperature():
 
     cal = get_calibrator("prior")
     fit_calibrator(cal, score, texts, y, random_state=0)
-    assert cal.report()["base"] == "batch"
+    assert cal.report()["base"] == "domain+batch"
     assert cal.temperature_ < 1.0  # every labeled text is right: sharper than the raw scores
 
 
@@ -173,7 +194,7 @@ def make(gpt2, **kw):
 
 def test_verbalizer_by_name_reports_the_estimated_prior_and_saves(gpt2, tmp_path):
     clf = make(gpt2, calibration="prior", random_state=0).fit(X, Y)
-    assert clf.calibration_report_["base"] == "batch"
+    assert clf.calibration_report_["base"] == "domain+batch"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random tiny model may collapse: the warning is tested above
         proba = clf.predict_proba(X * 3)
@@ -241,3 +262,33 @@ def test_cli_eval_shows_the_estimated_label_distribution_beside_the_true_one(
     assert main(["eval", template, str(data), "--model", str(tmp_path / "m")]) == 0
     plain = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("label distribution"))
     assert plain.startswith("label distribution true/predicted:") and "positive 0.750/" in plain
+
+
+def test_auto_that_chooses_prior_fits_it_on_the_labeled_texts(gpt2):
+    """Regression: auto's chosen prior was fitted as if unlabeled (its domain inputs alone) and fit raised
+    "24 labels for 20 rows of scores"; it must see fit's labels, as calibration='prior' by name does."""
+    from verbalize.calibration.auto import AutoCalibrator
+
+    class PriorOnly(AutoCalibrator):
+        default = "prior"
+
+        @staticmethod
+        def candidates() -> list[str | None]:
+            return ["prior"]
+
+    clf = make(gpt2, calibration=PriorOnly(), random_state=0).fit(X, Y)
+    by_name = make(gpt2, calibration="prior", random_state=0).fit(X, Y)
+    assert clf.calibration_report_["chosen"] == "prior"
+    chosen = clf.calibrator_.chosen_
+    assert chosen.report()["base"] == "domain+batch" == by_name.calibration_report_["base"]
+    np.testing.assert_allclose(chosen.log_bias_, by_name.calibrator_.log_bias_)
+    assert chosen.temperature_ == pytest.approx(by_name.calibrator_.temperature_)
+
+
+def test_domain_and_batch_base_is_the_mean_of_the_two_log_biases():
+    domain = np.log([[0.9, 0.1], [0.7, 0.3]])  # the base inputs (domain words): mean probability (0.8, 0.2)
+    labeled = np.log([[0.6, 0.4], [0.2, 0.8]])  # one text per label: label-balanced mean (0.4, 0.6)
+    cal = PriorCalibrator()
+    cal.select(lambda rows: None, ["a b", "c d"], np.array([0, 1]), 0)
+    cal.fit(np.concatenate([domain, labeled]), np.array([0, 1]))
+    np.testing.assert_allclose(cal.log_bias_, (np.log([0.8, 0.2]) + np.log([0.4, 0.6])) / 2)

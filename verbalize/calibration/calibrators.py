@@ -16,10 +16,10 @@ batch           mean probabilities of the unlabeled batch    helps on large, rou
                                                              and a text's score depends on its batch
 temperature     a few labeled examples (Guo et al. 2017)     fixes over/under-confidence (ECE) only:
                                                              it never changes the predicted label
-prior           a base (fit's labeled texts, label-balanced) helps on skewed batches of a task that
-                and a temperature; then the label prior of   the base corrects well; batch-transductive
-                the batch being predicted (Saerens et al.    (module ``prior``: why the estimate is the
-                2002), moved toward instead of uniform       mean posterior, not EM, by default)
+prior           a base (domain words and fit's labeled texts, helps on skewed and balanced batches
+                label-balanced) and a temperature; then the  (auto's default); batch-transductive when
+                label prior of the batch being predicted     the estimate is clearly skewed (module
+                (Saerens et al. 2002), when clearly skewed   ``prior``: why the mean posterior, not EM)
 ==============  ===========================================  ==========================================
 
 Each calibrator also says what it is fitted on (:meth:`Calibrator.fit_inputs`: content-free

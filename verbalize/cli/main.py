@@ -161,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--field", action="append", default=[], metavar="FIELD=COLUMN", help=FIELD_HELP)
     e.add_argument("--calibration", type=_calibration, default=None, help=EVAL_CALIBRATION_HELP)
     e.add_argument("--fit-file", default=None, metavar="FILE", help=FIT_FILE_HELP)
+    e.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the calibration's random draws (auto's folds, domain words), as Verbalizer(random_state=...)",
+    )
     e.add_argument("--batch-size", type=_positive, default=64)
     e.add_argument("--limit", type=_positive, default=None, help="use the first N rows (and fit on them)")
     add_threads_argument(e)
@@ -236,7 +242,12 @@ def _classifier(args: argparse.Namespace, batch_size: int = 64) -> Verbalizer:
             )
         return Verbalizer.load(saved, batch_size=batch_size, progress=False, **_dtype(args))
     return Verbalizer(
-        template=args.template, model=args.model, calibration=calibration, batch_size=batch_size, **_dtype(args)
+        template=args.template,
+        model=args.model,
+        calibration=calibration,
+        batch_size=batch_size,
+        random_state=getattr(args, "seed", 0),  # the same numbers on every run (predict has no --seed: 0)
+        **_dtype(args),
     )
 
 

@@ -171,7 +171,9 @@ class Evaluator:
             if job.cancel.is_set():
                 raise Cancelled
             job.step = f"calibration {name}"
-            clf = Verbalizer(template=template, model=self.scorer, calibration=None if name == "none" else name)
+            calibration = None if name == "none" else name
+            # random_state=0: `verbalize eval`'s default --seed, so auto's folds and domain words are eval's
+            clf = Verbalizer(template=template, model=self.scorer, calibration=calibration, random_state=0)
             if name != "none":  # fitted as `verbalize eval --calibration` fits it: fit(X, y) on the evaluated rows
                 clf.fit(texts, y)
             proba = clf.calibrate_words(words, texts)  # equals clf.predict_proba(texts) (see Verbalizer.build_prompts)
