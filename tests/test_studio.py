@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from verbalize import Verbalizer  # noqa: E402
 from verbalize.cli.main import main  # noqa: E402
 from verbalize.cli.studio import build  # noqa: E402
 from verbalize.engine.scoring import Scorer  # noqa: E402
@@ -332,3 +333,26 @@ def test_shutdown_cancels_the_running_evaluation_and_waits_for_it(tmp_path, gpt2
     assert job.status == "cancelled" and not any(
         t.is_alive() for t in threading.enumerate() if t.name.startswith("studio-")
     )
+
+
+def test_the_label_distribution_shows_the_prior_estimate_beside_the_true_one(studio):
+    """Issue 23: the studio shows the estimated label distribution beside the true and predicted ones."""
+    studio.app.state.evaluator.calibrations = ["none", "prior"]
+    job = _evaluate(studio, TEMPLATE, size=24)
+    assert job["status"] == "done", job["error"]
+    texts, labels = [t for t, _ in ROWS[:24]], [y for _, y in ROWS[:24]]
+    for name in ("none", "prior"):
+        d = job["results"][name]["label_distribution"]
+        assert d["labels"] == ["negative", "positive"]
+        assert d["true"] == pytest.approx([labels.count("negative") / 24, labels.count("positive") / 24])
+        predictions = job["results"][name]["predictions"]
+        assert d["predicted"] == pytest.approx([predictions.count(c) / 24 for c in ("negative", "positive")])
+    assert job["results"]["none"]["label_distribution"]["estimated"] is None
+    model = studio.app.state.evaluator.scorer
+    template = str(studio.folder / "t.toml")
+    clf = Verbalizer(template=template, model=model, calibration="prior", random_state=0).fit(texts, labels)
+    clf.predict_proba(texts)
+    want = clf.calibration_report_
+    got = job["results"]["prior"]["label_distribution"]
+    assert got["estimated"] == pytest.approx(want["estimated_prior"], abs=1e-4)
+    assert got["n_estimated"] == 24 and got["shifted"] == want["shifted"]

@@ -145,6 +145,8 @@ def _shown(page) -> dict:
                     macro_f1: document.querySelector('[data-metric=macro_f1]').textContent,
                     n: document.querySelector('[data-metric=n]').textContent,
                     confusion: JSON.parse(document.getElementById('confusion').dataset.confusion),
+                    shares: [...document.querySelectorAll('#label-distribution tbody tr')].map(
+                        (r) => [...r.children].map((c) => c.textContent)),
                     job: document.getElementById('right').dataset.job,
                     editor: document.getElementById('editor').value })"""
     )
@@ -215,6 +217,8 @@ def _edit_score_save(
     cli = _eval_cli(tmp_path, edited, data, model, size)  # `verbalize eval` on the same rows and words
     assert int(shown["n"]) == cli["n"] and shown["confusion"] == cli["confusion"]
     assert shown["accuracy"] == f"{cli['accuracy']:.4f}" and shown["macro_f1"] == f"{cli['macro_f1']:.4f}"
+    true_shares = [f"{100 * sum(row) / cli['n']:.1f}%" for row in cli["confusion"]]  # the label distribution table
+    assert [r[0] for r in shown["shares"]] == cli["classes"] and [r[1] for r in shown["shares"]] == true_shares
     _check_library(edited, data, cli, size, browser.scorer)
     # going back: undo the edit; the earlier version's numbers come from the cache
     page.focus("#editor")

@@ -140,6 +140,29 @@ def summarize(
     }
 
 
+def label_distribution(
+    classes: Sequence[str], y_true: Sequence[str], y_pred: Sequence[str], calibration_report: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Each label's share of the rows: true, predicted, and the prior a label-prior calibration estimated.
+
+    ``estimated`` (columns follow ``classes``) is ``calibration_report["estimated_prior"]`` (``"prior"``, or
+    ``"auto"`` that chose it) or None; ``n_estimated`` the texts it was estimated on, ``shifted`` whether it
+    moved the scores (it does not when within ``min_skew`` of uniform).
+    """
+    labels = [str(c) for c in classes]
+    true, pred = [str(v) for v in y_true], [str(v) for v in y_pred]
+    report = calibration_report or {}
+    estimate = report.get("estimated_prior")
+    return {
+        "labels": labels,
+        "true": [true.count(c) / max(len(true), 1) for c in labels],
+        "predicted": [pred.count(c) / max(len(pred), 1) for c in labels],
+        "estimated": None if estimate is None else [float(v) for v in estimate],
+        "n_estimated": report.get("n_texts") if estimate is not None else None,
+        "shifted": report.get("shifted") if estimate is not None else None,
+    }
+
+
 def _errors(y: np.ndarray, proba: np.ndarray, classes: list[str], texts: Sequence[Any] | None, most: int) -> list:
     pred = proba.argmax(axis=1) if len(y) else y
     wrong = np.flatnonzero(pred != y)

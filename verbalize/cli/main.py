@@ -462,13 +462,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _distribution_line(labels: list[str], y: list[str], pred: list[str], report: dict[str, Any] | None) -> str:
     """Each label's share: true, predicted, and the prior estimated by calibration='prior' (its last call)."""
-    estimate = (report or {}).get("estimated_prior")
+    from verbalize.report import label_distribution
+
+    d = label_distribution(labels, y, pred, report)
+    estimate = d["estimated"]
     cells = []
     for k, label in enumerate(labels):
         est = f"/{estimate[k]:.3f}" if estimate else ""
-        cells.append(f"{label} {y.count(label) / len(y):.3f}/{pred.count(label) / len(pred):.3f}{est}")
+        cells.append(f"{label} {d['true'][k]:.3f}/{d['predicted'][k]:.3f}{est}")
     head = "true/predicted" + ("/estimated" if estimate else "")
-    note = f" (estimated on the last {report['n_texts']} texts scored together)" if estimate and report else ""
+    note = ""
+    if estimate:
+        used = "applied" if d["shifted"] else "not applied: near uniform, the base correction alone"
+        note = f" (estimated on the last {d['n_estimated']} texts scored together; {used})"
     return f"label distribution {head}: " + "  ".join(cells) + note
 
 

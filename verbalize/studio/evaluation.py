@@ -25,7 +25,7 @@ from verbalize.io.jobs import field_columns
 from verbalize.io.readers import labeled_rows
 from verbalize.prompting.prompts import per_prefix
 from verbalize.prompting.template import Template, loads_template
-from verbalize.report import summarize, svg_confusion, svg_reliability
+from verbalize.report import label_distribution, summarize, svg_confusion, svg_reliability
 from verbalize.studio.files import version_of
 
 logger = logging.getLogger(__name__)
@@ -179,6 +179,9 @@ class Evaluator:
             proba = clf.calibrate_words(words, texts)  # equals clf.predict_proba(texts) (see Verbalizer.build_prompts)
             summary = summarize(y, proba, classes, texts)
             summary["svg"] = {"confusion": svg_confusion(summary), "reliability": svg_reliability(summary)}
+            predicted = [classes[k] for k in np.asarray(proba).argmax(axis=1)]
+            estimate = getattr(clf, "calibration_report_", None) if name != "none" else None
+            summary["label_distribution"] = label_distribution(classes, y, predicted, estimate)
             job.results = job.results | {name: summary}
             job.progress = WORDS_SHARE + (1 - WORDS_SHARE) * (i + 1) / steps
 

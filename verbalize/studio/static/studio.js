@@ -202,7 +202,22 @@ function showJob(job) {
   $("confusion").setAttribute("data-confusion", JSON.stringify(r.confusion));
   $("reliability").innerHTML = r.svg.reliability;
   showPerClass(r);
+  showDistribution(r.label_distribution);
   showErrors(r);
+}
+
+function showDistribution(d) {
+  const body = $("label-distribution").tBodies[0];
+  body.replaceChildren();
+  if (!d) return;
+  const pct = (v) => `${(100 * v).toFixed(1)}%`;
+  d.labels.forEach((label, k) => {
+    body.append(el("tr", { "data-label": label }, el("th", { text: label }), el("td", { text: pct(d.true[k]) }),
+      el("td", { text: pct(d.predicted[k]) }), el("td", { text: d.estimated ? pct(d.estimated[k]) : "–" })));
+  });
+  $("distribution-note").textContent = d.estimated
+    ? `estimated by the prior calibration on the ${d.n_estimated} rows; ${d.shifted ? "applied" : "not applied (near uniform)"}`
+    : "estimated: only the prior calibration (and auto when it chooses it) estimates the label distribution";
 }
 
 function showCalibrations(results) {
