@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -120,19 +122,82 @@ class Int8Linear(torch.nn.Module):
             return torch.nn.functional.linear(x, self.qweight.float() * self.w_scale[:, None], self.bias)
         shape = x.shape
         x = x.reshape(-1, shape[-1]).float()
-        scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)  # (rows, 1), per token
+        outliers, amax = split_outliers(x, x.abs())
+        scale = amax.clamp_(min=1e-12).div_(127)  # (rows, 1): per token, from the entries that are not outliers
         # round(x / scale) is in [-127, 127]: shifted by 128 into uint8, the zero point oneDNN takes back out
-        qx = torch.round(x / scale).add_(128).to(torch.uint8)
+        qx = torch.round(x / scale)
+        if outliers is not None:
+            qx.index_put_(outliers.entries, torch.zeros((), dtype=qx.dtype))
         y = torch.ops.onednn.qlinear_pointwise(
-            qx, 1.0, 128, self.packed, self.w_scale, self.w_zero, None, 1.0, 0, torch.float32, "none", [], ""
+            qx.add_(128).to(torch.uint8),
+            1.0,
+            128,
+            self.packed,
+            self.w_scale,
+            self.w_zero,
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
         )
         y = y.mul_(scale)
+        if outliers is not None:
+            y.index_add_(0, outliers.rows, outliers.product(x, self.qweight, self.w_scale))
         if self.bias is not None:
             y = y.add_(self.bias)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (oneDNN)"
+
+
+OUTLIER_RMS = 6.0
+"""An int8 layer's input entry above this many times its row's root mean square skips int8 (:func:`split_outliers`)."""
+
+
+@dataclass(frozen=True)
+class Outliers:
+    """The entries of an int8 layer's input that skip int8: (row, column) pairs in row-major order."""
+
+    entries: tuple[torch.Tensor, torch.Tensor]  # their rows and columns in the input
+    rows: torch.Tensor  # the rows that have outliers, ascending
+    counts: torch.Tensor  # how many each of those rows has
+
+    def product(self, x: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+        """``(len(rows), out)``: each row's outliers times the dequantized weights of their columns, in float32.
+
+        One bag per row (``embedding_bag``): a row's sum runs over its own outliers, in column order,
+        whatever the other rows hold, so the result is the same in any batch.
+        """
+        r, c = self.entries
+        cols, inv = torch.unique(c, return_inverse=True)  # the weights' columns that are needed, once
+        w = qweight.T[cols].float().mul_(w_scale)  # (len(cols), out), contiguous: the dequantized columns
+        offsets = torch.cumsum(self.counts, 0).sub_(self.counts)
+        return torch.nn.functional.embedding_bag(inv, w, offsets, mode="sum", per_sample_weights=x[r, c])
+
+
+def split_outliers(x: torch.Tensor, absx: torch.Tensor) -> tuple[Outliers | None, torch.Tensor]:
+    """The entries of ``x`` (rows, in) that skip int8, and each row's largest entry left, ``(rows, 1)``.
+
+    An entry is an outlier when ``|x| > OUTLIER_RMS x`` its row's root mean square (the row's own, outliers
+    included): which entries are outliers depends on the row alone. Such rows are SmolLM2's first token
+    ("massive activations" up to 2.5e4 in a few channels, Sun et al. 2024) and the few feature channels
+    that dominate most normalized rows (LLM.int8's outlier features, Dettmers et al. 2022); with one
+    int8 step of 1/127 of the row's largest entry, the other entries of such a row would round to a
+    few steps or to zero. The outliers go through :meth:`Outliers.product`; the rest is rounded to int8
+    with a scale from the largest entry left. Overwrites ``absx``; None for no outliers.
+    """
+    threshold = torch.linalg.vector_norm(x, dim=1, keepdim=True).mul_(OUTLIER_RMS / math.sqrt(x.shape[1]))
+    mask = absx > threshold
+    amax = absx.masked_fill_(mask, 0).amax(dim=1, keepdim=True)
+    r, c = mask.nonzero().unbind(1)
+    if not len(r):
+        return None, amax
+    rows, counts = torch.unique_consecutive(r, return_counts=True)
+    return Outliers((r, c), rows, counts), amax
 
 
 @functools.cache
