@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 from auto_calibration import labeled_sample
-from data import data_dir, load, template_path
+from data import ROOT, data_dir, load, template_path
+from make_pairs import pairs
 
 from verbalize import Verbalizer
 from verbalize.calibration.auto import AutoCalibrator, select
@@ -96,7 +97,7 @@ def open_cache(folder: Path) -> sqlite3.Connection:
 def cached_classifier(args: argparse.Namespace, dataset: str, dpc: int | None, seed: int, db: Any) -> Verbalizer:
     """Verbalizer(calibration="auto") whose model calls go through the cache."""
     clf = Verbalizer(
-        template=template_path(dataset),
+        template=task_template(dataset),
         model=args.model,
         calibration="auto",
         demos_per_class=dpc,
@@ -181,9 +182,26 @@ def evaluate(clf: Verbalizer, raw: np.ndarray, test: tuple, train: tuple, subset
     return rows
 
 
+PAIR_POOL = 2000  # "pairs": sentence pairs built from SST-2's train split for the labeled examples
+
+
+def load_task(dataset: str, split: str, root: Path, limit: int | None = None) -> tuple[list[Any], list[str]]:
+    """A dataset's rows; ``"pairs"``: two-field rows {review1, review2} labeled same/different, built from
+    SST-2 (``make_pairs.pairs``, balanced, seeded per split), a near-chance task for this model."""
+    if dataset != "pairs":
+        return load(dataset, split, root, limit)
+    texts, labels = load("sst2", split, root)
+    rows = pairs(texts, labels, limit or PAIR_POOL, seed=0 if split == "test" else 1)
+    return [{"review1": r["review1"], "review2": r["review2"]} for r in rows], [r["label"] for r in rows]
+
+
+def task_template(dataset: str) -> str:
+    return str(ROOT / "templates" / "same_sentiment.toml") if dataset == "pairs" else template_path(dataset)
+
+
 def run(args: argparse.Namespace, sink: Any = None) -> list[dict]:
     root, db, rows = data_dir(args.data), open_cache(args.cache), []
-    data = {d: (load(d, "test", root, args.limit), load(d, "train", root)) for d in args.datasets}
+    data = {d: (load_task(d, "test", root, args.limit), load_task(d, "train", root)) for d in args.datasets}
     for seed in args.seeds:  # seeds outermost: an interrupted run has every cell for its first seeds
         for setting in args.settings:
             for dataset, (test, pool) in data.items():
@@ -281,7 +299,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data")
-    p.add_argument("--datasets", nargs="+", default=["sst2", "agnews", "trec"])
+    p.add_argument(
+        "--datasets", nargs="+", default=["sst2", "agnews", "trec"], help="also 'pairs' (two fields, from SST-2)"
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--limit", type=int, default=300, help="the test pool: the first N test rows")
     p.add_argument("--settings", nargs="+", choices=["zero-shot", "demos"], default=["zero-shot", "demos"])

@@ -171,3 +171,15 @@ def test_a_calibrator_defined_outside_the_package_works_through_verbalizer(gpt2,
     np.testing.assert_allclose(back.predict_log_proba(texts), want, atol=1e-6)
     with pytest.raises(ValueError, match="Did you mean 'shift'"):
         get_calibrator("shfit")
+
+
+def test_domain_texts_of_two_field_rows_draw_each_field_from_its_own_words():
+    """One bag copied into both fields shows a pair template the same text twice, itself evidence for "same"."""
+    rows = [{"a": "red green blue", "b": "one"}, {"a": "cyan magenta yellow", "b": "two"}]
+    bags = domain_texts(rows, 0)
+    assert len(bags) == 20 and all(set(bag) == {"a", "b"} for bag in bags)
+    assert all(len(bag["a"].split()) == 3 and len(bag["b"].split()) == 1 for bag in bags)  # each field's mean length
+    colours, numbers = {"red", "green", "blue", "cyan", "magenta", "yellow"}, {"one", "two"}
+    assert all(set(bag["a"].split()) <= colours and set(bag["b"].split()) <= numbers for bag in bags)
+    assert any(bag["a"] != bag["b"] for bag in bags) and domain_texts(rows, 0) == bags  # seeded
+    assert domain_texts([{"a": "", "b": ""}], 0) == list(CONTENT_FREE)

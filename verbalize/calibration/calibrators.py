@@ -36,7 +36,7 @@ import abc
 import copy
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,17 +86,29 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     return s - m - np.log(np.exp(s - m).sum(axis=1, keepdims=True))
 
 
-def domain_texts(texts: Sequence[Any], random_state: int | None, n: int = N_DOMAIN_SAMPLES) -> list[str]:
+def domain_texts(texts: Sequence[Any], random_state: int | None, n: int = N_DOMAIN_SAMPLES) -> list[Any]:
     """Random bags of in-domain words, each as long as an average text (Fei et al. 2023).
 
-    A row with several fields ({field: text}) gives the words of all its fields; each bag, a str,
-    then fills every field, as the content-free inputs do.
+    Rows with several fields ({field: text}) give rows of the same fields, each field an independent bag
+    of that field's own words, as long as that field's average: one bag copied into every field would show
+    the model the same text twice, which on a pair task ("same sentiment?", entailment) is itself evidence
+    for one label and would be divided out as bias.
     """
-    words = [w for t in texts for w in (t if isinstance(t, str) else " ".join(t.values())).split()]
+    rows = list(texts)
+    rng = np.random.default_rng(random_state)
+    if rows and all(isinstance(t, Mapping) for t in rows):
+        fields = list(dict.fromkeys(f for t in rows for f in t))
+        pools = {f: [w for t in rows for w in str(t.get(f, "")).split()] for f in fields}
+        if not any(pools.values()):
+            return list(CONTENT_FREE)
+        sizes = {f: max(1, round(len(pools[f]) / len(rows))) for f in fields}
+        return [
+            {f: " ".join(rng.choice(pools[f], size=sizes[f])) if pools[f] else "" for f in fields} for _ in range(n)
+        ]
+    words = [w for t in rows for w in (t if isinstance(t, str) else " ".join(t.values())).split()]
     if not words:
         return list(CONTENT_FREE)
-    rng = np.random.default_rng(random_state)
-    length = max(1, round(len(words) / max(len(texts), 1)))
+    length = max(1, round(len(words) / max(len(rows), 1)))
     return [" ".join(rng.choice(words, size=length)) for _ in range(n)]
 
 
