@@ -189,12 +189,13 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
     model : str, Path, Scorer or None, default None
         None for the embedded default model (SmolLM2-135M-Instruct); a hub id such as ``"gpt2"``;
         a local directory; a ``.gguf`` file; or a ready :class:`Scorer`.
-    calibration : {None, "auto", "contextual", "domain", "batch", "temperature"} or Calibrator, default None
+    calibration : {None, "auto", "contextual", "domain", "batch", "temperature", "prior"} or Calibrator, default None
         See :mod:`verbalize.calibration.calibrators` for what each does and when it helps; a
         :class:`~verbalize.calibration.calibrators.Calibrator` instance is copied, never fitted in place.
-        ``"auto"`` uses batch calibration unless cross-validation on ``fit``'s labeled examples
-        clearly prefers another (none included), and reports it in ``calibration_report_``; with
-        ``fit(X)`` only, batch calibration fitted on ``X`` (8 texts or more); without ``fit``, none.
+        ``"auto"`` uses ``"prior"`` (:mod:`verbalize.calibration.prior`) unless cross-validation on
+        ``fit``'s labeled examples clearly prefers another (none included), and reports it in
+        ``calibration_report_``; with ``fit(X)`` only, batch calibration fitted on ``X`` (8 texts or
+        more); without ``fit``, none.
     n_demos : int, default 0
         Total number of demonstrations put in every prompt (``fit`` picks them); prefer ``demos_per_class``.
     demos_per_class : int, optional
