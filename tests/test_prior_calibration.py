@@ -292,3 +292,18 @@ def test_domain_and_batch_base_is_the_mean_of_the_two_log_biases():
     cal.select(lambda rows: None, ["a b", "c d"], np.array([0, 1]), 0)
     cal.fit(np.concatenate([domain, labeled]), np.array([0, 1]))
     np.testing.assert_allclose(cal.log_bias_, (np.log([0.8, 0.2]) + np.log([0.4, 0.6])) / 2)
+
+
+def test_one_text_gets_the_base_quietly_when_no_estimate_could_clear_min_skew():
+    """Regression: auto (whose default is prior) warned "1 texts, fewer than the 2 labels" on every predict([text])."""
+    s = np.log([[0.7, 0.3]])
+    cal = PriorCalibrator().fit(np.log([[0.6, 0.4]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = cal.transform(s)  # one text: at most (1 + 1) / (1 + 2) = 2/3 on a label, 0.17 from uniform < 0.2
+    np.testing.assert_allclose(out, log_softmax(log_softmax(s) - np.log([0.6, 0.4])))
+    assert cal.report()["shifted"] is False and cal.report()["estimated_prior"] is None
+    assert cal.report()["fallback"] is None and cal.report()["n_texts"] == 1
+    ungated = PriorCalibrator(min_skew=0.0).fit(np.log([[0.6, 0.4]]))
+    with pytest.warns(UserWarning, match="1 texts, fewer than the 2 labels"):
+        ungated.transform(s)

@@ -198,6 +198,9 @@ class PriorCalibrator(Calibrator):
     def transform(self, scores: np.ndarray) -> np.ndarray:
         q = log_softmax(self._corrected(scores) / getattr(self, "temperature_", 1.0))
         n, c = q.shape
+        if not self._can_clear(n, c):  # no estimate from so few texts could move min_skew from uniform
+            self._record(n, None, 0, None, None, False)
+            return q
         prior, iterations, fallback = None, 0, None
         if n < c:
             fallback = f"{n} texts, fewer than the {c} labels: too few to estimate a label prior from"
@@ -224,6 +227,15 @@ class PriorCalibrator(Calibrator):
             return q
         assert prior is not None
         return log_softmax(q + np.log(prior))
+
+    def _can_clear(self, n: int, c: int) -> bool:
+        """Whether an estimate from ``n`` texts could reach ``min_skew``: all ``n`` on one label, after smoothing.
+
+        A single text (any number of labels) never can at the default 0.2, so ``predict([text])`` gets the
+        base correction quietly instead of a warning about too few texts.
+        """
+        top = (n + SMOOTHING) / (n + c * SMOOTHING)
+        return top - 1.0 / c >= self.min_skew
 
     def _record(
         self, n: int, prior: np.ndarray | None, iterations: int, fallback: str | None, skew: float | None, shifted: bool
