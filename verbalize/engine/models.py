@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,17 +87,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
 # layer's output rows never depend on the other rows of its batch (torch.ao.quantization.quantize_dynamic
 # uses one scale per tensor, which breaks that and flipped 28% of SST-2 decisions; it is also
 # deprecated). End to end, float32's last-bit differences between batch shapes can still move a
-# rounded activation: see float_activations and the README's int8 figures. Two back ends compute exactly that:
+# rounded activation: see float_activations and the README's int8 figures. Two back ends:
 # - CPU: oneDNN's int8 matrix product (torch.ops.onednn.qlinear_pointwise, the kernel torch.compile's
 #   x86 int8 lowering calls), eager, no compilation. torchao's eager path runs torch._int_mm, which
 #   on CPUs without AVX-512 VNNI is a reference loop (3 GFLOP/s against fp32's 130 measured here).
+#   The entries of a row above OUTLIER_RMS x its RMS skip int8 (split_outliers; LLM.int8's
+#   decomposition, decided per row): without that, SmolLM2's first token and its few dominant feature
+#   channels left the rest of their rows a handful of int8 steps, and confident TREC decisions moved.
 # - elsewhere (CUDA), or where a torch build lacks the oneDNN ops: torchao's
-#   Int8DynamicActivationInt8WeightConfig, the same arithmetic.
+#   Int8DynamicActivationInt8WeightConfig, per-token activations without the outlier split (its layers
+#   take no such hook; doing it there means our own CUDA layer on torch._int_mm, which no machine here
+#   can test), so it keeps the old precision.
 # Only the transformer body's linear layers are quantized: the output layer runs on one position per
 # text (about 1% of the FLOPs) and is tied to the input embedding, so it stays float32.
 class Int8Linear(torch.nn.Module):
     """``torch.nn.Linear`` for inference with int8 weights (per output channel) and int8 activations
-    (per token, computed at run time), on oneDNN's u8 x s8 -> int32 product. Built by :func:`quantize`."""
+    (per token, computed at run time), on oneDNN's u8 x s8 -> int32 product; a row's outlier entries
+    (:func:`split_outliers`) go through a float product instead. Built by :func:`quantize`."""
 
     qweight: torch.Tensor
     w_scale: torch.Tensor
@@ -107,15 +113,17 @@ class Int8Linear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         w = linear.weight.detach().float()
-        top = _weight_range()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / top  # (out,)
-        qw = torch.round(w / scale[:, None]).clamp(-top, top).to(torch.int8)
+        qw, scale = _round_rows(w)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("w_scale", scale, persistent=False)
         self.register_buffer("w_zero", torch.zeros(len(scale), dtype=torch.int64), persistent=False)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float(), persistent=False)
         self.register_buffer("qweight", qw, persistent=False)
         self.packed = torch.ops.onednn.qlinear_prepack(qw, None)
+
+    def columns(self, cols: torch.Tensor) -> torch.Tensor:
+        """The dequantized weights of these input columns, ``(len(cols), out)``, contiguous."""
+        return self.qweight.T[cols].float().mul_(self.w_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if getattr(_FLOAT_ACTIVATIONS, "on", False):
@@ -128,24 +136,10 @@ class Int8Linear(torch.nn.Module):
         qx = torch.round(x / scale)
         if outliers is not None:
             qx.index_put_(outliers.entries, torch.zeros((), dtype=qx.dtype))
-        y = torch.ops.onednn.qlinear_pointwise(
-            qx.add_(128).to(torch.uint8),
-            1.0,
-            128,
-            self.packed,
-            self.w_scale,
-            self.w_zero,
-            None,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [],
-            "",
-        )
+        y = _int8_product(qx.add_(128).to(torch.uint8), self.packed, self.w_scale, self.w_zero)
         y = y.mul_(scale)
         if outliers is not None:
-            y.index_add_(0, outliers.rows, outliers.product(x, self.qweight, self.w_scale))
+            y.index_add_(0, outliers.rows, outliers.product(x, self.columns))
         if self.bias is not None:
             y = y.add_(self.bias)
         return y.reshape(*shape[:-1], self.out_features)
@@ -166,7 +160,7 @@ class Outliers:
     rows: torch.Tensor  # the rows that have outliers, ascending
     counts: torch.Tensor  # how many each of those rows has
 
-    def product(self, x: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    def product(self, x: torch.Tensor, columns: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``(len(rows), out)``: each row's outliers times the dequantized weights of their columns, in float32.
 
         One bag per row (``embedding_bag``): a row's sum runs over its own outliers, in column order,
@@ -174,7 +168,7 @@ class Outliers:
         """
         r, c = self.entries
         cols, inv = torch.unique(c, return_inverse=True)  # the weights' columns that are needed, once
-        w = qweight.T[cols].float().mul_(w_scale)  # (len(cols), out), contiguous: the dequantized columns
+        w = columns(cols)  # (len(cols), out): the dequantized weights of those columns
         offsets = torch.cumsum(self.counts, 0).sub_(self.counts)
         return torch.nn.functional.embedding_bag(inv, w, offsets, mode="sum", per_sample_weights=x[r, c])
 
@@ -198,6 +192,20 @@ def split_outliers(x: torch.Tensor, absx: torch.Tensor) -> tuple[Outliers | None
         return None, amax
     rows, counts = torch.unique_consecutive(r, return_counts=True)
     return Outliers((r, c), rows, counts), amax
+
+
+def _round_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w`` (out, in) rounded to int8 with one symmetric scale per row: ``(int8 values, scales)``."""
+    top = _weight_range()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / top  # (out,)
+    return torch.round(w / scale[:, None]).clamp(-top, top).to(torch.int8), scale
+
+
+def _int8_product(qx: torch.Tensor, packed: Any, w_scale: torch.Tensor, w_zero: torch.Tensor) -> torch.Tensor:
+    """oneDNN's u8 x s8 -> float32 product of rounded activations (zero point 128, scale 1) and packed weights."""
+    return torch.ops.onednn.qlinear_pointwise(
+        qx, 1.0, 128, packed, w_scale, w_zero, None, 1.0, 0, torch.float32, "none", [], ""
+    )
 
 
 @functools.cache
@@ -278,9 +286,9 @@ def quantize(model: torch.nn.Module) -> torch.nn.Module:
     """Quantize the linear layers of a causal LM's transformer body to int8, in place; returns the model.
 
     Weights get one int8 scale per output channel, activations one scale per token, computed at
-    run time: :class:`Int8Linear` on CPU, torchao's ``Int8DynamicActivationInt8WeightConfig``
-    elsewhere. The output layer and the embeddings stay float32. The model is for inference only:
-    fine-tune in float32, then quantize.
+    run time (on CPU without each token's outlier entries, which skip int8): :class:`Int8Linear` on
+    CPU, torchao's ``Int8DynamicActivationInt8WeightConfig`` elsewhere. The output layer and the
+    embeddings stay float32. The model is for inference only: fine-tune in float32, then quantize.
 
     Raises
     ------
