@@ -225,13 +225,16 @@ def test_auto_reports_the_estimate_of_a_prior_choice_and_round_trips():
 
     auto = AutoCalibrator()
     auto.chosen_ = PriorCalibrator().fit(np.zeros((1, 2)))
-    auto.report_ = {"chosen": "prior", "default": "batch"}
-    q, _ = sample([0.8, 0.2], 400, signal=2.0)
+    auto.report_ = {"chosen": "prior", "default": "prior"}
+    q, _ = sample([0.85, 0.15], 400, signal=3.0)
     out = auto.transform(q)
-    assert auto.report_["n_texts"] == 400 and auto.report_["estimated_prior"][0] > 0.6
+    report = auto.report()
+    assert report["n_texts"] == 400 and report["estimated_prior"][0] > 0.6 and report["shifted"] is True
+    assert report["chosen"] == "prior" and "n_texts" not in auto.report_  # merged when read, not stored
     back = AutoCalibrator.from_state(auto.get_state())
     assert isinstance(back.chosen_, PriorCalibrator)
     np.testing.assert_allclose(back.transform(q), out)
+    assert back.report()["estimated_prior"] == report["estimated_prior"]
 
 
 TEMPLATE = """
@@ -283,6 +286,13 @@ def test_auto_that_chooses_prior_fits_it_on_the_labeled_texts(gpt2):
     assert chosen.report()["base"] == "domain+batch" == by_name.calibration_report_["base"]
     np.testing.assert_allclose(chosen.log_bias_, by_name.calibrator_.log_bias_)
     assert chosen.temperature_ == pytest.approx(by_name.calibrator_.temperature_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random tiny model may collapse: the warning is tested above
+        clf.predict_proba(X * 3)
+    # predict calls the chosen calibrator itself: auto's report still carries its estimate (it did not)
+    assert clf.calibration_report_["n_texts"] == 24 == chosen.report()["n_texts"]
+    assert clf.calibration_report_["estimated_prior"] == chosen.report()["estimated_prior"]
+    assert clf.calibration_report_["chosen"] == "prior" and "shifted" in clf.calibration_report_
 
 
 def test_domain_and_batch_base_is_the_mean_of_the_two_log_biases():

@@ -323,6 +323,20 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
         set_nested(self, nested)
         return self
 
+    @property
+    def calibration_report_(self) -> dict[str, Any]:
+        """What the calibration chose and measured (``"auto"``: the choice, the rule and every method's CV
+        scores; ``"prior"``, or auto choosing it: the last predict call's estimated label distribution).
+
+        Read from the calibrator at each access, so it follows the latest call. Raises AttributeError when
+        the calibration reports nothing (none, or a plain calibrator), as an unset fitted attribute does.
+        """
+        cal = self.__dict__.get("calibrator_")
+        report = cal.report() if cal is not None else None
+        if report is None:
+            raise AttributeError("calibration_report_: this classifier's calibration reports nothing (yet)")
+        return report
+
     # -- set-up ------------------------------------------------------------------------------
     def _setup(self) -> None:
         """Resolve parameters into template_, scorer_, label_tokens_, classes_ and clear fitted state."""
@@ -403,9 +417,6 @@ class Verbalizer(ClassifierMixin, BaseEstimator):
             n = len(texts) if sample is None else min(len(texts), sample)
             with shown_if(self.progress), stage(f"fitting calibration={self.calibration!r} on {n} texts"):
                 fit_calibrator(self.calibrator_, self._fit_scores, texts, y_index, self.random_state, folds, sample)
-            report = self.calibrator_.report()
-            if report is not None:
-                self.calibration_report_ = report
         self._fitted = True
         return self
 

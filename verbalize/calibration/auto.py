@@ -202,21 +202,24 @@ class AutoCalibrator(Calibrator):
         return getattr(self, "chosen_", None) if self.is_fitted() else None
 
     def report(self) -> dict[str, Any] | None:
-        return getattr(self, "report_", None)
+        """``report_``, with the chosen calibrator's last estimate when it estimates a label prior ("prior").
+
+        Read at call time: predict calls the chosen calibrator itself (:meth:`active`), not this one.
+        """
+        report = getattr(self, "report_", None)
+        chosen = getattr(self, "chosen_", None)
+        last = (chosen.report() if chosen is not None else None) or {}
+        if report is None or "estimated_prior" not in last:
+            return report
+        keys = ("n_texts", "estimated_prior", "skew", "shifted", "fallback")
+        return report | {k: last[k] for k in keys if k in last}
 
     def fit(self, scores: np.ndarray, y: Any = None) -> AutoCalibrator:
         raise TypeError("calibration='auto' is fitted through fit_calibrator (it scores texts); not on an array")
 
     def transform(self, scores: np.ndarray) -> np.ndarray:
         chosen = getattr(self, "chosen_", None)
-        if chosen is None:
-            return log_softmax(scores)
-        out = chosen.transform(scores)
-        last = chosen.report() or {}
-        if "estimated_prior" in last:  # a prior-estimating choice ("prior"): its last estimate in auto's report
-            keys = ("n_texts", "estimated_prior", "skew", "shifted", "fallback")
-            self.report_.update({k: last[k] for k in keys if k in last})
-        return out
+        return log_softmax(scores) if chosen is None else chosen.transform(scores)
 
     def is_fitted(self) -> bool:
         return hasattr(self, "report_")
