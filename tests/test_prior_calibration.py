@@ -317,3 +317,41 @@ def test_one_text_gets_the_base_quietly_when_no_estimate_could_clear_min_skew():
     ungated = PriorCalibrator(min_skew=0.0).fit(np.log([[0.6, 0.4]]))
     with pytest.warns(UserWarning, match="1 texts, fewer than the 2 labels"):
         ungated.transform(s)
+
+
+def _synthetic_task(n_labels: int, zipf: float, seed: int) -> tuple[PriorCalibrator, np.ndarray, np.ndarray]:
+    """A prompt with a random bias, 4 labeled texts per label, 200 test texts whose label shares follow
+    1 / rank^zipf (independent of the calibrator's code: Gaussian scores plus 2 on the true label)."""
+    rng = np.random.default_rng(seed)
+    bias = rng.normal(0, 1.0, n_labels)
+
+    def scores(y):
+        z = rng.normal(0, 1, (len(y), n_labels)) + bias
+        z[np.arange(len(y)), y] += 2.0
+        return z
+
+    share = 1 / np.arange(1, n_labels + 1) ** zipf
+    y_test = rng.choice(n_labels, 200, p=(share / share.sum())[rng.permutation(n_labels)])
+    y_fit = np.repeat(np.arange(n_labels), 4)
+    cal = PriorCalibrator()
+    cal.select(lambda rows: None, ["x"] * len(y_fit), y_fit, 0)
+    cal.fit(np.concatenate([rng.normal(0, 0.5, (20, n_labels)) + bias, scores(y_fit)]), y_fit)
+    return cal, scores(y_test), y_test
+
+
+@pytest.mark.parametrize("n_labels", [2, 6, 14])
+def test_the_skew_gate_stays_shut_on_balanced_tasks_and_opens_on_skewed_ones(n_labels):
+    """The 0.2 total-variation gate does not depend on the number of labels: balanced test sets of 2, 6 or
+    14 labels never move; Zipf-2 ones of 6 and 14 labels do, and gain (2 labels: the estimate may stay shut)."""
+    for seed in range(5):
+        cal, s, _ = _synthetic_task(n_labels, 0.0, seed)
+        cal.transform(s)
+        assert cal.report()["shifted"] is False, (n_labels, seed, cal.report())
+    gains = []
+    for seed in range(5):
+        cal, s, y = _synthetic_task(n_labels, 2.0, seed)
+        base = log_softmax(cal._corrected(s) / cal.temperature_)
+        gains.append(np.mean(cal.transform(s).argmax(1) == y) - np.mean(base.argmax(1) == y))
+        if n_labels > 2:
+            assert cal.report()["shifted"] is True, (n_labels, seed, cal.report())
+    assert np.mean(gains) >= 0.0 and (n_labels == 2 or np.mean(gains) > 0.03)
