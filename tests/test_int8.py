@@ -214,9 +214,13 @@ def test_int8_follows_float32_on_a_model_with_an_outlier_channel(
     def log_odds(s: np.ndarray) -> np.ndarray:
         return np.logaddexp(s[:, 2], s[:, 3]) - np.logaddexp(s[:, 0], s[:, 1])
 
-    # one scale per row for the whole row moved log-odds by up to 4 here (their spread is 10)
-    assert np.abs(log_odds(got) - log_odds(ref)).max() < 0.75
-    assert np.abs(got - ref).max() < 1.0
+    # The weights' int8 step bounds what is left: CPUs without AVX-512 VNNI keep 7 bits (a range of 63, not
+    # 127: see models._weight_range), which doubles it. One scale per row for the whole row moved log-odds
+    # by up to 4 here (their spread is 10), above either bound.
+    top = max(int(m.qweight.abs().max()) for m in int8.modules() if isinstance(m, Int8Linear))
+    step = 127 / top  # 1 with 8-bit weights, ~2 with 7-bit ones
+    assert np.abs(log_odds(got) - log_odds(ref)).max() < 0.75 * step
+    assert np.abs(got - ref).max() < 1.0 * step
     np.testing.assert_array_equal(got.argmax(1), alone.argmax(1))
     assert np.abs(got - alone).max() < 0.5 * np.abs(got - ref).max()
 
