@@ -355,3 +355,19 @@ def test_the_skew_gate_stays_shut_on_balanced_tasks_and_opens_on_skewed_ones(n_l
         if n_labels > 2:
             assert cal.report()["shifted"] is True, (n_labels, seed, cal.report())
     assert np.mean(gains) >= 0.0 and (n_labels == 2 or np.mean(gains) > 0.03)
+
+
+def test_a_handful_of_texts_never_moves_the_scores():
+    """A request of a few texts (the service calibrates each request's rows) must not pull its texts toward
+    their own majority: below MIN_TEXTS the call keeps the base, however skewed its estimate."""
+    from verbalize.calibration.prior import MIN_TEXTS
+
+    def texts(n):  # all but one confidently label 0: the estimate is about 85% label 0
+        return np.log([[0.97, 0.03]] * (n - 1) + [[0.03, 0.97]])
+
+    cal = PriorCalibrator().fit(np.zeros((1, 2)))
+    few = texts(MIN_TEXTS - 1)
+    np.testing.assert_allclose(cal.transform(few), log_softmax(few))
+    assert cal.report()["skew"] >= 0.2 and cal.report()["shifted"] is False
+    cal.transform(texts(MIN_TEXTS))
+    assert cal.report()["skew"] >= 0.2 and cal.report()["shifted"] is True

@@ -24,7 +24,8 @@ Two estimates of ``pi`` (``estimator``), from base posteriors ``q`` that assume 
   points to the base there, the one-step estimate none; see the README).
 
 **Only a clear skew moves the scores** (``min_skew``, default 0.2): when the estimate's total
-variation distance from uniform is below it, the call keeps the base correction alone. With a few
+variation distance from uniform is below it, or the call has fewer than ``MIN_TEXTS`` (20) texts, the
+call keeps the base correction alone. With a few
 labeled examples the base leaves a residual bias of its own, and the estimate echoes it: on test sets
 that were balanced, the ungated estimate lost up to 4 points to the base (TREC, AG News); the
 estimates measured there stayed below 0.2 from uniform, those of strongly skewed sets mostly above.
@@ -64,6 +65,9 @@ SMOOTHING = 1.0  # pseudo-texts per label added to EM's counts
 TOL = 1e-6  # EM stops when no label's prior moves more than this
 MAX_ITER = 2000
 MIN_SKEW = 0.2
+MIN_TEXTS = 20
+"""Fewest texts in a call whose estimate may move the scores (fewer: the base alone; a handful of texts in
+one request would otherwise pull each other toward their own majority)."""
 """Default ``min_skew``: the estimate's total variation from uniform below which the call keeps the base alone."""
 _REPORT_LOCK = threading.Lock()  # calls from several threads each write the report whole
 
@@ -213,7 +217,7 @@ class PriorCalibrator(Calibrator):
             elif prior[k] >= COLLAPSE_SHARE:
                 fallback = f"the estimated prior collapses onto label {k} ({prior[k]:.0%} of the texts)"
         skew = None if prior is None else float(0.5 * np.abs(prior - 1.0 / c).sum())
-        shifted = fallback is None and skew is not None and skew >= self.min_skew
+        shifted = fallback is None and skew is not None and skew >= self.min_skew and n >= MIN_TEXTS
         self._record(n, prior, iterations, fallback, skew, shifted)
         if fallback is not None:
             warnings.warn(
