@@ -207,11 +207,22 @@ def _one_thread_for_tiny_models(request: pytest.FixtureRequest) -> Iterator[None
         torch.set_num_threads(before)
 
 
+SENTIMENT_TOML = """
+name = "t"
+prompt = "Review: {text}\\nSentiment:"
+[labels]
+negative = ["bad", "negative"]
+positive = ["good", "positive"]
+"""
+"""The two-label template most CLI tests write: ``tmp_template()`` with no text."""
+
+
 @pytest.fixture
 def tmp_template(tmp_path: Path) -> Callable[..., Path]:
-    """``tmp_template(toml_text, name="t.toml")`` writes the (dedented) text and returns its path."""
+    """``tmp_template(toml_text, name="t.toml")`` writes the (dedented) text and returns its path; without
+    text, :data:`SENTIMENT_TOML`."""
 
-    def write(text: str, name: str = "t.toml") -> Path:
+    def write(text: str = SENTIMENT_TOML, name: str = "t.toml") -> Path:
         path = tmp_path / name
         path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
         return path

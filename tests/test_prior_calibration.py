@@ -237,15 +237,6 @@ def test_auto_reports_the_estimate_of_a_prior_choice_and_round_trips():
     assert back.report()["estimated_prior"] == report["estimated_prior"]
 
 
-TEMPLATE = """
-name = "t"
-prompt = "Review: {text}\\nSentiment:"
-[labels]
-negative = ["bad", "negative"]
-positive = ["good", "positive"]
-"""
-
-
 def test_cli_eval_shows_the_estimated_label_distribution_beside_the_true_one(
     tmp_path, tmp_template, gpt2_model, gpt2_tokenizer, capsys
 ):
@@ -256,7 +247,7 @@ def test_cli_eval_shows_the_estimated_label_distribution_beside_the_true_one(
     rows = [("good film", "positive")] * 9 + [("bad film", "negative")] * 3
     data = tmp_path / "d.jsonl"
     data.write_text("".join(f'{{"text": "{t} {i}", "label": "{y}"}}\n' for i, (t, y) in enumerate(rows)))
-    template = str(tmp_template(TEMPLATE))
+    template = str(tmp_template())
     assert main(["eval", template, str(data), "--model", str(tmp_path / "m"), "--calibration", "prior"]) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("label distribution"))

@@ -11,14 +11,6 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from verbalize.cli.main import main  # noqa: E402
 
-TEMPLATE = """
-name = "t"
-prompt = "Review: {text}\\nSentiment:"
-[labels]
-negative = ["bad", "negative"]
-positive = ["good", "positive"]
-"""
-
 
 def test_ray_engine_output_equals_single_process_row_for_row(
     tmp_path, tmp_template, gpt2_model, gpt2_tokenizer, local_ray
@@ -30,7 +22,7 @@ def test_ray_engine_output_equals_single_process_row_for_row(
     texts = [f"film {i} was {'good' if i % 3 else 'bad'} " * (1 + i % 5) for i in range(150)]
     texts[7] = "   "
     src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
-    tpl = str(tmp_template(TEMPLATE))
+    tpl = str(tmp_template())
     common = ["predict", tpl, str(src), "--model", str(model_dir), "--chunk-size", "32", "--no-progress"]
     local = tmp_path / "local.parquet"
     assert main([*common, "-o", str(local)]) == 1  # one blank text

@@ -15,13 +15,6 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from verbalize.cli.main import main
 from verbalize.report import render_html, summarize, wilson_interval
 
-TEMPLATE = """
-name = "t"
-prompt = "Review: {text}\\nSentiment:"
-[labels]
-negative = ["bad", "negative"]
-positive = ["good", "positive"]
-"""
 LABELS = {"negative": ["bad", "negative"], "positive": ["good", "positive"]}
 TEXTS = ["good film", "bad film", "a great review", "terrible and bad", "the plot was bad", "good good", "fine"]
 GOLD = ["positive", "negative", "negative", "negative", "positive", "positive", "negative"]
@@ -144,7 +137,7 @@ def test_eval_report_numbers_equal_sklearn_on_the_reference_predictions(
     data_file = tmp_path / "data.jsonl"
     data_file.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(TEXTS, GOLD, strict=True)))
     out = tmp_path / "out" / "report.html"
-    args = ["eval", str(tmp_template(TEMPLATE)), str(data_file), "--model", model_dir, "--report", str(out)]
+    args = ["eval", str(tmp_template()), str(data_file), "--model", model_dir, "--report", str(out)]
     assert main(args) == 0
     assert f"report written to {out}" in capsys.readouterr().err
     scores = reference.label_scores(gpt2_model, gpt2_tokenizer, [f"Review: {t}\nSentiment:" for t in TEXTS], LABELS)
@@ -168,7 +161,7 @@ def test_eval_report_numbers_equal_sklearn_on_the_reference_predictions(
 def test_eval_report_path_is_refused_before_the_model_loads(tmp_path, tmp_template, capsys):
     data_file = tmp_path / "data.jsonl"
     data_file.write_text('{"text": "good", "label": "positive"}\n')
-    args = ["eval", str(tmp_template(TEMPLATE)), str(data_file), "--model", str(tmp_path / "no-such-model")]
+    args = ["eval", str(tmp_template()), str(data_file), "--model", str(tmp_path / "no-such-model")]
     assert main([*args, "--report", str(tmp_path / "report.txt")]) == 2
     assert "name it with .html" in capsys.readouterr().err
     (tmp_path / "folder.html").mkdir()
