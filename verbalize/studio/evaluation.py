@@ -179,9 +179,8 @@ class Evaluator:
             proba = clf.calibrate_words(words, texts)  # equals clf.predict_proba(texts) (see Verbalizer.build_prompts)
             summary = summarize(y, proba, classes, texts)
             summary["svg"] = {"confusion": svg_confusion(summary), "reliability": svg_reliability(summary)}
-            predicted = [classes[k] for k in np.asarray(proba).argmax(axis=1)]
-            estimate = getattr(clf, "calibration_report_", None) if name != "none" else None
-            summary["label_distribution"] = label_distribution(classes, y, predicted, estimate)
+            report = getattr(clf, "calibration_report_", None)  # None without a calibration that reports
+            summary["label_distribution"] = label_distribution(classes, y, summary["predictions"], report)
             job.results = job.results | {name: summary}
             job.progress = WORDS_SHARE + (1 - WORDS_SHARE) * (i + 1) / steps
 
