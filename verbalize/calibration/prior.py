@@ -65,10 +65,10 @@ SMOOTHING = 1.0  # pseudo-texts per label added to EM's counts
 TOL = 1e-6  # EM stops when no label's prior moves more than this
 MAX_ITER = 2000
 MIN_SKEW = 0.2
+"""Default ``min_skew``: the estimate's total variation from uniform below which the call keeps the base alone."""
 MIN_TEXTS = 20
 """Fewest texts in a call whose estimate may move the scores (fewer: the base alone; a handful of texts in
 one request would otherwise pull each other toward their own majority)."""
-"""Default ``min_skew``: the estimate's total variation from uniform below which the call keeps the base alone."""
 _REPORT_LOCK = threading.Lock()  # calls from several threads each write the report whole
 
 
@@ -115,7 +115,8 @@ class PriorCalibrator(Calibrator):
         mean of the domain and batch log-biases (``"domain"`` alone without labels). Unfitted: ``"contextual"``.
     min_skew : float in [0, 1), default 0.2
         The estimate moves the scores only when its total variation distance from uniform is at least
-        this; below it the call gets the base correction alone. 0: always move (the ungated estimate).
+        this (and the call has at least :data:`MIN_TEXTS` texts); otherwise the call gets the base
+        correction alone. 0: move whenever the call has enough texts.
 
     Attributes
     ----------
