@@ -125,6 +125,22 @@ def one_client(port: int, calls: int) -> list[float]:
     return out
 
 
+def batch_totals(port: int) -> dict[str, float]:
+    """The service's batch counters (Prometheus text): batches, texts in them, model seconds."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    want = {"verbalize_batch_texts_count": "batches", "verbalize_batch_texts_sum": "texts"}
+    want["verbalize_batch_seconds_sum"] = "seconds"
+    out = dict.fromkeys(want.values(), 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in want:
+            out[want[name]] += float(value)
+    return out
+
+
 def many_clients(port: int, texts: list[str], clients: int) -> float:
     """Texts per second answered to ``clients`` closed-loop clients that together send ``texts`` once."""
     lock, queue = threading.Lock(), list(reversed(texts))
@@ -190,9 +206,17 @@ def main() -> None:
             c = cpu_seconds(server.pid)
             single = one_client(port, args.calls)
             per_call = (cpu_seconds(server.pid) - c) / (args.calls + 5)  # with the 5 warm-up calls
-            c = cpu_seconds(server.pid)
+            c, before = cpu_seconds(server.pid), batch_totals(port)
+            t = time.perf_counter()
             served = many_clients(port, texts, args.clients)
+            wall = time.perf_counter() - t
             served_cpu = len(texts) / max(cpu_seconds(server.pid) - c, 1e-9)
+            done = {k: v - before[k] for k, v in batch_totals(port).items()}
+            per_batch = done["texts"] / max(done["batches"], 1)
+            print(
+                f"service, {args.clients} clients: {done['batches']:.0f} batches, {per_batch:.1f} texts per batch, "
+                f"model busy {100 * done['seconds'] / wall:.0f}% of the wall time"
+            )
             cpu_rows.append(("service process, one client: CPU ms per request", per_call * 1e3))
             cpu_rows.append((f"service process, {args.clients} clients: texts per CPU second", served_cpu))
         finally:

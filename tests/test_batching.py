@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from verbalize.engine.batching import Batch, Encoded, _after_drops, encode_prompts, pad_id_of
+from verbalize.engine.batching import KV_TOKENS, Batch, Encoded, Packed, _after_drops, encode_prompts, pack, pad_id_of
 from verbalize.engine.tokens import char_bound, prompt_budget, reserved_tokens
 from verbalize.errors import InputError
 from verbalize.prompting.template import Template
@@ -402,3 +402,90 @@ def test_a_long_prompt_scored_alone_with_its_own_prefix_scores_as_in_a_batch(fam
     np.testing.assert_allclose(got_words, want_words, rtol=0, atol=1e-5)
     for got, want in zip(got_feats, want_feats, strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+# -- packed rows ---------------------------------------------------------------------------------------
+
+
+def check_packed(ids: list[list[int]], packs: list[Packed], batch_size: int, max_tokens: int | None) -> None:
+    """Every prompt lies once, whole and in order, at positions 0..n-1 of its own segment, within the budgets."""
+    seen: list[int] = []
+    for p in packs:
+        n_rows, length = p.input_ids.shape
+        real = p.rows >= 0
+        assert real.sum() <= batch_size
+        if n_rows > 1 and max_tokens is not None:
+            assert n_rows * length <= max_tokens
+        for r in range(n_rows):
+            at = 0
+            for j, i in enumerate(p.rows[r]):
+                if i < 0:
+                    assert int(p.last_index[r, j]) == int(p.last_index[r, j - 1])  # repeats the row's last
+                    continue
+                n = len(ids[i])
+                assert p.input_ids[r, at : at + n].tolist() == ids[i]
+                assert p.position_ids[r, at : at + n].tolist() == list(range(n))
+                assert (p.segment[r, at : at + n] == j).all()
+                assert int(p.last_index[r, j]) == at + n - 1
+                seen.append(int(i))
+                at += n
+            assert (p.segment[r, at:] == -1).all()  # the rest of the row is padding
+    assert sorted(seen) == list(range(len(ids)))
+
+
+@pytest.mark.parametrize(
+    ("lengths", "batch_size", "max_tokens", "row"),
+    [
+        ([5, 4, 2, 1], 64, None, 8),
+        ([3] * 40, 64, 1024, 128),
+        ([30, 1, 17, 9, 9, 60, 2, 2, 44, 5, 12], 4, 100, 32),
+        ([200, 3, 3], 64, 64, 128),  # a prompt longer than the row and the budget: a row of its own
+        ([7] * 10, 1, 1024, 128),  # batch_size 1: one prompt per forward
+    ],
+)
+def test_pack_places_every_prompt_once_within_the_budgets(lengths, batch_size, max_tokens, row):
+    enc = ragged(lengths)
+    packs = pack(enc.ids, batch_size, pad_id=0, max_tokens=max_tokens, row=row)
+    check_packed(enc.ids, packs, batch_size, max_tokens)
+    cap = max(max(lengths), min(row, max_tokens or row))
+    assert all(p.input_ids.shape[1] <= cap for p in packs)
+
+
+def test_pack_fills_rows_instead_of_padding():
+    enc = ragged([3] * 40)  # 120 tokens: one row of 128 holds them all
+    (p,) = pack(enc.ids, 64, 0, 1024, row=128)
+    assert p.input_ids.shape == (1, 120) and (p.rows >= 0).sum() == 40
+    padded = enc.batches(64, 0, 1024)
+    assert sum(b.input_ids.numel() for b in padded) == 120  # (equal here; packing wins on ragged lengths)
+    ragged_enc = ragged([30, 2, 2, 2, 25, 3, 3, 28])
+    packed_tokens = sum(p.input_ids.numel() for p in pack(ragged_enc.ids, 64, 0, 1024, row=128))
+    padded_tokens = sum(b.input_ids.numel() for b in ragged_enc.batches(64, 0, 1024))
+    assert packed_tokens == sum(len(x) for x in ragged_enc.ids) < padded_tokens
+
+
+def test_pack_with_a_prefix_copied_to_every_row_keeps_the_cached_tokens_budget():
+    enc = ragged([100] * 30)
+    packs = pack(enc.ids, 64, 0, None, prefix_per_row=1000, row=128)
+    assert all(
+        p.input_ids.shape[0] * (p.input_ids.shape[1] + 1000) <= KV_TOKENS or p.input_ids.shape[0] == 1 for p in packs
+    )
+    check_packed(enc.ids, packs, 64, None)
+
+
+def test_packed_mask_lets_a_token_see_the_prefix_and_its_own_earlier_tokens_only():
+    enc = ragged([3, 2, 4])
+    (p,) = pack(enc.ids, 64, 0, None, row=6)  # rows: [4, 2] and [3] + padding
+    n_prefix = 2
+    mask = p.attention_mask(n_prefix)
+    n_rows, length = p.input_ids.shape
+    assert mask.shape == (n_rows, 1, length, n_prefix + length) and mask.dtype == torch.bool
+    for r in range(n_rows):
+        for q in range(length):
+            for k in range(length):
+                same = int(p.segment[r, q]) == int(p.segment[r, k]) >= 0 and k <= q
+                assert bool(mask[r, 0, q, n_prefix + k]) == (same or k == q), (r, q, k)
+            assert mask[r, 0, q, :n_prefix].all()
+
+
+def test_pack_of_nothing_is_nothing():
+    assert pack([], 64, 0, 1024) == []

@@ -111,6 +111,7 @@ def test_the_template_start_runs_once_and_scores_as_before(family, monkeypatch):
     prompts, spans = TEMPLATE.spans(TEXTS)
     # a model of its own: the shared one keeps the prefixes other tests ran (verbalize.engine.prefixes)
     scorer = family.scorer(batch_size=3).with_settings(model=copy.deepcopy(family.model))
+    scorer.io.packs = False  # padded rows here; packed rows: test_packed_rows_score_as_the_naive_reference
     shapes = []
     hidden = scorer.io.run
     monkeypatch.setattr(
@@ -395,3 +396,63 @@ def test_identical_prompts_are_run_once_and_scored_identically(family, monkeypat
     feats = scorer.features([prompts[i] for i in order])
     assert feats.shape[0] == len(order)
     np.testing.assert_array_equal(feats[0], feats[2])
+
+
+# -- packed rows (several prompts per row, each seeing only itself) -----------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX], ids=["no-prefix", "prefix"])
+@pytest.mark.parametrize("spans", [False, True], ids=["whole", "spans"])
+def test_packed_rows_score_as_the_naive_reference(family, prefix, spans, monkeypatch):
+    """One-token label words: prompts share rows (GPT-2's learned positions and llama's rotary ones restart
+    at each prompt), through a shared prefix or not, and every score equals the model on that prompt alone."""
+    lt = LabelWords(WORDS["single"]).encode(family.tokenizer)
+    prompts, where = TEMPLATE.spans(TEXTS) if spans else (prompts_of(TEXTS), None)
+    scorer = family.scorer(batch_size=64)
+    assert scorer.io.packs
+    rows_seen = []
+    packed_words = scorer._packed_words
+    monkeypatch.setattr(scorer, "_packed_words", lambda p, *a: rows_seen.append(p.rows) or packed_words(p, *a))
+    scores = scorer.score_words(prompts, lt, spans=where, prefix=prefix)
+    assert max(int((r >= 0).sum(1).max()) for r in rows_seen) >= 2  # some row held several prompts
+    assert sum(int((r >= 0).sum()) for r in rows_seen) == len(prompts)
+    expected = naive_scores(family.model, [context_ids(family, p, prefix) for p in prompts], lt.word_ids)
+    np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX], ids=["no-prefix", "prefix"])
+def test_a_packed_text_scores_the_same_wherever_it_lands(family, make_scorer, prefix):
+    lt = LabelWords(WORDS["single"]).encode(family.tokenizer)
+    prompts = prompts_of(TEXTS)
+    alone = np.stack([make_scorer(batch_size=1).score_words([p], lt, prefix=prefix)[0] for p in prompts])
+    for batch_size in (2, 3, 64):
+        together = make_scorer(batch_size=batch_size).score_words(prompts, lt, prefix=prefix)
+        np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0, err_msg=f"batch_size={batch_size}")
+    order = [6, 3, 3, 0, 5, 1, 2, 4]
+    shuffled = make_scorer(batch_size=64).score_words([prompts[i] for i in order], lt, prefix=prefix)
+    np.testing.assert_allclose(shuffled, alone[order], atol=1e-5, rtol=0)
+    budget = make_scorer(batch_size=64, max_tokens=40).score_words(prompts, lt, prefix=prefix)
+    np.testing.assert_allclose(budget, alone, atol=1e-5, rtol=0)
+
+
+def test_a_model_whose_tokens_see_past_their_prompt_keeps_padded_rows(family):
+    """The probe refuses packing for a model that ignores the block-diagonal mask (as recurrent state or a
+    position bias that ignores the mask would); scores stay exact through padded rows."""
+    import functools
+
+    model = copy.deepcopy(family.model)
+    inner = model.forward
+
+    @functools.wraps(inner)
+    def forward(*args, attention_mask=None, **kw):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = None  # the custom mask is dropped: every token sees the whole row
+        return inner(*args, attention_mask=attention_mask, **kw)
+
+    model.forward = forward
+    lt = LabelWords(WORDS["single"]).encode(family.tokenizer)
+    scorer = family.scorer(batch_size=64).with_settings(model=model)
+    assert not scorer.io.packs
+    prompts = prompts_of(TEXTS)
+    expected = naive_scores(family.model, [context_ids(family, p) for p in prompts], lt.word_ids)
+    np.testing.assert_allclose(scorer.score_words(prompts, lt), expected, atol=1e-4, rtol=0)

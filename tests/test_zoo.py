@@ -330,3 +330,32 @@ def test_a_bfloat16_model_takes_the_models_own_path_and_stays_close(gpt2_tokeniz
     c = case("granite", gpt2_tokenizer)
     got = scorer.score_words(c.prompts, c.tokens, spans=c.spans, prefix=c.prefix)
     assert np.abs(got - c.expected).max() < 0.2  # bfloat16 against the float32 model's own forward
+
+
+# Packed rows (several prompts per row, a block-diagonal mask, positions restarting at each prompt) are
+# taken where the Scorer's probe finds them exact. Models with a sliding window never pack (the mask would
+# have to carry the window too); the probe refuses the others that a prompt's tokens could see past:
+# BLOOM builds its ALiBi bias from a 2-D mask (a 4-D one raises), XGLM counts positions from the cache
+# length, not the position ids.
+NOT_PACKED = {"bloom", "xglm"}
+SINGLE = Template(
+    prompt="Review: {text}\nSentiment:",
+    labels={"negative": ["negative", "bad"], "positive": ["good", "positive"]},
+    instruction="Classify the sentiment of the review.",
+    demo_format="Review: {text}\nSentiment: {label}",
+)
+
+
+@pytest.mark.parametrize("model_type", list(ZOO))
+def test_one_token_label_words_are_exact_with_prompts_packed_into_rows(model_type, gpt2_tokenizer):
+    model = case(model_type, gpt2_tokenizer).model
+    tokens = SINGLE.labels.encode(gpt2_tokenizer, SINGLE.label_prefix, SINGLE.render(TEXTS[0]))
+    assert all(len(ids) == 1 for ids in tokens.word_ids)
+    prompts, spans = SINGLE.spans(TEXTS)
+    scorer = Scorer(model, gpt2_tokenizer, batch_size=64)
+    sliding = model_io.window(model.config) is not None
+    assert scorer.io.packs == (not sliding and model_type not in NOT_PACKED)
+    for demos in ([], DEMOS):
+        contexts = [list(gpt2_tokenizer(SINGLE.render(t, demos), add_special_tokens=False)["input_ids"]) for t in TEXTS]
+        got = scorer.score_words(prompts, tokens, spans=spans, prefix=SINGLE.prefix(demos))
+        np.testing.assert_allclose(got, own_log_probs(model, contexts, tokens.word_ids), atol=1e-4, rtol=0)

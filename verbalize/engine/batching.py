@@ -87,6 +87,141 @@ class Encoded:
         return out
 
 
+PACK_ROW = 128
+"""Tokens a packed row holds (at least; a longer prompt gets a row of its own): several prompts share
+one row, each attending to itself only. Longer rows waste fewer tokens at their ends but make attention
+(quadratic in the row) cost more; at 128 it is ~4% of a 135M model's products."""
+
+
+EVEN_ROWS = 64
+"""Up to this many packed rows, :func:`pack` evens them out (a search over the row length)."""
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Token ids of several prompts laid end to end in each row (``rows`` x ``length``), each prompt
+    attending to its own earlier tokens only (a block-diagonal causal mask) at positions 0..n-1 as if
+    alone. Padding fills the rows' ends; a padding token attends to itself only."""
+
+    input_ids: torch.Tensor  # (R, L)
+    position_ids: torch.Tensor  # (R, L) each prompt's own positions from 0
+    segment: torch.Tensor  # (R, L) which prompt of the row a token belongs to (-1: padding)
+    last_index: (
+        torch.Tensor
+    )  # (R, K) position of each prompt's last token in its row (a row with fewer repeats its last)
+    rows: np.ndarray  # (R, K) the prompts' positions in the caller's list, -1 where a row has fewer than K
+
+    def to(self, device: torch.device | str) -> Packed:
+        """The same rows with their tensors on ``device``."""
+        return Packed(
+            self.input_ids.to(device), self.position_ids.to(device), self.segment.to(device), self.last_index, self.rows
+        )
+
+    def attention_mask(self, n_prefix: int = 0) -> torch.Tensor:
+        """Boolean (R, 1, L, n_prefix + L): every token sees the whole prefix and its own prompt's earlier tokens."""
+        seg = self.segment
+        length = seg.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=seg.device).tril()  # (L, L)
+        own = (seg[:, :, None] == seg[:, None, :]) & (seg >= 0)[:, :, None] & causal  # (R, L, L)
+        own |= torch.eye(length, dtype=torch.bool, device=seg.device)  # padding sees itself (no empty softmax)
+        prefix = torch.ones(seg.shape[0], length, n_prefix, dtype=torch.bool, device=seg.device)
+        return torch.cat([prefix, own], -1)[:, None]
+
+
+def pack(
+    ids: Sequence[Sequence[int]],
+    batch_size: int,
+    pad_id: int,
+    max_tokens: int | None = None,
+    prefix_per_row: int = 0,
+    row: int = PACK_ROW,
+) -> list[Packed]:
+    """Prompts packed into rows of about ``row`` tokens, the rows grouped into forwards.
+
+    Best fit, longest prompt first, into rows of ``max(longest prompt, min(row, max_tokens))`` tokens.
+    A forward holds at most ``batch_size`` prompts and, unless it is a single row, at most
+    ``max_tokens`` tokens (rows x longest row) and :data:`KV_TOKENS` cached tokens with a prefix copied
+    to every row. Where a prompt lands never changes its scores beyond rounding (the mask and the
+    positions make each prompt's computation its own).
+    """
+    if not ids:
+        return []
+    lengths = np.array([len(x) for x in ids])
+    order = np.argsort(-lengths, kind="stable")
+    longest = int(lengths.max())
+    cap = max(longest, min(row, max_tokens or row))
+    fills, members = _fit_rows(lengths, order, cap, batch_size)
+    # A few rows: as many, evened out (the shortest rows that still take every prompt in as many), so that
+    # a call of 32 prompts pads ~1% of its tokens instead of most of its last row. Many rows waste little.
+    lo, hi = max(longest, -(-int(lengths.sum()) // len(fills))), cap
+    while len(fills) <= EVEN_ROWS and lo < hi:
+        mid = (lo + hi) // 2
+        trial = _fit_rows(lengths, order, mid, batch_size)
+        if len(trial[0]) <= len(fills):
+            hi, (fills, members) = mid, trial
+        else:
+            lo = mid + 1
+    # rows longest first, cut into forwards under the budgets
+    by_fill = sorted(range(len(fills)), key=lambda r: -fills[r])
+    budget = max_tokens or 1 << 62
+    out: list[Packed] = []
+    group: list[int] = []
+    for r in by_fill:
+        width = fills[group[0]] if group else fills[r]  # the group's first row is its longest
+        rows, prompts = len(group) + 1, sum(len(members[g]) for g in group) + len(members[r])
+        over = rows * width > budget or (prefix_per_row > 0 and rows * (width + prefix_per_row) > KV_TOKENS)
+        if group and (over or prompts > batch_size):
+            out.append(_packed([members[g] for g in group], ids, pad_id))
+            group = []
+        group.append(r)
+    if group:
+        out.append(_packed([members[g] for g in group], ids, pad_id))
+    return out
+
+
+def _fit_rows(lengths: np.ndarray, order: np.ndarray, cap: int, batch_size: int) -> tuple[list[int], list[list[int]]]:
+    """Prompts (in ``order``, longest first) into rows of at most ``cap`` tokens and ``batch_size`` prompts,
+    each into the open row it fills the most (best fit): (fills, members). Open rows are kept by free
+    tokens, so a prompt looks at the few sizes at or above its own length, not at every row."""
+    fills: list[int] = []
+    members: list[list[int]] = []
+    free: list[list[int]] = [[] for _ in range(cap + 1)]  # free tokens -> open rows with that many
+    for i in order:
+        n = int(lengths[i])
+        r = next((free[f].pop() for f in range(n, cap + 1) if free[f]), None)
+        if r is None:
+            r = len(fills)
+            fills.append(0)
+            members.append([])
+        fills[r] += n
+        members[r].append(int(i))
+        if len(members[r]) < batch_size:
+            free[cap - fills[r]].append(r)
+    return fills, members
+
+
+def _packed(members: list[list[int]], ids: Sequence[Sequence[int]], pad_id: int) -> Packed:
+    length = max(sum(len(ids[i]) for i in m) for m in members)
+    k = max(len(m) for m in members)
+    n_rows = len(members)
+    input_ids = torch.full((n_rows, length), pad_id, dtype=torch.long)
+    positions = torch.zeros((n_rows, length), dtype=torch.long)
+    segment = torch.full((n_rows, length), -1, dtype=torch.long)
+    last = torch.zeros((n_rows, k), dtype=torch.long)
+    rows = np.full((n_rows, k), -1, dtype=np.int64)
+    for r, m in enumerate(members):
+        at = 0
+        for j, i in enumerate(m):
+            n = len(ids[i])
+            input_ids[r, at : at + n] = torch.tensor(list(ids[i]))
+            positions[r, at : at + n] = torch.arange(n)
+            segment[r, at : at + n] = j
+            last[r, j:] = at + n - 1
+            rows[r, j] = i
+            at += n
+    return Packed(input_ids, positions, segment, last, rows)
+
+
 def pad_batch(ids: Sequence[Sequence[int]], rows: np.ndarray, pad_id: int) -> Batch:
     """Right-pad token id lists into one :class:`Batch` (``rows``: their positions in the caller's list)."""
     lengths = np.array([len(x) for x in ids])

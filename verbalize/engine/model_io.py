@@ -81,15 +81,20 @@ class ModelIO:
         Keep a cached prefix as one row (:class:`PrefixCache`) instead of expanding it to every row;
         only for models that :func:`share_prefix` proved exact with it; the model's attention runs
         through :data:`prefix_attention.NAME` during the calls that read it only (see :meth:`routed`).
+    packs : bool, default False
+        Several prompts may share a row, each seeing only itself (a block-diagonal mask and their own
+        positions, :func:`verbalize.engine.batching.pack`); only for models that the Scorer's probe
+        proved exact with it.
 
     A ``ModelIO`` keeps no state between calls: threads may call one at once.
     """
 
-    def __init__(self, model: Any, path: str = "model", shared: bool = False):
+    def __init__(self, model: Any, path: str = "model", shared: bool = False, packs: bool = False):
         check_choice(path, PATHS, "path", "ModelIO")
         self.model = model
         self.path = path
         self.shared = shared
+        self.packs = packs
         self.window = window(model.config)
 
     def batch_cache(self, layers: list[LayerKV] | None, b: int) -> Any:
@@ -249,7 +254,7 @@ def choose(
     tol = tolerance(model)
     problems = []
     with torch.inference_mode():
-        want = torch.tensor([[_own_log_prob(model, prefix + r, w) for w in words] for r in rows])  # (2, 2)
+        want = torch.tensor([[own_log_prob(model, prefix + r, w) for w in words] for r in rows])  # (2, 2)
         for path in paths:
             io = ModelIO(model, path)
             if path == "model" and "logits_to_keep" not in inspect.signature(model.forward).parameters:
@@ -297,7 +302,7 @@ def tolerance(model: Any) -> float:
     return 5e-2 if low or quantized else 1e-4
 
 
-def _own_log_prob(model: Any, context: list[int], word: tuple[int, ...]) -> float:
+def own_log_prob(model: Any, context: list[int], word: tuple[int, ...]) -> float:
     """log p(word | context) from the model's plain forward on the whole sequence."""
     ids = torch.tensor([context + list(word[:-1])], device=next(model.parameters()).device)  # (1, T)
     logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)  # (T, V)

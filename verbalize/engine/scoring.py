@@ -10,6 +10,13 @@ short pass that reuses the prompt's key/value cache. A prefix shared by all prom
 instruction, demonstrations, the template's words before the text) is run once and its key/value
 cache reused by every batch. Identical prompts in one call are run once.
 
+With one token per label word and no features asked for, prompts are packed instead: several to a
+row, end to end, each attending to the shared prefix and its own earlier tokens only (a block-diagonal
+causal mask) at positions counted from its own start (:func:`~verbalize.engine.batching.pack`). A call
+of 32 short texts then takes one forward with ~1% padding instead of three or four padded ones. A
+probe at construction proves it exact for the model (or keeps padded rows): recurrent state, a
+position bias that ignores the mask (BLOOM's ALiBi) or positions that ignore the ids (XGLM) fail it.
+
 How the logits are computed and the key/value cache handled is :mod:`verbalize.engine.model_io`'s
 business; by default the model's own forward computes its logits (at the last positions only), and
 a probe at construction proves the chosen path equal to ``model(input_ids).logits`` or refuses.
@@ -32,9 +39,11 @@ from verbalize.engine import model_io, prefix_attention
 from verbalize.engine.batching import (
     Batch,
     Encoded,
+    Packed,
     Spans,
     cut_fields,
     encode_prompts,
+    pack,
     pad_batch,
     pad_id_of,
     shift_spans,
@@ -57,7 +66,7 @@ LONG_ROW = 1024
 """Tokens beyond which a prompt is scored on its own, sharing no prefix (see ``_run``)."""
 # model -> its exact logits path, whether its cached prefix is shared (see model_io.share_prefix), and
 # the attention implementation the model had when probed (its owner may change it since)
-_PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool, Any]] = weakref.WeakKeyDictionary()
+_PATH_OF: weakref.WeakKeyDictionary[Any, tuple[str, bool, bool, Any]] = weakref.WeakKeyDictionary()
 _MEMOS: weakref.WeakKeyDictionary[Any, PrefixMemo] = weakref.WeakKeyDictionary()  # model -> its shared prefixes
 
 
@@ -73,7 +82,7 @@ class Scorer:
     max_length : int, optional
         Token budget per sequence; defaults to the model's context window.
     max_tokens : int, optional, default 1024
-        Token budget per batch (rows x padded length). With length-sorted batches this keeps every
+        Token budget per batch (rows x padded length; packed rows count the same way). With length-sorted batches this keeps every
         matrix product near the CPU's most efficient size: short prompts get more rows per batch.
         The pass over the later tokens of multi-token words is cut into chunks under the same budget.
     logits : {"auto", "model", "hand", "full"}, default "auto"
@@ -261,7 +270,10 @@ class Scorer:
             words, feats = self.forward(batch, cache, n_prefix, label_tokens, pools, prefix_states)
             return ([words] if words is not None else []) + feats
 
-        out = self._run(prompts, spans, prefix, step, room, widths, progress, want_states)
+        # One token per label word and no features: prompts may share rows (see batching.pack)
+        single = label_tokens is not None and all(len(ids) == 1 for ids in label_tokens.word_ids)
+        first = [ids[0] for ids in label_tokens.word_ids] if single and not pools and self.io.packs else None  # type: ignore[union-attr]
+        out = self._run(prompts, spans, prefix, step, room, widths, progress, want_states, first)
         return (out[0] if label_tokens is not None else None), out[1 if label_tokens is not None else 0 :]
 
     def forward(
@@ -371,6 +383,7 @@ class Scorer:
         widths: list[int],
         progress: bool,
         want_states: bool = False,
+        packed_words: list[int] | None = None,
     ) -> list[np.ndarray]:
         # The leading tokens that every row shares (BOS, instruction, demonstrations, the template's
         # words before the text) are run once. What is shared depends on the prefix and template only,
@@ -390,7 +403,7 @@ class Scorer:
         n_shared = _shared_length(rows, lead + _ids(self.tokenizer, head)) if (head or lead) and rows else 0
         out = [np.zeros((len(ids), w), dtype=np.float32) for w in widths]
         with torch.inference_mode(), self.io.routed():  # one switch of the model's attention per call
-            self._run_part(rows, short, n_shared, step, out, progress, want_states)
+            self._run_part(rows, short, n_shared, step, out, progress, want_states, packed_words)
             for i in sorted(set(range(len(ids))) - set(short)):
                 self._run_part([ids[i]], [i], 0, step, out, False, want_states)
         return [o[inverse] if len(o) else np.zeros((len(prompts), o.shape[1]), np.float32) for o in out]
@@ -404,13 +417,33 @@ class Scorer:
         out: list[np.ndarray],
         progress: bool,
         want_states: bool,
+        packed_words: list[int] | None = None,
     ) -> None:
-        """Score ``ids`` (their first ``n_shared`` tokens run once, shared) into rows ``where`` of ``out``."""
+        """Score ``ids`` (their first ``n_shared`` tokens run once, shared) into rows ``where`` of ``out``.
+
+        With ``packed_words`` (the label words' token ids; ``out`` is then their scores alone) prompts
+        are packed several to a row (:func:`~verbalize.engine.batching.pack`) instead of padded.
+        """
         if not ids:
             return
         shared, rest = ids[0][:n_shared], Encoded([x[n_shared:] for x in ids], 0)
         prefix_kv, prefix_states = self._shared_prefix(shared, want_states)
         rows = np.asarray(where)
+        if packed_words is not None:
+            per_row = self.io.prefix_tokens_per_row(len(shared))
+            first = torch.tensor(packed_words, device=self.device)
+            for packed in tqdm(
+                pack(rest.ids, self.batch_size, self.pad_id, self.max_tokens, per_row),
+                disable=not progress,
+                desc="scoring",
+                unit="batch",
+            ):
+                packed = packed.to(self.device)
+                cache = self.io.batch_cache(prefix_kv, packed.input_ids.shape[0])
+                words = self._packed_words(packed, cache, len(shared), first).cpu().numpy()  # (R, K, W)
+                real = packed.rows >= 0
+                out[0][rows[packed.rows[real]]] = words[real]
+            return
         for batch in tqdm(
             rest.batches(self.batch_size, self.pad_id, self.max_tokens, self.io.prefix_tokens_per_row(len(shared))),
             disable=not progress,
@@ -421,6 +454,16 @@ class Scorer:
             cache = self.io.batch_cache(prefix_kv, batch.input_ids.shape[0])
             for o, r in zip(out, step(batch, cache, len(shared), prefix_states), strict=True):
                 o[rows[batch.rows]] = r.float().cpu().numpy()
+
+    def _packed_words(self, packed: Packed, cache: Any, n_prefix: int, first: torch.Tensor) -> torch.Tensor:
+        """Log-probs (R, K, n_words) of one-token label words after each prompt of packed rows."""
+        keep = packed.last_index.to(packed.input_ids.device)  # (R, K)
+        mask = packed.attention_mask(n_prefix)  # (R, 1, L, P + L)
+        out = self.io.run(
+            packed.input_ids, cache, keep, attention_mask=mask, position_ids=packed.position_ids + n_prefix
+        )
+        assert out.logits is not None
+        return torch.log_softmax(out.logits.float(), dim=-1)[..., first]
 
     def _shared_prefix(self, prefix_ids: list[int], want_states: bool) -> tuple[Any, list[torch.Tensor] | None]:
         """:meth:`_prefix_kv`, kept between calls (see :mod:`verbalize.engine.prefixes`)."""
@@ -449,16 +492,57 @@ class Scorer:
         if implementation == prefix_attention.NAME:  # another thread is scoring through the model now
             implementation = prefix_attention.BASE
         if logits == "auto" and self.model in _PATH_OF:
-            path, shared, probed = _PATH_OF[self.model]
+            path, shared, packs, probed = _PATH_OF[self.model]
             if probed == implementation:  # (its owner may have changed it since the probe)
-                return ModelIO(self.model, path, shared)
+                return ModelIO(self.model, path, shared, packs)
         paths = model_io.PATHS if logits == "auto" else (logits,)
         n_ids = min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
         with float_activations():  # int8 layers: check the path, not activation rounding (see there)
             io = model_io.choose(self.model, self._score_probe, n_ids, paths)
+            io = self._packing(io, n_ids)
         if logits == "auto":
-            _PATH_OF[self.model] = (io.path, io.shared, implementation)
+            _PATH_OF[self.model] = (io.path, io.shared, io.packs, implementation)
         return io
+
+    def _packing(self, io: ModelIO, n_ids: int) -> ModelIO:
+        """``io`` with packed rows allowed where a probe scores them as each prompt alone; else ``io``.
+
+        The probe packs four prompts of 5, 4, 2 and 1 tokens after a cached two-token prefix into two
+        rows of 8 (three prompts end to end in one, one and padding in the other), through the cache the
+        scorer uses, and compares each word's log-prob with the model's own forward on that prompt alone
+        (:func:`model_io.tolerance`). A model whose tokens see past their own prompt (recurrent state,
+        a position bias that the mask does not cancel, a sliding window) fails it and keeps padded rows.
+        """
+        if io.window is not None:
+            return io
+        ids = [(7 + 53 * i) % n_ids for i in range(14)]
+        prefix, rows, words = ids[:2], [ids[2:7], ids[7:11], ids[11:13], ids[13:14]], [ids[0], ids[4], ids[12]]
+        packed_io = ModelIO(io.model, io.path, io.shared, packs=True)
+        try:
+            self.io = packed_io
+            with torch.inference_mode():
+                want = torch.tensor(
+                    [[model_io.own_log_prob(self.model, prefix + r, (w,)) for w in words] for r in rows]
+                )
+                kv, _ = self._prefix_kv(prefix)
+                (packed,) = pack(rows, 64, self.pad_id, None, row=8)
+                packed = packed.to(self.device)
+                with packed_io.routed():
+                    got = self._packed_words(
+                        packed, packed_io.batch_cache(kv, 2), 2, torch.tensor(words, device=self.device)
+                    )
+            got_rows = torch.zeros_like(want, dtype=torch.float64)
+            real = packed.rows >= 0
+            got_rows[torch.as_tensor(packed.rows[real])] = got[torch.as_tensor(real)].double().cpu()
+            error = float((got_rows - want).abs().max())
+        except Exception as exc:  # noqa: BLE001 - the model keeps padded rows
+            logger.debug("%s: no packed rows: %s: %s", self.model.config.model_type, type(exc).__name__, exc)
+            return io
+        finally:
+            self.io = io
+        ok = error <= model_io.tolerance(self.model)
+        logger.debug("%s: packed rows: %s (probe error %.1e)", self.model.config.model_type, ok, error)
+        return packed_io if ok else io
 
     def _score_probe(self, io: ModelIO, prefix: list[int], rows: list[list[int]], words: Any) -> torch.Tensor:
         """Word log-probs (rows, words) through ``io`` and every step scoring takes (see :func:`model_io.choose`)."""
