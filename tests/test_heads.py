@@ -106,7 +106,7 @@ def test_multi_label_head_predicts_an_indicator_matrix(family):
     np.testing.assert_allclose(clf2.fit(X, indicator).predict_proba(X), proba)
 
 
-def test_multi_head_outputs_come_from_one_forward_per_batch(family):
+def test_multi_head_outputs_come_from_one_forward_per_batch(family, monkeypatch):
     heads = [Head("sentiment"), Head("topics", multi_label=True, layers=2, weight=0.5)]
     clf = make(family, heads=heads, batch_size=3).fit(X, {"sentiment": Y, "topics": TOPICS})
     assert set(clf.classes_) == {"sentiment", "topics"}
@@ -123,7 +123,8 @@ def test_multi_head_outputs_come_from_one_forward_per_batch(family):
 
     out, calls = body_calls(lambda: clf.outputs(X))
     words_only = make(family, batch_size=3).fit(X[:2], Y[:2])
-    words_only.scorer_.io.packs = False  # label words alone would pack prompts into rows (a different set of passes)
+    # label words alone would pack prompts into rows (a different set of passes); restored after the test
+    monkeypatch.setattr(words_only.scorer_.io, "packs", False)
     words, word_calls = body_calls(lambda: words_only.predict_proba(X))
     assert calls == word_calls  # the heads add no pass: the label words alone take the same ones
     assert sum(1 for shape in calls if shape[0] > 1) >= 3  # 8 texts at batch_size 3

@@ -111,7 +111,7 @@ def test_the_template_start_runs_once_and_scores_as_before(family, monkeypatch):
     prompts, spans = TEMPLATE.spans(TEXTS)
     # a model of its own: the shared one keeps the prefixes other tests ran (verbalize.engine.prefixes)
     scorer = family.scorer(batch_size=3).with_settings(model=copy.deepcopy(family.model))
-    scorer.io.packs = False  # padded rows here; packed rows: test_packed_rows_score_as_the_naive_reference
+    monkeypatch.setattr(scorer.io, "packs", False)  # padded rows; packed: test_packed_rows_score_as_the_naive_reference
     shapes = []
     hidden = scorer.io.run
     monkeypatch.setattr(
