@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from verbalize.engine.batching import KV_TOKENS, Batch, Encoded, Packed, _after_drops, encode_prompts, pack, pad_id_of
+from verbalize.engine.batching import ALIGN, KV_TOKENS, Batch, Encoded, Packed, _after_drops, encode_prompts, pack, pad_id_of
 from verbalize.engine.tokens import char_bound, prompt_budget, reserved_tokens
 from verbalize.errors import InputError
 from verbalize.prompting.template import Template
@@ -448,7 +448,8 @@ def test_pack_places_every_prompt_once_within_the_budgets(lengths, batch_size, m
     packs = pack(enc.ids, batch_size, pad_id=0, max_tokens=max_tokens, row=row)
     check_packed(enc.ids, packs, batch_size, max_tokens)
     cap = max(max(lengths), min(row, max_tokens or row))
-    assert all(p.input_ids.shape[1] <= cap for p in packs)
+    aligned = -(-cap // ALIGN) * ALIGN
+    assert all(p.input_ids.shape[1] <= aligned and p.input_ids.shape[1] % ALIGN == 0 for p in packs)
 
 
 def test_pack_fills_rows_instead_of_padding():
@@ -458,9 +459,12 @@ def test_pack_fills_rows_instead_of_padding():
     padded = enc.batches(64, 0, 1024)
     assert sum(b.input_ids.numel() for b in padded) == 120  # (equal here; packing wins on ragged lengths)
     ragged_enc = ragged([30, 2, 2, 2, 25, 3, 3, 28])
-    packed_tokens = sum(p.input_ids.numel() for p in pack(ragged_enc.ids, 64, 0, 1024, row=128))
+    packs = pack(ragged_enc.ids, 64, 0, 1024, row=128)
+    packed_tokens = sum(p.input_ids.numel() for p in packs)
     padded_tokens = sum(b.input_ids.numel() for b in ragged_enc.batches(64, 0, 1024))
-    assert packed_tokens == sum(len(x) for x in ragged_enc.ids) < padded_tokens
+    real = sum(len(x) for x in ragged_enc.ids)
+    assert packed_tokens - real < ALIGN * sum(p.input_ids.shape[0] for p in packs)  # rows padded to ALIGN only
+    assert packed_tokens < padded_tokens
 
 
 def test_pack_with_a_prefix_copied_to_every_row_keeps_the_cached_tokens_budget():
