@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from verbalize.engine.batching import ALIGN, KV_TOKENS, Batch, Encoded, Packed, _after_drops, encode_prompts, pack, pad_id_of
+from verbalize.engine.batching import (
+    ALIGN,
+    KV_TOKENS,
+    Batch,
+    Encoded,
+    Packed,
+    _after_drops,
+    encode_prompts,
+    pack,
+    pad_id_of,
+)
 from verbalize.engine.tokens import char_bound, prompt_budget, reserved_tokens
 from verbalize.errors import InputError
 from verbalize.prompting.template import Template

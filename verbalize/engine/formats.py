@@ -35,7 +35,7 @@ import torch
 
 from verbalize.engine import machine
 from verbalize.engine.model_files import model_source
-from verbalize.engine.models import DTYPES, Int8Linear, int8_available, quantize
+from verbalize.engine.models import DTYPES, Int8Linear, int8_available, prepack, quantize
 from verbalize.errors import ModelLoadError, check_choice
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,10 @@ def convert(model: Any, dtype: str) -> Any:
     """``model`` (float32) in ``dtype``, converted in place."""
     if dtype == "int8":
         return quantize(model)
-    return model.to(DTYPES[dtype])
+    model = model.to(DTYPES[dtype])
+    if dtype == "bfloat16":
+        prepack(model)
+    return model
 
 
 def choose(

@@ -82,8 +82,9 @@ class Scorer:
     max_length : int, optional
         Token budget per sequence; defaults to the model's context window.
     max_tokens : int, optional, default 1024
-        Token budget per batch (rows x padded length; packed rows count the same way). With length-sorted batches this keeps every
-        matrix product near the CPU's most efficient size: short prompts get more rows per batch.
+        Token budget per batch (rows x padded length; packed rows count the same way). With
+        length-sorted batches this keeps every matrix product near the CPU's most efficient size:
+        short prompts get more rows per batch.
         The pass over the later tokens of multi-token words is cut into chunks under the same budget.
     logits : {"auto", "model", "hand", "full"}, default "auto"
         How logits are computed (see :mod:`verbalize.engine.model_io`). ``"auto"`` takes the first of
