@@ -503,3 +503,12 @@ def test_packed_mask_lets_a_token_see_the_prefix_and_its_own_earlier_tokens_only
 
 def test_pack_of_nothing_is_nothing():
     assert pack([], 64, 0, 1024) == []
+
+
+def test_one_long_prompt_does_not_make_every_row_long():
+    enc = ragged([500] + [20] * 30)
+    packs = pack(enc.ids, 64, 0, None, row=128)
+    check_packed(enc.ids, packs, 64, None)
+    widths = sorted(p.input_ids.shape[1] for p in packs)
+    rows_of_short = [p for p in packs if 500 not in [len(enc.ids[i]) for i in p.rows[p.rows >= 0]]]
+    assert rows_of_short and all(p.input_ids.shape[1] <= 128 for p in rows_of_short), widths

@@ -141,7 +141,8 @@ def pack(
 ) -> list[Packed]:
     """Prompts packed into rows of about ``row`` tokens, the rows grouped into forwards.
 
-    Best fit, longest prompt first, into rows of ``max(longest prompt, min(row, max_tokens))`` tokens.
+    Best fit, longest prompt first, into rows of ``min(row, max_tokens)`` tokens; a longer prompt has a
+    row of its own (so one long prompt does not make every row long: attention grows with a row's square).
     A forward holds at most ``batch_size`` prompts and, unless it is a single row, at most
     ``max_tokens`` tokens (rows x longest row) and :data:`KV_TOKENS` cached tokens with a prefix copied
     to every row. Where a prompt lands never changes its scores beyond rounding (the mask and the
@@ -151,12 +152,11 @@ def pack(
         return []
     lengths = np.array([len(x) for x in ids])
     order = np.argsort(-lengths, kind="stable")
-    longest = int(lengths.max())
-    cap = max(longest, min(row, max_tokens or row))
+    cap = max(1, min(row, max_tokens or row))
     fills, members = _fit_rows(lengths, order, cap, batch_size)
     # A few rows: as many, evened out (the shortest rows that still take every prompt in as many), so that
     # a call of 32 prompts pads ~1% of its tokens instead of most of its last row. Many rows waste little.
-    lo, hi = max(longest, -(-int(lengths.sum()) // len(fills))), cap
+    lo, hi = 1, cap
     while len(fills) <= EVEN_ROWS and lo < hi:
         mid = (lo + hi) // 2
         trial = _fit_rows(lengths, order, mid, batch_size)
@@ -164,21 +164,20 @@ def pack(
             hi, (fills, members) = mid, trial
         else:
             lo = mid + 1
-    # rows longest first, cut into forwards under the budgets
+    # Rows longest first, cut into forwards where the fewest padded tokens are wasted (split_sorted, as for
+    # padded prompts), then cut again where a forward would hold more than batch_size prompts
     by_fill = sorted(range(len(fills)), key=lambda r: -fills[r])
-    budget = max_tokens or 1 << 62
+    widths = np.array([_aligned(fills[r]) for r in by_fill])
+    bounds = split_sorted(widths, batch_size, max_tokens, prefix=prefix_per_row)
     out: list[Packed] = []
-    group: list[int] = []
-    for r in by_fill:
-        width = _aligned(fills[group[0]] if group else fills[r])  # the group's first row is its longest
-        rows, prompts = len(group) + 1, sum(len(members[g]) for g in group) + len(members[r])
-        over = rows * width > budget or (prefix_per_row > 0 and rows * (width + prefix_per_row) > KV_TOKENS)
-        if group and (over or prompts > batch_size):
-            out.append(_packed([members[g] for g in group], ids, pad_id))
-            group = []
-        group.append(r)
-    if group:
-        out.append(_packed([members[g] for g in group], ids, pad_id))
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        group: list[list[int]] = []
+        for r in by_fill[start:stop]:
+            if group and sum(map(len, group)) + len(members[r]) > batch_size:
+                out.append(_packed(group, ids, pad_id))
+                group = []
+            group.append(members[r])
+        out.append(_packed(group, ids, pad_id))
     return out
 
 
@@ -198,7 +197,7 @@ def _fit_rows(lengths: np.ndarray, order: np.ndarray, cap: int, batch_size: int)
             members.append([])
         fills[r] += n
         members[r].append(int(i))
-        if len(members[r]) < batch_size:
+        if len(members[r]) < batch_size and fills[r] < cap:  # a prompt longer than a row has one of its own
             free[cap - fills[r]].append(r)
     return fills, members
 
