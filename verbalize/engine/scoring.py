@@ -509,8 +509,8 @@ class Scorer:
         """``io`` with packed rows allowed where a probe scores them as each prompt alone; else ``io``.
 
         The probe packs four prompts of 5, 4, 2 and 1 tokens after a cached two-token prefix into two
-        rows of 8 (three prompts end to end in one, one and padding in the other), through the cache the
-        scorer uses, and compares each word's log-prob with the model's own forward on that prompt alone
+        rows of 8 (two prompts end to end in each, then padding), through the cache the scorer uses,
+        and compares each word's log-prob with the model's own forward on that prompt alone
         (:func:`model_io.tolerance`). A model whose tokens see past their own prompt (recurrent state,
         a position bias that the mask does not cancel, a sliding window) fails it and keeps padded rows.
         """
@@ -527,6 +527,7 @@ class Scorer:
                 )
                 kv, _ = self._prefix_kv(prefix)
                 (packed,) = pack(rows, 64, self.pad_id, None, row=8)
+                assert (packed.rows >= 0).sum(1).min() >= 2  # every row holds prompts end to end
                 packed = packed.to(self.device)
                 with packed_io.routed():
                     got = self._packed_words(
