@@ -6,27 +6,16 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from verbalize.engine.models import PrepackedLinear, prepack, prepack_available
 
 pytestmark = pytest.mark.skipif(not prepack_available(), reason="this CPU/torch has no native oneDNN bfloat16")
 
 
-def tiny_bf16() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.2,
-        max_position_embeddings=128,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return LlamaForCausalLM(config).eval().to(torch.bfloat16)
+@pytest.fixture
+def tiny_bf16(llama_model):
+    """Fresh bfloat16 copies of the suite's tiny llama (each call a new one; the shared model is left as it is)."""
+    return lambda: copy.deepcopy(llama_model).to(torch.bfloat16)
 
 
 def logits(model, ids):
@@ -37,7 +26,7 @@ def logits(model, ids):
 IDS = [torch.randint(0, 97, shape, generator=torch.Generator().manual_seed(1)) for shape in [(1, 1), (1, 9), (3, 17)]]
 
 
-def test_prepacked_layers_give_the_same_numbers_bit_for_bit():
+def test_prepacked_layers_give_the_same_numbers_bit_for_bit(tiny_bf16):
     model = tiny_bf16()
     before = [logits(model, ids) for ids in IDS]
     n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
@@ -48,7 +37,7 @@ def test_prepacked_layers_give_the_same_numbers_bit_for_bit():
     assert set(model.state_dict()) == set(tiny_bf16().state_dict())  # the reordered copies are not state
 
 
-def test_an_edited_weight_is_read_not_its_stale_reordered_copy():
+def test_an_edited_weight_is_read_not_its_stale_reordered_copy(tiny_bf16):
     model = tiny_bf16()
     prepack(model)
     layer = model.model.layers[0].mlp.down_proj
@@ -63,7 +52,7 @@ def test_an_edited_weight_is_read_not_its_stale_reordered_copy():
     assert torch.equal(logits(fresh, IDS[2]), logits(model, IDS[2]))
 
 
-def test_a_deep_copy_trains_and_the_prepacked_original_is_unchanged():
+def test_a_deep_copy_trains_and_the_prepacked_original_is_unchanged(tiny_bf16):
     model = tiny_bf16()
     prepack(model)
     want = logits(model, IDS[1])
@@ -78,7 +67,7 @@ def test_a_deep_copy_trains_and_the_prepacked_original_is_unchanged():
     assert torch.equal(logits(model, IDS[1]), want)
 
 
-def test_float32_inputs_and_moved_weights_take_the_plain_product():
+def test_float32_inputs_and_moved_weights_take_the_plain_product(tiny_bf16):
     model = tiny_bf16()
     prepack(model)
     layer = model.model.layers[1].self_attn.q_proj
@@ -86,7 +75,7 @@ def test_float32_inputs_and_moved_weights_take_the_plain_product():
     assert torch.equal(layer.float()(x), torch.nn.functional.linear(x, layer.weight))  # .float() moved the weight
 
 
-def test_training_the_prepacked_model_itself_takes_gradients_through_its_weights():
+def test_training_the_prepacked_model_itself_takes_gradients_through_its_weights(tiny_bf16):
     model = tiny_bf16()
     prepack(model)
     model.train()

@@ -170,17 +170,21 @@ def test_no_prompts_give_an_empty_array(family):
 
 
 @pytest.mark.parametrize("prefix", ["", PREFIX], ids=["no-prefix", "prefix"])
-def test_a_text_scores_the_same_in_any_batch(family, make_scorer, prefix):
-    lt = LabelWords(WORDS["mixed"]).encode(family.tokenizer)
+@pytest.mark.parametrize("kind", ["mixed", "single"], ids=["padded", "packed"])
+def test_a_text_scores_the_same_in_any_batch(family, make_scorer, prefix, kind):
+    """Padded rows (multi-token words) and packed rows (one-token words: wherever a text lands in a row)."""
+    lt = LabelWords(WORDS[kind]).encode(family.tokenizer)
+    assert make_scorer().io.packs  # one-token words take packed rows on both families
     prompts = prompts_of(TEXTS)
     alone = np.stack([make_scorer(batch_size=1).score_words([p], lt, prefix=prefix)[0] for p in prompts])
-    for batch_size in (1, 2, 7, 64):
+    for batch_size in (1, 2, 3, 7, 64):
         together = make_scorer(batch_size=batch_size).score_words(prompts, lt, prefix=prefix)
         np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0, err_msg=f"batch_size={batch_size}")
     # Other neighbours, another order, duplicates, and a token budget instead of a row count.
     order = [6, 3, 3, 0, 5, 1, 2, 4]
-    shuffled = make_scorer(batch_size=3).score_words([prompts[i] for i in order], lt, prefix=prefix)
-    np.testing.assert_allclose(shuffled, alone[order], atol=1e-5, rtol=0)
+    for batch_size in (3, 64):
+        shuffled = make_scorer(batch_size=batch_size).score_words([prompts[i] for i in order], lt, prefix=prefix)
+        np.testing.assert_allclose(shuffled, alone[order], atol=1e-5, rtol=0, err_msg=f"batch_size={batch_size}")
     budget = make_scorer(batch_size=64, max_tokens=40).score_words(prompts, lt, prefix=prefix)
     np.testing.assert_allclose(budget, alone, atol=1e-5, rtol=0)
 
@@ -418,21 +422,6 @@ def test_packed_rows_score_as_the_naive_reference(family, prefix, spans, monkeyp
     assert sum(int((r >= 0).sum()) for r in rows_seen) == len(prompts)
     expected = naive_scores(family.model, [context_ids(family, p, prefix) for p in prompts], lt.word_ids)
     np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("prefix", ["", PREFIX], ids=["no-prefix", "prefix"])
-def test_a_packed_text_scores_the_same_wherever_it_lands(family, make_scorer, prefix):
-    lt = LabelWords(WORDS["single"]).encode(family.tokenizer)
-    prompts = prompts_of(TEXTS)
-    alone = np.stack([make_scorer(batch_size=1).score_words([p], lt, prefix=prefix)[0] for p in prompts])
-    for batch_size in (2, 3, 64):
-        together = make_scorer(batch_size=batch_size).score_words(prompts, lt, prefix=prefix)
-        np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0, err_msg=f"batch_size={batch_size}")
-    order = [6, 3, 3, 0, 5, 1, 2, 4]
-    shuffled = make_scorer(batch_size=64).score_words([prompts[i] for i in order], lt, prefix=prefix)
-    np.testing.assert_allclose(shuffled, alone[order], atol=1e-5, rtol=0)
-    budget = make_scorer(batch_size=64, max_tokens=40).score_words(prompts, lt, prefix=prefix)
-    np.testing.assert_allclose(budget, alone, atol=1e-5, rtol=0)
 
 
 def test_a_model_whose_tokens_see_past_their_prompt_keeps_padded_rows(family):
