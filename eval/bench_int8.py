@@ -34,6 +34,7 @@ import torch
 from data import DATASETS, data_dir, load, template_path
 
 from verbalize import Scorer, Verbalizer, load_template
+from verbalize.engine import formats, models
 from verbalize.engine.machine import describe_cpu
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.ao.quantization says it is deprecated
@@ -147,12 +148,18 @@ def accuracy(args: argparse.Namespace) -> None:
     label (bar: 99%; every format ``dtype="auto"`` may choose: bfloat16 and int8). Margins under 0.5 nats are
     near ties that any other rounding flips (5% of SST-2 texts have float32 log-odds under 0.03)."""
     root = data_dir(args.data)
-    print(f"first {args.limit} test texts per dataset; shipped templates; CPU: {describe_cpu()}\n")
+    if args.narrow_residual:
+        models.widen_residual = formats.widen_residual = lambda model: False  # what load_model and convert call
+    residual = "narrow (plain bfloat16)" if args.narrow_residual else "float32 (widen_residual)"
+    print(
+        f"first {args.limit} test texts per dataset; shipped templates; residual stream of narrow formats: "
+        f"{residual}; CPU: {describe_cpu()}\n"
+    )
     print(
         "| dataset | calibration | format | accuracy | float32 accuracy | delta (points) | decisions = float32 "
-        f"| confident (margin >= {args.margin}) decisions = float32 |"
+        f"| confident (margin >= {args.margin}) decisions = float32 | mean |d score| |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for dataset in args.datasets:
         texts, y = load(dataset, "test", root, args.limit)
         scores = {}
@@ -171,9 +178,12 @@ def accuracy(args: argparse.Namespace) -> None:
                 pred = classes[scores[dtype][1][cal].argmax(1)]
                 acc = float(np.mean(pred == np.array(y)))
                 same = pred == p32
+                d = scores[dtype][1][cal] - ref[cal]
+                drift = float(np.abs(d - d.mean(axis=1, keepdims=True)).max(axis=1).mean())  # per text, worst label
                 print(
                     f"| {dataset} | {cal} | {dtype} | {100 * acc:.1f} | {100 * a32:.1f} | {100 * (acc - a32):+.1f} "
-                    f"| {100 * same.mean():.1f}% | {100 * same[confident].mean():.1f}% of {int(confident.sum())} |"
+                    f"| {100 * same.mean():.1f}% | {100 * same[confident].mean():.1f}% of {int(confident.sum())} "
+                    f"| {drift:.4f} |"
                 )
 
 
@@ -192,6 +202,11 @@ def main() -> None:
     ac.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
     ac.add_argument("--dtypes", nargs="*", default=["bfloat16", "int8"], choices=["bfloat16", "int8", "float16"])
     ac.add_argument("--margin", type=float, default=0.5, help="nats between float32's top two labels: confident")
+    ac.add_argument(
+        "--narrow-residual",
+        action="store_true",
+        help="bfloat16 and float16 without the float32 residual stream (widen_residual off), for comparison",
+    )
     args = ap.parse_args()
     speed(args) if args.command == "speed" else accuracy(args)
 

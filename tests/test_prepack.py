@@ -88,10 +88,11 @@ def test_training_the_prepacked_model_itself_takes_gradients_through_its_weights
 def test_a_model_loaded_in_bfloat16_is_prepacked_and_computes_as_the_plain_load(model_dir):
     from transformers import AutoModelForCausalLM
 
-    from verbalize.engine.models import load_model
+    from verbalize.engine.models import load_model, widen_residual
 
     model, _ = load_model(model_dir, "cpu", "bfloat16")
     assert any(isinstance(m, PrepackedLinear) for m in model.modules())  # GPT-2's output layer (its body is Conv1D)
     plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    assert widen_residual(plain)  # load_model widens the residual stream too (tests/test_wide_residual.py)
     ids = torch.tensor([[5, 9, 2, 7, 7, 1]])
     assert torch.equal(logits(model, ids), logits(plain, ids))

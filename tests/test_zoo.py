@@ -27,6 +27,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from verbalize.engine import model_io
+from verbalize.engine.models import widen_residual
 from verbalize.engine.scoring import Scorer
 from verbalize.errors import InputError, ModelLoadError
 from verbalize.prompting.labels import LabelWords
@@ -359,3 +360,23 @@ def test_one_token_label_words_are_exact_with_prompts_packed_into_rows(model_typ
         contexts = [list(gpt2_tokenizer(SINGLE.render(t, demos), add_special_tokens=False)["input_ids"]) for t in TEXTS]
         got = scorer.score_words(prompts, tokens, spans=spans, prefix=SINGLE.prefix(demos))
         np.testing.assert_allclose(got, own_log_probs(model, contexts, tokens.word_ids), atol=1e-4, rtol=0)
+
+
+# dtype="bfloat16" widens the residual stream to float32 (verbalize.engine.models.widen_residual). Its check
+# refuses the two whose code adds a float32 stream to a narrow product: BLOOM's ALiBi (after its embedding
+# norm) and XGLM's sinusoidal positions; they keep the plain bfloat16 model.
+NOT_WIDENED = {"bloom", "xglm"}
+
+
+@pytest.mark.parametrize("model_type", list(ZOO))
+def test_a_widened_bfloat16_model_scores_as_its_own_forward(model_type, gpt2_tokenizer):
+    model = tiny(model_type, len(gpt2_tokenizer)).to(torch.bfloat16)
+    assert widen_residual(model) == (model_type not in NOT_WIDENED)
+    tokens = SINGLE.labels.encode(gpt2_tokenizer, SINGLE.label_prefix, SINGLE.render(TEXTS[0]))
+    prompts, spans = SINGLE.spans(TEXTS)
+    scorer = Scorer(model, gpt2_tokenizer, batch_size=64)
+    contexts = [list(gpt2_tokenizer(SINGLE.render(t, DEMOS), add_special_tokens=False)["input_ids"]) for t in TEXTS]
+    with torch.inference_mode():
+        want = own_log_probs(model, contexts, tokens.word_ids)
+    got = scorer.score_words(prompts, tokens, spans=spans, prefix=SINGLE.prefix(DEMOS))
+    np.testing.assert_allclose(got, want, atol=0.06, rtol=0)  # bfloat16: rows of other shapes round differently

@@ -62,7 +62,97 @@ def load_model(name: str | os.PathLike | None, device: str = "auto", dtype: str 
         model = quantize(model)  # type: ignore[assignment]
     if dtype == "bfloat16":
         prepack(model)
+    if dtype in ("bfloat16", "float16"):
+        widen_residual(model)
     return model, tokenizer
+
+
+WIDE_TOLERANCE = 0.25
+"""Largest total variation between the next-token distributions of the widened and the model's own narrow
+forward that :func:`widen_residual`'s check accepts. Rounding alone moves them: on the embedded model, at the
+check's arbitrary tokens, bfloat16 lies 0.095 from float32, the widened model 0.061, the two 0.117 apart; a model
+that breaks moves far more."""
+
+
+def widen_residual(model: torch.nn.Module) -> bool:
+    """Keep a bfloat16 or float16 model's residual stream in float32, its products in its own format; whether it took.
+
+    In a narrow model every layer's output is rounded to 8 bits of mantissa before it is added to the
+    residual stream, and the sum is rounded again: after 30 layers small updates are lost. Here the
+    input embeddings come out in float32, so the residual additions of the model's own code promote to
+    float32, while every module that holds a narrow weight (linear layers, GPT-2's ``Conv1D``, norms)
+    gets its input rounded to that weight's format as before, and rotary tables come out narrow as
+    before: the products, attention and memory traffic stay bfloat16; the sums of layers do not. On the
+    embedded model (TREC, 500 texts) the mean |log-odds| change against float32 fell from 0.104 to 0.076
+    raw and from 0.122 to 0.074 with contextual calibration (``README.md``, Measured).
+
+    Forward hooks do it (not in ``state_dict``; copied with the model). It is checked on one short
+    forward against the model's own narrow one: when the widened forward raises (a model whose code
+    mixes formats where this does not look, such as XGLM's positions) or moves a next-token distribution
+    by more than :data:`WIDE_TOLERANCE`, the hooks are removed and the model stays as it was.
+    """
+    params = list(model.parameters())
+    narrow = params[0].dtype if params else torch.float32
+    if narrow not in (torch.bfloat16, torch.float16) or getattr(model, "verbalize_wide_residual", False):
+        return False
+    vocab = model.get_input_embeddings().weight.shape[0]  # type: ignore[operator]
+    ids = (torch.arange(1, 9, device=params[0].device) * 7919 % vocab)[None]  # (1, 8), any tokens
+    with torch.inference_mode():
+        before = torch.softmax(model(input_ids=ids).logits.float(), dim=-1)  # (1, 8, V)
+    embed = model.get_input_embeddings()  # type: ignore[operator]
+    handles = [embed.register_forward_hook(_to_float32)]
+    norms = []
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if module is embed or isinstance(module, torch.nn.Embedding) or weight is None or weight.dtype != narrow:
+            pass
+        elif weight.dim() == 1:  # a norm: computed in float32 on the float32 stream, narrow in -> narrow out
+            norms.append(module.float())
+            handles.append(module.register_forward_hook(_output_as_input))
+        elif weight.dim() == 2:  # a product: its input rounded to the weight's format, as in the narrow model
+            handles.append(module.register_forward_pre_hook(_input_as_weight))
+        if type(module).__name__.endswith("RotaryEmbedding"):
+            handles.append(module.register_forward_hook(functools.partial(_outputs_as, dtype=narrow)))
+    try:
+        with torch.inference_mode():
+            after = torch.softmax(model(input_ids=ids).logits.float(), dim=-1)
+        change = float(0.5 * (after - before).abs().sum(-1).max())  # total variation, the worst position
+        problem = None if change <= WIDE_TOLERANCE else f"next-token distributions moved by {change:.3f} (TV)"
+    except (RuntimeError, TypeError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if problem is not None:
+        for handle in handles:
+            handle.remove()
+        for module in norms:
+            module.to(narrow)  # float32 held the narrow values exactly: back as they were
+        logger.info("%s: residual stream kept in %s (%s)", type(model).__name__, narrow, problem)
+        return False
+    model.verbalize_wide_residual = True  # type: ignore[assignment]
+    return True
+
+
+def _to_float32(module: torch.nn.Module, args: Any, output: Any) -> Any:
+    return output.float() if torch.is_tensor(output) and output.is_floating_point() else output
+
+
+def _output_as_input(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    x = args[0] if args else None
+    if torch.is_tensor(x) and torch.is_tensor(output) and x.dtype != output.dtype and x.dtype != torch.float32:
+        return output.to(x.dtype)  # a narrow input (a query/key norm inside attention) keeps a narrow output
+    return None
+
+
+def _input_as_weight(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    x, dtype = args[0] if args else None, module.weight.dtype
+    if torch.is_tensor(x) and isinstance(dtype, torch.dtype) and x.is_floating_point() and x.dtype != dtype:
+        return (x.to(dtype), *args[1:])
+    return None
+
+
+def _outputs_as(module: torch.nn.Module, args: Any, output: Any, dtype: torch.dtype) -> Any:
+    if isinstance(output, tuple):
+        return tuple(t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t for t in output)
+    return output.to(dtype) if torch.is_tensor(output) and output.is_floating_point() else output
 
 
 class PrepackedLinear(torch.nn.Linear):

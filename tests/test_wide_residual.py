@@ -1,0 +1,96 @@
+"""bfloat16 models with a float32 residual stream (``verbalize.engine.models.widen_residual``)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from verbalize.engine import models
+from verbalize.engine.models import widen_residual
+
+
+def log_probs(model, ids):
+    with torch.inference_mode():
+        return torch.log_softmax(model(input_ids=ids).logits.double(), dim=-1)
+
+
+def deep_llama(layers: int = 16) -> LlamaForCausalLM:
+    """Many layers whose updates are small beside large embeddings: what bfloat16 sums lose."""
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.05,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+        with torch.no_grad():
+            model.model.embed_tokens.weight.normal_(0, 1.0)
+    return model
+
+
+IDS = torch.randint(0, 97, (4, 24), generator=torch.Generator().manual_seed(1))
+
+
+def test_a_widened_bfloat16_model_lies_closer_to_float32():
+    wide32 = deep_llama()
+    want = log_probs(wide32, IDS)
+    plain = copy.deepcopy(wide32).to(torch.bfloat16)
+    wide = copy.deepcopy(plain)
+    assert widen_residual(wide) and wide.verbalize_wide_residual
+    plain_error = float((log_probs(plain, IDS) - want).abs().mean())
+    wide_error = float((log_probs(wide, IDS) - want).abs().mean())
+    assert wide_error < 0.75 * plain_error  # measured 0.41x: the bfloat16 sums of 16 layers are what it keeps
+    assert next(wide.parameters()).dtype == torch.bfloat16  # the weights stay narrow
+    assert set(wide.state_dict()) == set(plain.state_dict())  # hooks only, no new state
+
+
+def test_the_products_stay_narrow_and_the_residual_wide():
+    model = copy.deepcopy(deep_llama(2)).to(torch.bfloat16)
+    assert widen_residual(model)
+    seen = {}
+    model.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, a, out: seen.update(product=out.dtype))
+    model.model.layers[1].register_forward_hook(lambda m, a, out: seen.update(residual=out[0].dtype))
+    log_probs(model, IDS)
+    assert seen == {"product": torch.bfloat16, "residual": torch.float32}
+
+
+def _hooks(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+def test_a_model_is_widened_once_and_float32_models_are_left_alone():
+    model = copy.deepcopy(deep_llama(2)).to(torch.bfloat16)
+    assert widen_residual(model)
+    hooks = _hooks(model)
+    assert not widen_residual(model)
+    assert _hooks(model) == hooks
+    float32 = deep_llama(2)
+    assert not widen_residual(float32) and _hooks(float32) == 0
+
+
+def test_a_model_whose_widened_forward_breaks_is_left_as_it_was():
+    from transformers import XGLMConfig, XGLMForCausalLM
+
+    config = XGLMConfig(vocab_size=97, d_model=32, num_layers=2, attention_heads=4, ffn_dim=64)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = XGLMForCausalLM(config).eval().to(torch.bfloat16)
+    before = log_probs(model, IDS)
+    assert not widen_residual(model)  # its sinusoidal positions are added in float32 to a narrow product: it raises
+    assert _hooks(model) == 0 and not getattr(model, "verbalize_wide_residual", False)
+    assert torch.equal(log_probs(model, IDS), before)
+
+
+def test_a_widened_forward_that_moves_the_outputs_too_far_is_refused(monkeypatch):
+    model = copy.deepcopy(deep_llama(2)).to(torch.bfloat16)
+    monkeypatch.setattr(models, "WIDE_TOLERANCE", 0.0)
+    assert not widen_residual(model)
+    assert _hooks(model) == 0
