@@ -153,7 +153,8 @@ def evaluate(clf: Verbalizer, raw: np.ndarray, test: tuple, train: tuple, subset
     auto = clf.calibrator_
     assert isinstance(auto, AutoCalibrator)
     old_cv = {(None if k == "None" else k): v for k, v in auto.cv_log_proba_.items() if str(k) in OLD_CANDIDATES}
-    old_choice = select(old_cv, y_train, "batch", clear_se=1.0)[0] if old_cv else auto.report_.get("chosen")
+    old_rule = dict(clear_se=1.0, clear_p=None)  # one standard error, no sign test
+    old_choice = select(old_cv, y_train, "batch", **old_rule)[0] if old_cv else auto.report_.get("chosen")
     rows = []
     for skew, idx in subsets.items():
         texts, y = [test[0][i] for i in idx], y_test[idx]

@@ -126,13 +126,20 @@ Y_SEL = np.array([0, 0, 0, 0, 1, 1, 1, 1])
 
 def test_select_switches_to_a_clearly_better_method():
     out = {None: _lp([0] * 8), "batch": _lp([0, 0, 0, 0, 0, 0, 1, 1]), "contextual": _lp(Y_SEL)}
-    chosen, scores = select(out, Y_SEL, default="batch", clear_se=1.0)
+    chosen, scores = select(out, Y_SEL, default="batch", clear_se=1.0, clear_p=None)
     assert chosen == "contextual"  # right on 2 more examples and wrong on none: more than a standard error
     assert scores["contextual"]["gain"] == 0.25 and 0.125 < scores["contextual"]["gain_se"] < 0.25
+    assert scores["contextual"]["p_value"] == 0.25  # 2 wins, no loss: (1/2)^2
     assert scores["batch"]["gain"] == 0 and scores["None"]["accuracy"] == 0.5
     assert select(out, Y_SEL, default="batch")[0] == "batch"  # the default margin, 2 errors: 0.25 < 2 x 0.164
     out["batch"] = _lp([0, 0, 0, 0, 0, 0, 1, 0])  # contextual now right on 3 more of 8: 0.375 > 2 x 0.183
-    assert select(out, Y_SEL, default="batch")[0] == "contextual"
+    assert select(out, Y_SEL, default="batch", clear_p=None)[0] == "contextual"
+    assert select(out, Y_SEL, default="batch")[0] == "batch"  # but 3 wins of 3 is p = 1/8 for a coin: not clear
+    y16 = np.tile(Y_SEL, 2)
+    wrong6 = np.where(np.arange(16) < 6, 1 - y16, y16)  # the default wrong on 6 examples the other gets right
+    out16 = {"batch": _lp(wrong6), "contextual": _lp(y16)}
+    chosen, scores = select(out16, y16, default="batch")
+    assert chosen == "contextual" and scores["contextual"]["p_value"] == 1 / 64
 
 
 def test_select_keeps_the_default_on_a_noisy_tie():
@@ -153,8 +160,9 @@ def test_select_among_clearly_better_methods_takes_the_most_accurate_then_the_lo
         "contextual": _lp([0, 0, 0, 1, 1, 1, 1, 1], confidence=0.6),
         "domain": _lp([0, 0, 0, 1, 1, 1, 1, 1], confidence=0.9),
     }
-    assert select(out, Y_SEL, default="batch")[0] == "domain"
-    assert select(out, Y_SEL, default=None)[0] == "domain"
+    assert select(out, Y_SEL, default="batch", clear_p=None)[0] == "domain"
+    assert select(out, Y_SEL, default=None, clear_p=None)[0] == "domain"
+    assert select(out, Y_SEL, default="batch")[0] == "batch"  # 3 wins and no loss in 8: not clear by the sign test
     with pytest.raises(ValueError, match="default"):
         select(out, Y_SEL, default="temperature")
 

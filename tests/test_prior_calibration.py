@@ -188,6 +188,26 @@ def test_state_round_trips_and_refuses_bad_values():
         PriorCalibrator(base="uniform")
 
 
+def test_the_labeled_confusion_is_saved_and_checked_on_load():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    cal = PriorCalibrator(base="batch").fit(
+        np.log([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.4, 0.6]]), y
+    )
+    assert cal.confusion_.shape == (2, 2) and cal.ridge_ == pytest.approx(1 / 3)
+    q, _ = sample([0.8, 0.2], 300, signal=1.0)
+    first = cal.transform(q)
+    back = PriorCalibrator.from_state(cal.get_state())
+    np.testing.assert_allclose(back.confusion_, cal.confusion_)
+    np.testing.assert_allclose(back.transform(q), first)
+    assert back.report()["estimate"] == "adjusted"
+    with pytest.raises(ValueError, match="confusion_: expected 2 rows of 2"):
+        PriorCalibrator.from_state(cal.get_state() | {"confusion_": [[0.5, 0.5]]})
+    with pytest.raises(ValueError, match="ridge_"):
+        PriorCalibrator.from_state(cal.get_state() | {"ridge_": float("inf")})
+    old = {k: v for k, v in cal.get_state().items() if k not in ("confusion_", "ridge_", "estimator")}
+    assert PriorCalibrator.from_state(old).estimator == "mean"  # saved before "adjusted": as it was
+
+
 def make(gpt2, **kw):
     return Verbalizer(**(dict(template=PROMPT, labels=LABELS, model=gpt2.scorer(batch_size=4)) | kw))
 
@@ -286,13 +306,91 @@ def test_auto_that_chooses_prior_fits_it_on_the_labeled_texts(gpt2):
     assert clf.calibration_report_["chosen"] == "prior" and "shifted" in clf.calibration_report_
 
 
-def test_domain_and_batch_base_is_the_mean_of_the_two_log_biases():
+def test_domain_and_batch_base_is_the_mean_of_the_two_log_biases_when_their_variances_are_unknown():
     domain = np.log([[0.9, 0.1], [0.7, 0.3]])  # the base inputs (domain words): mean probability (0.8, 0.2)
-    labeled = np.log([[0.6, 0.4], [0.2, 0.8]])  # one text per label: label-balanced mean (0.4, 0.6)
+    labeled = np.log([[0.6, 0.4], [0.2, 0.8]])  # one text per label: no variance, label-balanced mean (0.4, 0.6)
     cal = PriorCalibrator()
     cal.select(lambda rows: None, ["a b", "c d"], np.array([0, 1]), 0)
     cal.fit(np.concatenate([domain, labeled]), np.array([0, 1]))
     np.testing.assert_allclose(cal.log_bias_, (np.log([0.8, 0.2]) + np.log([0.4, 0.6])) / 2)
+    assert cal.report()["base_weights"] == {"domain": 0.5, "batch": 0.5}
+
+
+def _delta_variance(groups):
+    """Var of log(mean of the groups' means), per label, written out (delta method), summed over labels."""
+    means = np.mean([g.mean(axis=0) for g in groups], axis=0)
+    var = np.sum([g.var(axis=0, ddof=1) / len(g) for g in groups], axis=0) / len(groups) ** 2
+    return float((var / means**2).sum())
+
+
+@pytest.mark.parametrize("spread", [0.05, 0.2])
+def test_domain_and_batch_base_weighs_each_estimate_by_its_inverse_variance(spread):
+    rng = np.random.default_rng(0)
+    domain = np.clip(0.7 + rng.normal(0, 0.05, 20), 0.05, 0.95)  # 20 word bags that agree
+    domain = np.stack([domain, 1 - domain], 1)
+    labeled = np.clip(np.array([0.8, 0.7, 0.5, 0.4]) + rng.normal(0, spread, 4), 0.05, 0.95)
+    labeled = np.stack([labeled, 1 - labeled], 1)
+    y = np.array([0, 0, 1, 1])
+    cal = PriorCalibrator()
+    cal.select(lambda rows: None, ["a b"] * 4, y, 0)
+    cal.fit(np.log(np.concatenate([domain, labeled])), y)
+    inv = np.array([1 / _delta_variance([domain]), 1 / _delta_variance([labeled[:2], labeled[2:]])])
+    w = np.clip(inv / inv.sum(), 0.25, 0.75)
+    w = w / w.sum()
+    batch = np.mean([labeled[:2].mean(axis=0), labeled[2:].mean(axis=0)], axis=0)
+    np.testing.assert_allclose(cal.log_bias_, w[0] * np.log(domain.mean(axis=0)) + w[1] * np.log(batch))
+    weights = cal.report()["base_weights"]
+    assert weights["domain"] > 0.5 and weights["domain"] == pytest.approx(w[0], abs=1e-4)  # the bags agree more
+
+
+def test_adjusted_prior_undoes_a_classifier_that_leans_toward_a_label():
+    """A weak classifier whose label-0 texts lean toward label 2: the mean posterior is pulled toward uniform
+    and toward where texts lean (measured: 0.29 / 0.22 / 0.49 for a true 0.2 / 0.1 / 0.7); the adjusted
+    estimate (from the labeled texts' confusion) recovers the true prior, and its shift is more accurate."""
+    rng = np.random.default_rng(0)
+
+    def scores(y):
+        z = rng.normal(0, 1, (len(y), 3))
+        z[np.arange(len(y)), y] += 1.5
+        z[y == 0, 2] += 1.0  # label 0 leans toward label 2
+        return z
+
+    y_fit = np.repeat(np.arange(3), 100)
+    true = np.array([0.2, 0.1, 0.7])
+    y_test = rng.choice(3, 2000, p=true)
+    results = {}
+    for estimator in ("adjusted", "mean"):
+        cal = PriorCalibrator(base="batch", estimator=estimator, min_skew=0.0)
+        cal.select(lambda rows: None, ["x"] * len(y_fit), y_fit, 0)
+        cal.fit(scores(y_fit), y_fit)
+        s = scores(y_test)
+        out = cal.transform(s)
+        assert cal.report()["estimate"] == estimator and cal.report()["shifted"]
+        results[estimator] = (np.array(cal.report()["estimated_prior"]), np.mean(out.argmax(1) == y_test))
+    adjusted, mean = results["adjusted"][0], results["mean"][0]
+    assert np.abs(adjusted - true).max() < 0.05 and np.abs(mean - true).max() > 0.15
+    assert results["adjusted"][1] > results["mean"][1]
+
+
+def test_adjusted_prior_solves_on_the_simplex():
+    from verbalize.calibration.prior import adjusted_prior
+
+    confusion = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    prior = np.array([0.6, 0.3, 0.1])
+    np.testing.assert_allclose(adjusted_prior(confusion, confusion.T @ prior, 0.0), prior, atol=1e-3)
+    far = adjusted_prior(confusion, np.array([1.0, 0.0, 0.0]), 0.0)  # beyond any prior: the nearest corner
+    assert far.min() >= 0 and far.sum() == pytest.approx(1.0) and far.argmax() == 0
+    shrunk = adjusted_prior(confusion, confusion.T @ prior, 1.0)  # the ridge pulls toward uniform
+    assert np.abs(shrunk - 1 / 3).max() < np.abs(prior - 1 / 3).max()
+
+
+def test_the_adjusted_estimate_falls_back_to_the_mean_without_labels_of_every_label():
+    z = np.log([[0.9, 0.1, 0.0001], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])
+    cal = PriorCalibrator(base="batch").fit(z[:2], np.array([0, 1]))  # label 2 has no labeled text
+    assert cal.confusion_ is None
+    q, _ = sample([0.6, 0.3, 0.1], 200, signal=2.0)
+    cal.transform(q)
+    assert cal.report()["estimate"] == "mean"
 
 
 def test_one_text_gets_the_base_quietly_when_no_estimate_could_clear_min_skew():

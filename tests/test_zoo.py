@@ -363,8 +363,8 @@ def test_one_token_label_words_are_exact_with_prompts_packed_into_rows(model_typ
 
 
 # dtype="bfloat16" widens the residual stream to float32 (verbalize.engine.models.widen_residual). Its check
-# refuses the two whose code adds a float32 stream to a narrow product: BLOOM's ALiBi (after its embedding
-# norm) and XGLM's sinusoidal positions; they keep the plain bfloat16 model.
+# refuses two: XGLM, whose float32 sinusoidal positions meet a narrow product (it raises), and BLOOM, whose
+# stream starts at its embedding norm, narrow again (the same numbers: nothing to gain); both stay plain.
 NOT_WIDENED = {"bloom", "xglm"}
 
 

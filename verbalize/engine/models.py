@@ -88,8 +88,9 @@ def widen_residual(model: torch.nn.Module) -> bool:
 
     Forward hooks do it (not in ``state_dict``; copied with the model). It is checked on one short
     forward against the model's own narrow one: when the widened forward raises (a model whose code
-    mixes formats where this does not look, such as XGLM's positions) or moves a next-token distribution
-    by more than :data:`WIDE_TOLERANCE`, the hooks are removed and the model stays as it was.
+    mixes formats where this does not look, such as XGLM's positions), moves a next-token distribution
+    by more than :data:`WIDE_TOLERANCE`, or computes the very same numbers (BLOOM, whose stream starts at
+    a norm), the hooks are removed and the model stays as it was.
     """
     params = list(model.parameters())
     narrow = params[0].dtype if params else torch.float32
@@ -106,9 +107,9 @@ def widen_residual(model: torch.nn.Module) -> bool:
         weight = module._parameters.get("weight")
         if module is embed or isinstance(module, torch.nn.Embedding) or weight is None or weight.dtype != narrow:
             pass
-        elif weight.dim() == 1:  # a norm: computed in float32 on the float32 stream, narrow in -> narrow out
-            norms.append(module.float())
-            handles.append(module.register_forward_hook(_output_as_input))
+        elif weight.dim() == 1:  # a norm: computed in float32 on the float32 stream, its output narrow
+            norms.append(module.float())  # (what the products it feeds would round it to: rounded once, not each)
+            handles.append(module.register_forward_hook(functools.partial(_outputs_as, dtype=narrow)))
         elif weight.dim() == 2:  # a product: its input rounded to the weight's format, as in the narrow model
             handles.append(module.register_forward_pre_hook(_input_as_weight))
         if type(module).__name__.endswith("RotaryEmbedding"):
@@ -118,6 +119,8 @@ def widen_residual(model: torch.nn.Module) -> bool:
             after = torch.softmax(model(input_ids=ids).logits.float(), dim=-1)
         change = float(0.5 * (after - before).abs().sum(-1).max())  # total variation, the worst position
         problem = None if change <= WIDE_TOLERANCE else f"next-token distributions moved by {change:.3f} (TV)"
+        if torch.equal(after, before):  # the stream is narrowed again where it starts (BLOOM's embedding norm)
+            problem = "the widened forward computes the same numbers: nothing to gain"
     except (RuntimeError, TypeError, ValueError) as exc:
         problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if problem is not None:
@@ -133,13 +136,6 @@ def widen_residual(model: torch.nn.Module) -> bool:
 
 def _to_float32(module: torch.nn.Module, args: Any, output: Any) -> Any:
     return output.float() if torch.is_tensor(output) and output.is_floating_point() else output
-
-
-def _output_as_input(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-    x = args[0] if args else None
-    if torch.is_tensor(x) and torch.is_tensor(output) and x.dtype != output.dtype and x.dtype != torch.float32:
-        return output.to(x.dtype)  # a narrow input (a query/key norm inside attention) keeps a narrow output
-    return None
 
 
 def _input_as_weight(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
