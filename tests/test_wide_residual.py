@@ -94,3 +94,23 @@ def test_a_widened_forward_that_moves_the_outputs_too_far_is_refused(monkeypatch
     monkeypatch.setattr(models, "WIDE_TOLERANCE", 0.0)
     assert not widen_residual(model)
     assert _hooks(model) == 0
+
+
+def test_products_get_their_input_rounded_only_where_the_float32_stream_reaches_them():
+    """Llama's products read norms (narrow outputs): no hooks on them. OLMo's norm has no weight, so the
+    float32 stream reaches its products, which then round their input (the forward raised without)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    llama = copy.deepcopy(deep_llama(2)).to(torch.bfloat16)
+    assert widen_residual(llama)
+    linears = [m for m in llama.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and not any(m._forward_pre_hooks for m in linears)
+    config = AutoConfig.for_model(
+        "olmo", vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        olmo = AutoModelForCausalLM.from_config(config).eval().to(torch.bfloat16)
+    assert widen_residual(olmo)
+    assert all(m._forward_pre_hooks for m in olmo.modules() if isinstance(m, torch.nn.Linear))
+    assert log_probs(olmo, IDS).isfinite().all()
