@@ -34,7 +34,7 @@ import torch
 from data import DATASETS, data_dir, load, template_path
 
 from verbalize import Scorer, Verbalizer, load_template
-from verbalize.engine import formats, models
+from verbalize.engine import models
 from verbalize.engine.machine import describe_cpu
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.ao.quantization says it is deprecated
@@ -149,7 +149,7 @@ def accuracy(args: argparse.Namespace) -> None:
     near ties that any other rounding flips (5% of SST-2 texts have float32 log-odds under 0.03)."""
     root = data_dir(args.data)
     if args.narrow_residual:
-        models.widen_residual = formats.widen_residual = lambda model: False  # what load_model and convert call
+        models.widen_residual = lambda model: False  # what finish_narrow calls for load_model and convert
     residual = "narrow (plain bfloat16)" if args.narrow_residual else "float32 (widen_residual)"
     print(
         f"first {args.limit} test texts per dataset; shipped templates; residual stream of narrow formats: "

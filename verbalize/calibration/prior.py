@@ -257,7 +257,7 @@ class PriorCalibrator(Calibrator):
         if len(base):
             p = np.exp(log_softmax(base))
             logs.append(np.log(p.mean(axis=0)))
-            variances.append(_log_mean_variance(p[None]))
+            variances.append(_log_mean_variance([p]))
         if len(y_arr) and (len(base) == 0 or self._base_used() == "domain+batch"):
             p = np.exp(log_softmax(texts))  # the labeled texts' mean probability, each label's texts weighing the same
             per_label = [p[y_arr == k] for k in np.unique(y_arr)]
@@ -294,17 +294,14 @@ class PriorCalibrator(Calibrator):
         else:
             prior, iterations, converged = estimate_prior(q, max_iter=MAX_ITER if self.estimator == "em" else 1)
             converged = converged or self.estimator != "em"
-            k = int(prior.argmax())
             if not converged:
                 fallback = f"EM did not settle in {iterations} iterations (last prior {prior.round(3).tolist()})"
-            elif prior[k] >= COLLAPSE_SHARE:
-                fallback = f"the estimated prior collapses onto label {k} ({prior[k]:.0%} of the texts)"
+            else:
+                fallback = _collapse(prior, "estimated")
         skew = None if prior is None else float(0.5 * np.abs(prior - 1.0 / c).sum())
-        adjusted = self._adjusted(q) if prior is not None and fallback is None else None
+        adjusted = self._adjusted(prior, n) if prior is not None and fallback is None else None
         if adjusted is not None:
-            k = int(adjusted.argmax())
-            if adjusted[k] >= COLLAPSE_SHARE:
-                fallback = f"the adjusted prior collapses onto label {k} ({adjusted[k]:.0%} of the texts)"
+            fallback = _collapse(adjusted, "adjusted")
             prior = adjusted  # the gate reads the one-step estimate's skew; the shift and the report, this
         shifted = fallback is None and skew is not None and skew >= self.min_skew and n >= MIN_TEXTS
         used = "adjusted" if adjusted is not None else ("em" if self.estimator == "em" else "mean")
@@ -322,13 +319,13 @@ class PriorCalibrator(Calibrator):
         assert prior is not None
         return log_softmax(q + np.log(prior))
 
-    def _adjusted(self, q: np.ndarray) -> np.ndarray | None:
-        """The adjusted estimate of the prior of texts with posteriors ``q``, or None (no labeled confusion)."""
+    def _adjusted(self, mean: np.ndarray, n: int) -> np.ndarray | None:
+        """The adjusted estimate of the prior of ``n`` texts whose smoothed mean posterior (the one-step
+        estimate) is ``mean``, or None (no labeled confusion)."""
         confusion = getattr(self, "confusion_", None)
-        if self.estimator != "adjusted" or confusion is None or confusion.shape[0] != q.shape[1]:
+        if self.estimator != "adjusted" or confusion is None or confusion.shape[0] != len(mean):
             return None
-        n, c = q.shape
-        mean = (np.exp(q).sum(axis=0) + SMOOTHING) / (n + c * SMOOTHING)
+        c = len(mean)
         prior = adjusted_prior(confusion, mean, self.ridge_)
         return (prior * n + SMOOTHING) / (n + c * SMOOTHING)
 
@@ -430,6 +427,14 @@ class PriorCalibrator(Calibrator):
                 obj.confusion_, obj.ridge_ = confusion, ridge
             obj.report_ = dict(state.get("report_") or {})
         return obj
+
+
+def _collapse(prior: np.ndarray, which: str) -> str | None:
+    """Why an estimate is refused when it gives :data:`COLLAPSE_SHARE` or more to one label, else None."""
+    k = int(prior.argmax())
+    if prior[k] >= COLLAPSE_SHARE:
+        return f"the {which} prior collapses onto label {k} ({prior[k]:.0%} of the texts)"
+    return None
 
 
 def _checked_confusion(state: dict[str, Any], c: int) -> tuple[np.ndarray, float]:

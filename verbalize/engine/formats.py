@@ -35,7 +35,7 @@ import torch
 
 from verbalize.engine import machine
 from verbalize.engine.model_files import model_source
-from verbalize.engine.models import DTYPES, Int8Linear, int8_available, prepack, quantize, widen_residual
+from verbalize.engine.models import DTYPES, Int8Linear, finish_narrow, int8_available, quantize
 from verbalize.errors import ModelLoadError, check_choice
 
 logger = logging.getLogger(__name__)
@@ -202,10 +202,7 @@ def convert(model: Any, dtype: str) -> Any:
     if dtype == "int8":
         return quantize(model)
     model = model.to(DTYPES[dtype])
-    if dtype == "bfloat16":
-        prepack(model)
-    if dtype in ("bfloat16", "float16"):
-        widen_residual(model)
+    finish_narrow(model, dtype)
     return model
 
 
