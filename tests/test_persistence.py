@@ -187,6 +187,28 @@ def test_a_pickled_int8_scorer_scores_as_before(llama_model, llama_tokenizer):
     np.testing.assert_allclose(back.score_words(X, words), want, atol=1e-6)
 
 
+def test_a_pickled_bfloat16_scorer_keeps_its_float32_residual_stream(llama_model, llama_tokenizer):
+    """A bfloat16 model verbalize loaded is widened (widen_residual): rebuilt from a pickle it is again, and
+    scores bit for bit as before (the plain bfloat16 model would not)."""
+    import copy
+    import pickle
+
+    import torch
+
+    from verbalize.engine.models import finish_narrow
+    from verbalize.engine.tokens import LabelTokens
+
+    model = copy.deepcopy(llama_model).to(torch.bfloat16)
+    finish_narrow(model, "bfloat16")
+    assert model.verbalize_wide_residual
+    scorer = Scorer(model, llama_tokenizer, batch_size=4)
+    words = LabelTokens(("a", "b"), ("a", "b"), np.arange(2), ((5,), (7, 9)))
+    want = scorer.score_words(X, words)
+    back = pickle.loads(pickle.dumps(scorer))
+    assert getattr(back.model, "verbalize_wide_residual", False)
+    np.testing.assert_array_equal(back.score_words(X, words), want)
+
+
 def _poison(state, value):
     """Put ``value`` into the first number of the saved calibrator's state."""
     cal = state["calibrator"]["state"]

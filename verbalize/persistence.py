@@ -24,7 +24,7 @@ from typing import Any
 from verbalize.atomic import atomic_dir
 from verbalize.calibration.calibrators import CALIBRATORS, Calibrator
 from verbalize.engine.model_files import quiet
-from verbalize.engine.models import int8_tensors, is_quantized, load_int8_tensors, quantize
+from verbalize.engine.models import finish_narrow, int8_tensors, is_quantized, load_int8_tensors, quantize
 from verbalize.engine.scoring import Scorer
 from verbalize.errors import SavedClassifierError
 from verbalize.prompting.template import Template
@@ -106,7 +106,9 @@ def _rebuild_scorer(model_class: Any, config: Any, weights: Any, tokenizer: Any,
         load_int8_tensors(model, int8)
     else:
         model.load_state_dict(weights)
-    return Scorer(model.to(place[0]).eval(), tokenizer, *sizes)
+    model = model.to(place[0]).eval()
+    finish_narrow(model, str(place[1]).removeprefix("torch."))  # a narrow model's float32 stream, as loaded
+    return Scorer(model, tokenizer, *sizes)
 
 
 copyreg.pickle(Scorer, reduce_scorer)
