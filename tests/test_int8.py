@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from verbalize import LabelWords, Verbalizer
-from verbalize.engine.models import Int8Linear, float_activations, is_quantized, quantize
+from verbalize.engine.models import OUTLIER_RMS, Int8Linear, float_activations, is_quantized, quantize
 from verbalize.engine.scoring import Scorer
 from verbalize.errors import ModelLoadError
 
@@ -62,10 +62,12 @@ def test_int8_layer_is_the_exact_integer_product() -> None:
     torch.manual_seed(0)
     lin = torch.nn.Linear(96, 40)
     layer = Int8Linear(lin)
-    x = torch.randn(5, 96) * 3 + 2  # mostly positive, so large activations meet large weights
+    x = torch.rand(5, 96) * 6 - 1  # mostly positive, so large activations meet large weights; no entry is
+    assert float((x.abs() / x.norm(dim=1, keepdim=True)).max()) * 96**0.5 < OUTLIER_RMS  # an outlier
     qx_scale = x.abs().amax(1, keepdim=True) / 127
     qx = torch.round(x / qx_scale)
-    want = (qx.double() @ layer.qweight.double().T) * layer.w_scale.double() * qx_scale.double() + lin.bias.double()
+    planes = (qx.double() @ layer.qweight.double().T) * layer.w_scale.double()  # (5, 2 x 40): the two planes
+    want = (planes[:, :40] + planes[:, 40:]) * qx_scale.double() + lin.bias.double()
     with torch.inference_mode():
         got = layer(x)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
@@ -77,7 +79,7 @@ def test_probe_sees_float_activations(int8_llama: Any) -> None:
     x = torch.randn(3, layer.in_features)
     with torch.inference_mode(), float_activations():
         got = layer(x)
-    torch.testing.assert_close(got, x @ (layer.qweight.float() * layer.w_scale[:, None]).T)
+    torch.testing.assert_close(got, x @ layer.dequantized().T)
     with torch.inference_mode():
         assert not torch.equal(layer(x), got)  # outside the block, activations are rounded again
 
@@ -261,3 +263,112 @@ def test_fine_tuning_an_int8_classifier_is_refused_with_the_way_to_do_it(int8_ll
     )
     with pytest.raises(ValueError, match=r"float32.*dtype='int8'"):
         clf.fit(TEXTS[:4], ["positive", "negative", "positive", "negative"])
+
+
+def test_two_weight_planes_hold_the_weights_to_a_second_rounding() -> None:
+    """The second int8 plane rounds the first one's error: each weight is then off by at most a quarter of
+    the first plane's step over the weight range (127, or 63 without AVX-512 VNNI), where one plane is
+    off by up to half a step."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 32)
+    layer = Int8Linear(lin)
+    w = lin.weight.detach()
+    top = int(layer.qweight.abs().max())
+    row_max = w.abs().amax(1, keepdim=True)
+    one_plane = (layer.qweight[:32].float() * layer.w_scale[:32, None] - w).abs()
+    two_planes = (layer.dequantized() - w).abs()
+    assert bool((two_planes <= row_max / (4 * top * top) * 1.001 + 1e-9).all())
+    assert float(one_plane.max()) > 20 * float(two_planes.max())  # the first plane alone is far coarser
+    x = torch.rand(6, 128) * 2 - 1  # no outliers; the product: int8 activations times two planes
+    with torch.inference_mode():
+        got, want = layer(x), lin(x)
+    assert float((got - want).norm() / want.norm()) < 0.01
+
+
+def test_layers_that_read_one_tensor_round_it_once_with_the_same_result(int8_llama: Any) -> None:
+    """q, k and v read one normalized tensor: the second and third reuse its rounding. Each output is the
+    same bit for bit as when every layer rounds its own input, and a tensor that is changed in place
+    (its version counter moves) or another tensor of the same shape is rounded again."""
+    attn = int8_llama.model.layers[0].self_attn
+    layers = (attn.q_proj, attn.k_proj, attn.v_proj)
+    assert all(m.share_input for m in layers)  # quantize's check passed on this model
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, attn.q_proj.in_features)
+    x[0, 0, 3] = 400.0  # an outlier entry, so the shared rounding carries outliers too
+    other = torch.randn_like(x)
+
+    def run(share: bool, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        with torch.no_grad():
+            for m, t in zip(layers * 2, inputs, strict=True):
+                m.share_input = share
+                out.append(m(t))
+        for m in layers:
+            m.share_input = True
+        return out
+
+    inputs = [x, x, x, other, x, other]
+    for got, want in zip(run(True, inputs), run(False, inputs), strict=True):
+        assert torch.equal(got, want)
+    with torch.no_grad():
+        before = attn.q_proj(x)
+        x.mul_(3)  # in place: the version counter moves, so k_proj must not reuse q_proj's rounding
+        attn.k_proj.share_input = False
+        want = attn.k_proj(x)
+        attn.k_proj.share_input = True
+        assert torch.equal(attn.k_proj(x), want)
+        assert not torch.equal(attn.q_proj(x), before)
+
+
+class _WritesInPlace(torch.nn.Module):
+    """Two linear layers read one tensor, and the code writes into it between them (inference tensors have
+    no version counter, so only quantize's check can see this)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = type("Config", (), {"vocab_size": 50})()
+        self.embed = torch.nn.Embedding(50, 16)
+        self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 50)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.head
+
+    def forward(self, input_ids: torch.Tensor) -> Any:
+        h = self.embed(input_ids) * 1.0
+        first = self.a(h)
+        h.mul_(-2.0)
+        return type("Out", (), {"logits": self.head(first + self.b(h))})()
+
+
+def test_quantize_keeps_layers_apart_where_sharing_would_change_the_output() -> None:
+    torch.manual_seed(0)
+    model = quantize(_WritesInPlace())
+    assert isinstance(model.a, Int8Linear) and not model.a.share_input and not model.b.share_input
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        got = model(ids).logits
+        model.a.share_input = model.b.share_input = True  # sharing here reuses the stale rounding of h
+        stale = model(ids).logits
+    assert not torch.equal(got, stale)
+
+
+def test_int8_tensors_saved_with_one_plane_load_as_those_weights(int8_llama: Any, llama_model: Any) -> None:
+    """A pickle made before the second plane holds one plane per layer: it loads with a zero second plane,
+    so the layers compute what they computed then."""
+    from verbalize.engine.models import int8_tensors, load_int8_tensors
+
+    tensors = int8_tensors(int8_llama)
+    old = {}
+    for key, t in tensors.items():
+        n = int8_llama.get_submodule(key.rsplit(".", 1)[0]).out_features
+        old[key] = t[:n].contiguous() if key.endswith((".qweight", ".w_scale")) else t
+    model = quantize(copy.deepcopy(llama_model))
+    load_int8_tensors(model, old)
+    layer, ref = model.model.layers[0].mlp.up_proj, int8_llama.model.layers[0].mlp.up_proj
+    n = ref.out_features
+    torch.testing.assert_close(layer.dequantized(), ref.qweight[:n].float() * ref.w_scale[:n, None], rtol=0, atol=0)
+    x = torch.rand(3, layer.in_features)
+    with torch.inference_mode():
+        y = layer(x)
+    assert y.shape == (3, n) and bool(torch.isfinite(y).all())
