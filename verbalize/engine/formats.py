@@ -44,12 +44,14 @@ AUTO = "auto"
 ENV = "VERBALIZE_DTYPE"
 PRECISION = ("float32", "bfloat16", "int8")  # most precise first
 CANDIDATES = ("float32", "bfloat16")
-"""The formats ``dtype="auto"`` may choose. int8 is measured and shown but never chosen: its accuracy now holds
-on the embedded model (two weight planes; within 0.8 points of float32 on SST-2, AG News and TREC, raw and
-calibrated, ``eval/bench_int8.py accuracy``), but the probe times one block's products, and int8's end-to-end
-time is bound by the passes over its activations: on an AMX CPU the probe saw int8 ~2x float32 while whole
-scoring ran at 0.93x (``eval/bench_int8.py speed``). Name ``dtype="int8"`` to use it."""
-NOT_CANDIDATE = "measured only: auto never chooses int8 (its products' rate overstates its end-to-end speed; name dtype='int8')"
+"""The formats ``dtype="auto"`` may choose. int8 is measured and shown but never chosen. Its accuracy holds on
+the embedded model (two weight planes: within 0.8 points of float32 on SST-2, AG News and TREC, raw and
+calibrated; ``eval/bench_int8.py accuracy``), but its speed was measured on one CPU type only, an AMX one where
+it is slower than float32 (this probe 0.77x, whole scoring 0.93x; bfloat16 4x): until it is measured faster
+somewhere, a user names ``dtype="int8"`` to use it."""
+NOT_CANDIDATE = (
+    "measured only: auto never chooses int8 (its speed is measured on one CPU type only; name dtype='int8')"
+)
 MARGIN = 1.15
 ROWS = 256
 ROUNDS = 5
