@@ -49,9 +49,7 @@ the embedded model (two weight planes: within 0.8 points of float32 on SST-2, AG
 calibrated; ``eval/bench_int8.py accuracy``), but its speed was measured on one CPU type only, an AMX one where
 it is slower than float32 (this probe 0.77x, whole scoring 0.93x; bfloat16 4x): until it is measured faster
 somewhere, a user names ``dtype="int8"`` to use it."""
-NOT_CANDIDATE = (
-    "measured only: auto never chooses int8 (its speed is measured on one CPU type only; name dtype='int8')"
-)
+NOT_CANDIDATE = "measured only: auto never chooses int8 (its speed is measured on one CPU type only; name dtype='int8')"
 MARGIN = 1.15
 ROWS = 256
 ROUNDS = 5
