@@ -292,8 +292,9 @@ class Int8Linear(torch.nn.Module):
     (:func:`split_outliers`) go through a float product instead. Built by :func:`quantize`.
 
     Why two planes: one int8 plane per weight row (a step of 1/127 of the row's largest weight) moved
-    accuracy on the embedded model by up to 2.4 points with float activations, the weights alone; the
-    second plane leaves a step of ~1/16000 (``eval/bench_int8.py accuracy``, README "Number formats").
+    accuracy on the embedded model by up to 2.4 points with float activations, the weights alone; with the
+    second plane a weight is off by at most 1/64516 of its row's largest weight, not 1/254
+    (``eval/bench_int8.py accuracy``, README "Number formats").
     Both planes are one product with twice the outputs, summed after it: an int8 product is a small
     part of an int8 layer's time beside the passes over its input.
     """
@@ -308,14 +309,19 @@ class Int8Linear(torch.nn.Module):
         w = linear.weight.detach().float()
         first, s1 = _round_rows(w)
         second, s2 = _round_rows(w - first.float() * s1[:, None])
-        qw, scale = torch.cat([first, second]), torch.cat([s1, s2])  # (2 out, in): plane 1 rows, then plane 2
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.share_input = True  # see _rounded_input; quantize turns it off where its check fails
-        self.register_buffer("w_scale", scale, persistent=False)
-        self.register_buffer("w_zero", torch.zeros(len(scale), dtype=torch.int64), persistent=False)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float(), persistent=False)
-        self.register_buffer("qweight_t", qw.T.contiguous(), persistent=False)
-        self.packed = torch.ops.onednn.qlinear_prepack(qw, None)
+        # (2 out, in): plane 1's rows, then plane 2's
+        self.hold(torch.cat([first, second]), torch.cat([s1, s2]))
+
+    def hold(self, qweight: torch.Tensor, w_scale: torch.Tensor) -> None:
+        """Take these planes ``(2 out, in)`` and their scales ``(2 out,)``, and pack them for oneDNN."""
+        device = qweight.device
+        self.register_buffer("qweight_t", qweight.T.contiguous(), persistent=False)
+        self.register_buffer("w_scale", w_scale, persistent=False)
+        self.register_buffer("w_zero", torch.zeros(len(w_scale), dtype=torch.int64, device=device), persistent=False)
+        self.packed = torch.ops.onednn.qlinear_prepack(qweight.contiguous(), None)
 
     @property
     def qweight(self) -> torch.Tensor:
@@ -561,17 +567,16 @@ def quantize(model: torch.nn.Module) -> torch.nn.Module:
             f"dtype='int8' quantizes torch.nn.Linear layers and {type(model).__name__} has none outside its output "
             "layer (GPT-2 uses Conv1D); use dtype='float32'"
         )
+    model.eval()
     if next(model.parameters()).device.type == "cpu" and _onednn_int8():
         layers = []
         for name, m in linear.items():
             parent, _, child = name.rpartition(".")
             layers.append(Int8Linear(m))
             setattr(model.get_submodule(parent), child, layers[-1])
-        model.eval()
         _check_shared_input(model, layers)
     else:
         _torchao_int8(model, out)
-    model.eval()
     model.verbalize_int8 = True  # type: ignore[assignment]
     return model
 
@@ -645,14 +650,12 @@ def load_int8_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) 
     for n, m in model.named_modules():
         if isinstance(m, Int8Linear):
             device = m.qweight_t.device
-            qweight, w_scale = tensors[f"{n}.qweight"], tensors[f"{n}.w_scale"]
+            qweight, w_scale = tensors[f"{n}.qweight"].to(device), tensors[f"{n}.w_scale"].to(device)
             if len(qweight) == m.out_features:  # one plane (saved before the second): its second plane is zero
                 qweight = torch.cat([qweight, torch.zeros_like(qweight)])
                 w_scale = torch.cat([w_scale, torch.ones_like(w_scale)])
-            m.qweight_t, m.w_scale = qweight.T.contiguous().to(device), w_scale.to(device)
-            m.w_zero = torch.zeros(len(w_scale), dtype=torch.int64, device=device)
+            m.hold(qweight, w_scale)
             m.bias = tensors[f"{n}.bias"].to(device) if f"{n}.bias" in tensors else None
-            m.packed = torch.ops.onednn.qlinear_prepack(qweight.contiguous().to(device), None)
 
 
 @contextlib.contextmanager
