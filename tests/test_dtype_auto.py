@@ -106,6 +106,21 @@ def test_int8_is_not_measured_where_the_model_cannot_run_it(gpt2):
     assert set(rates) == {"float32", "bfloat16"} and all(r > 0 for r in rates.values())
 
 
+def test_the_int8_probe_times_each_layer_rounding_its_own_input(llama, monkeypatch):
+    """The probe gives layers of one width the same tensor; sharing its rounding (as q, k and v do in a
+    block) would time the products alone. Every int8 layer the probe builds rounds its input itself."""
+    from verbalize.engine import models
+
+    if not models.int8_available(llama.model):
+        pytest.skip("this torch has no oneDNN int8 product")
+    rounded = []
+    real = models._round_input
+    monkeypatch.setattr(models, "_round_input", lambda x: rounded.append(1) or real(x))
+    formats.measure_rates(llama.model, rows=8, rounds=1)
+    calls_per_pass = len(formats.product_shapes(llama.model))
+    assert len(rounded) == 2 * calls_per_pass  # warm-up and one round: a rounding per layer call
+
+
 def test_auto_measures_once_then_reads_the_record(auto_env, llama_dir):
     first = Scorer.from_pretrained(llama_dir, "cpu")
     choice = first.dtype_choice

@@ -47,7 +47,7 @@ CANDIDATES = ("float32", "bfloat16")
 """The formats ``dtype="auto"`` may choose. int8 is measured and shown but never chosen. Its accuracy holds on
 the embedded model (two weight planes: within 0.8 points of float32 on SST-2, AG News and TREC, raw and
 calibrated; ``eval/bench_int8.py accuracy``), but its speed was measured on one CPU type only, an AMX one where
-it is slower than float32 (this probe 0.77x, whole scoring 0.93x; bfloat16 4x): until it is measured faster
+it is slower than float32 (this probe 0.62x, whole scoring 0.93x; bfloat16 4x): until it is measured faster
 somewhere, a user names ``dtype="int8"`` to use it."""
 NOT_CANDIDATE = "measured only: auto never chooses int8 (its speed is measured on one CPU type only; name dtype='int8')"
 MARGIN = 1.15
@@ -153,6 +153,8 @@ def measure_rates(model: torch.nn.Module, rows: int = ROWS, rounds: int = ROUNDS
     if device.type == "cpu" and int8_available(model):
         xs = {k: torch.randn(rows, k, generator=gen) for k, _ in shapes}
         layers = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for k, n in shapes]
+        for layer in layers:  # the layers of one width read one tensor here: each must round it, as it costs
+            layer.share_input = False
         runs["int8"] = [partial(layer, xs[k]) for (k, _), layer in zip(shapes, layers, strict=True)]
     best = dict.fromkeys(runs, float("inf"))
     clock = time.perf_counter if device.type == "cuda" else time.thread_time
