@@ -33,7 +33,7 @@ import torch
 from data import data_dir, load, template_path
 
 from verbalize import LabelWords, Scorer, load_template
-from verbalize.engine.models import Int8Linear
+from verbalize.engine.models import Int8Linear, timing_layers
 
 LABELS = {"negative": ["negative"], "positive": ["positive"]}
 LINEAR = (torch.nn.Linear, Int8Linear)  # dtype="int8" replaces the body's linear layers
@@ -75,7 +75,7 @@ def int8_rate(shapes: list[tuple[int, int]], rows: int) -> float:
     """Best GFLOP/s of the same products through ``dtype="int8"``'s layer (:class:`verbalize.engine.models.Int8Linear`:
     per-token activation rounding, oneDNN's int8 product, rescaling), counted as 2*rows*in*out FLOPs."""
     a = {k: torch.randn(rows, k) for k, _ in shapes}
-    layers = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for k, n in shapes]
+    layers = timing_layers(shapes)  # each rounds its own input: the per-layer rate (a block shares 3 of 7)
     return best_rate([partial(layer, a[k]) for (k, _), layer in zip(shapes, layers, strict=True)],
                      sum(2 * rows * k * n for k, n in shapes))  # fmt: skip
 

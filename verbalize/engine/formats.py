@@ -35,7 +35,7 @@ import torch
 
 from verbalize.engine import machine
 from verbalize.engine.model_files import model_source
-from verbalize.engine.models import DTYPES, Int8Linear, finish_narrow, int8_available, quantize
+from verbalize.engine.models import DTYPES, Int8Linear, finish_narrow, int8_available, quantize, timing_layers
 from verbalize.errors import ModelLoadError, check_choice
 
 logger = logging.getLogger(__name__)
@@ -152,9 +152,7 @@ def measure_rates(model: torch.nn.Module, rows: int = ROWS, rounds: int = ROUNDS
         runs[name] = [partial(torch.nn.functional.linear, xs[k], w) for (k, _), w in zip(shapes, ws, strict=True)]
     if device.type == "cpu" and int8_available(model):
         xs = {k: torch.randn(rows, k, generator=gen) for k, _ in shapes}
-        layers = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for k, n in shapes]
-        for layer in layers:  # the layers of one width read one tensor here: each must round it, as it costs
-            layer.share_input = False
+        layers = timing_layers(shapes)
         runs["int8"] = [partial(layer, xs[k]) for (k, _), layer in zip(shapes, layers, strict=True)]
     best = dict.fromkeys(runs, float("inf"))
     clock = time.perf_counter if device.type == "cuda" else time.thread_time

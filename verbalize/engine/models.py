@@ -355,6 +355,18 @@ class Int8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (oneDNN, two weight planes)"
 
 
+def timing_layers(shapes: list[tuple[int, int]]) -> list[Int8Linear]:
+    """Int8 layers of these ``(in, out)`` shapes (weights of ``torch.nn.Linear``'s default init), for timing.
+
+    Each rounds its own input: a timing loop gives the layers of one width one tensor, whose rounding they
+    would otherwise share (:func:`_rounded_input`), and the loop would time little more than the products.
+    """
+    layers = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for k, n in shapes]
+    for layer in layers:
+        layer.share_input = False
+    return layers
+
+
 RoundedInput = tuple[torch.Tensor, torch.Tensor, "Outliers | None"]
 
 
