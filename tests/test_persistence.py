@@ -206,6 +206,7 @@ def test_a_pickled_bfloat16_scorer_keeps_its_float32_residual_stream(llama_model
     want = scorer.score_words(X, words)
     back = pickle.loads(pickle.dumps(scorer))
     assert getattr(back.model, "verbalize_wide_residual", False)
+    assert getattr(back.model, "verbalize_wide_hidden", False)
     np.testing.assert_array_equal(back.score_words(X, words), want)
 
 

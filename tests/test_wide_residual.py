@@ -103,8 +103,9 @@ def test_products_get_their_input_rounded_only_where_the_float32_stream_reaches_
 
     llama = copy.deepcopy(deep_llama(2)).to(torch.bfloat16)
     assert widen_residual(llama)
-    linears = [m for m in llama.modules() if isinstance(m, torch.nn.Linear)]
+    linears = [m for m in llama.modules() if isinstance(m, torch.nn.Linear) and m is not llama.lm_head]
     assert linears and not any(m._forward_pre_hooks for m in linears)
+    assert llama.lm_head._forward_pre_hooks  # its input, the final norm's float32 output, rounded by the layer
     config = AutoConfig.for_model(
         "olmo", vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
     )
@@ -114,3 +115,71 @@ def test_products_get_their_input_rounded_only_where_the_float32_stream_reaches_
     assert widen_residual(olmo)
     assert all(m._forward_pre_hooks for m in olmo.modules() if isinstance(m, torch.nn.Linear))
     assert log_probs(olmo, IDS).isfinite().all()
+
+
+def test_the_final_hidden_state_stays_float32_and_the_logits_do_not_move(monkeypatch):
+    """The final norm's output is left in float32 and the output layer rounds it itself: same logits."""
+    base = copy.deepcopy(deep_llama(4)).to(torch.bfloat16)
+    stepped = copy.deepcopy(base)
+    with monkeypatch.context() as m:
+        m.setattr(models, "_widen_final_norm", lambda *args: False)
+        assert widen_residual(stepped)  # widened, the final norm narrow like the others
+    wide = copy.deepcopy(base)
+    assert widen_residual(wide) and wide.verbalize_wide_hidden
+    assert not getattr(stepped, "verbalize_wide_hidden", False)
+    seen = []
+    for model in (wide, stepped):
+        model.model.register_forward_hook(lambda mod, args, out: seen.append(out.last_hidden_state.dtype))
+    with torch.inference_mode():
+        assert torch.equal(wide(input_ids=IDS).logits, stepped(input_ids=IDS).logits)
+    assert seen == [torch.float32, torch.bfloat16]
+
+
+def _loud_head(layers: int = 4):
+    """A widened bfloat16 model whose logits are large (~20), where 8 bits of mantissa lose ~0.05."""
+    model = copy.deepcopy(deep_llama(layers))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)
+    return model
+
+
+def test_label_words_get_float32_logits_from_the_float32_state():
+    from verbalize.engine import model_io
+
+    model = _loud_head().to(torch.bfloat16)
+    assert widen_residual(model) and model_io.wide_words(model)
+    io = model_io.ModelIO(model)
+    narrow = model_io.ModelIO(model)
+    narrow.wide = False
+    keep = torch.tensor([[23], [10], [5], [23]])  # (4, 1) a position of each row
+    first = torch.tensor([3, 17, 17, 60, 96])  # label words' first tokens, one of them twice
+    with torch.inference_mode():
+        out = io.run(IDS, None, keep)
+        got = io.word_log_probs(out, keep, first)[:, 0].double()
+        plain = narrow.word_log_probs(out, keep, first)[:, 0].double()
+    h = out.hidden[torch.arange(4), keep[:, 0]].double()  # (4, d) the float32 state
+    exact = h @ model.lm_head.weight[first].double().T  # (4, 5) in float64 from the same state
+    centred = lambda x: x - x.mean(-1, keepdim=True)  # noqa: E731 - the normalizer cancels between labels
+    assert float((centred(got) - centred(exact)).abs().max()) < 1e-4
+    assert float((centred(plain) - centred(exact)).abs().max()) > 1e-2  # read off bfloat16 logits
+    assert float(got.max()) <= 0  # log-probs: the words' wide logits are in the normalizer
+
+
+def test_an_output_layer_with_a_transform_it_does_not_know_keeps_the_narrow_logits():
+    from verbalize.engine import model_io
+
+    class Halved(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits / 2
+            return out
+
+    source = _loud_head(2)
+    model = Halved(source.config).eval()
+    model.load_state_dict(source.state_dict())
+    model = model.to(torch.bfloat16)
+    assert widen_residual(model) and model.verbalize_wide_hidden
+    assert not model_io.wide_words(model)
+    assert not model_io.ModelIO(model).wide
+    plain = _loud_head(2).to(torch.bfloat16)
+    assert widen_residual(plain) and model_io.wide_words(plain)  # the same model without the transform

@@ -366,12 +366,17 @@ def test_one_token_label_words_are_exact_with_prompts_packed_into_rows(model_typ
 # refuses two: XGLM, whose float32 sinusoidal positions meet a narrow product (it raises), and BLOOM, whose
 # stream starts at its embedding norm, narrow again (the same numbers: nothing to gain); both stay plain.
 NOT_WIDENED = {"bloom", "xglm"}
+# Label words' logits in float32 from a float32 final hidden state (model_io.wide_words) where the final norm
+# feeds the output layer and has a weight: not OPT (its forward runs part of the body, which the scorer does
+# not see) nor OLMo (weightless norms), nor the two above.
+NOT_WIDE_WORDS = NOT_WIDENED | {"opt", "olmo"}
 
 
 @pytest.mark.parametrize("model_type", list(ZOO))
 def test_a_widened_bfloat16_model_scores_as_its_own_forward(model_type, gpt2_tokenizer):
     model = tiny(model_type, len(gpt2_tokenizer)).to(torch.bfloat16)
     assert widen_residual(model) == (model_type not in NOT_WIDENED)
+    assert model_io.wide_words(model) == (model_type not in NOT_WIDE_WORDS)
     tokens = SINGLE.labels.encode(gpt2_tokenizer, SINGLE.label_prefix, SINGLE.render(TEXTS[0]))
     prompts, spans = SINGLE.spans(TEXTS)
     scorer = Scorer(model, gpt2_tokenizer, batch_size=64)

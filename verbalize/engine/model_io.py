@@ -29,6 +29,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,7 @@ class ModelIO:
         self.shared = shared
         self.packs = packs
         self.window = window(model.config)
+        self.wide = wide_words(model)
 
     def batch_cache(self, layers: list[LayerKV] | None, b: int) -> Any:
         """A fresh cache holding a one-row snapshot (a shared prefix) for a batch of ``b`` rows, or None."""
@@ -224,12 +226,93 @@ class ModelIO:
 
     def hand_logits(self, h: torch.Tensor) -> torch.Tensor:
         """The output embedding and the known output transforms of :data:`TRANSFORMS`: (..., d) -> (..., V)."""
-        logits = self.model.get_output_embeddings()(h)  # (..., V)
-        for name, transform in TRANSFORMS.items():
-            value = getattr(self.config, name, None)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value:
-                logits = transform(logits, value)
-        return logits
+        return _transformed(self.model.get_output_embeddings()(h), self.config)  # (..., V)
+
+    def word_log_probs(self, out: Pass, keep: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """log p of vocabulary entries ``first`` (n,) at the ``keep`` (b, K) positions of ``out``: (b, K, n).
+
+        Where :attr:`wide` (see :func:`wide_words`), their logits are computed in float32 from the body's
+        float32 last hidden state instead of read off the model's narrow ones, which a bfloat16 output
+        layer rounds to 8 bits (a step of 0.06 at a logit of 15): the normalizer is a text's own and
+        cancels between its labels, the words' logits do not.
+        """
+        assert out.logits is not None
+        logits = out.logits.float()  # (b, K, V)
+        if self.wide and out.hidden is not None and out.hidden.dtype == torch.float32:
+            logits = logits.clone() if logits is out.logits else logits
+            logits[..., first] = row_logits(self.model, _take(out.hidden, keep), first)
+        return torch.log_softmax(logits, dim=-1)[..., first]
+
+
+def row_logits(model: Any, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """float32 logits of the vocabulary entries ``rows`` (n,) from hidden states ``h`` (..., d): (..., n)."""
+    head = model.get_output_embeddings()
+    bias = getattr(head, "bias", None)
+    weight = head.weight[rows].float()  # (n, d): the rows only, not a float32 copy of the whole layer
+    logits = torch.nn.functional.linear(h.float(), weight, None if bias is None else bias[rows].float())
+    return _transformed(logits, model.config.get_text_config(decoder=True))
+
+
+WIDE_WORDS_TOLERANCE = 4.0
+"""How many of the narrow format's rounding steps (of |h|·|w| plus |logit|) float32 row logits may lie from
+the model's own logits in :func:`wide_words`'s check; an output transform that this module does not know
+moves them by a large fraction of the logit."""
+
+_WIDE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def wide_words(model: Any) -> bool:
+    """Whether label words' logits may be computed in float32 (:meth:`ModelIO.word_log_probs`); checked once.
+
+    Only for models whose body gives its last hidden state in float32 while the output layer is narrow
+    (``verbalize_wide_hidden``, set by :func:`verbalize.engine.models.widen_residual`). One 8-token forward
+    checks that :func:`row_logits` lie within rounding of the model's own logits on 256 vocabulary rows
+    (the output layer, its bias and the transforms of :data:`TRANSFORMS` are all it does); otherwise the
+    narrow logits are used as they are.
+    """
+    if not getattr(model, "verbalize_wide_hidden", False):
+        return False
+    known = _WIDE.get(model)
+    if known is None:
+        known = _WIDE[model] = _check_wide(model)
+    return known
+
+
+def _check_wide(model: Any) -> bool:
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if weight is None or weight.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    n_vocab = weight.shape[0]
+    ids = (torch.arange(1, 9, device=weight.device) * 7919 % n_vocab)[None]  # (1, 8), any tokens
+    rows = torch.arange(0, n_vocab, max(1, n_vocab // 256), device=weight.device)  # (n,)
+    try:
+        with torch.inference_mode(), _capture(model.base_model) as seen:
+            logits = model(input_ids=ids).logits[..., rows].float()  # (1, 8, n)
+        hidden = seen[-1].last_hidden_state if seen and hasattr(seen[-1], "last_hidden_state") else None
+        if hidden is None or hidden.dtype != torch.float32:
+            return False
+        with torch.inference_mode():
+            wide = row_logits(model, hidden, rows)  # (1, 8, n)
+            scale = hidden.abs() @ weight[rows].float().abs().T + logits.abs()  # (1, 8, n)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        logger.info("%s: label logits from the narrow output layer (%s)", type(model).__name__, exc)
+        return False
+    step = torch.finfo(weight.dtype).eps
+    error = float(((wide - logits).abs() / (scale * step + 1e-6)).max())
+    if error > WIDE_WORDS_TOLERANCE:
+        logger.info("%s: label logits from the narrow output layer (check: %.1f steps)", type(model).__name__, error)
+        return False
+    return True
+
+
+def _transformed(logits: torch.Tensor, config: Any) -> torch.Tensor:
+    """``logits`` with the output transforms of :data:`TRANSFORMS` that ``config`` sets."""
+    for name, transform in TRANSFORMS.items():
+        value = getattr(config, name, None)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value:
+            logits = transform(logits, value)
+    return logits
 
 
 def choose(

@@ -111,14 +111,15 @@ def widen_residual(model: torch.nn.Module) -> bool:
     with torch.inference_mode():
         before = torch.softmax(model(input_ids=ids).logits.float(), dim=-1)  # (1, 8, V)
     handles = [embed.register_forward_hook(_to_float32)]
-    norms, products = [], []
+    norms, products, narrowing = [], [], {}
     for module in model.modules():
         weight = module._parameters.get("weight")
         if module is embed or isinstance(module, torch.nn.Embedding) or weight is None or weight.dtype != narrow:
             pass
         elif weight.dim() == 1:  # a norm: computed in float32 on the float32 stream, its output narrow
             norms.append(module.float())  # (what the products it feeds would round it to: rounded once, not each)
-            handles.append(module.register_forward_hook(functools.partial(_outputs_as, dtype=narrow)))
+            narrowing[module] = module.register_forward_hook(functools.partial(_outputs_as, dtype=narrow))
+            handles.append(narrowing[module])
         elif weight.dim() == 2:
             products.append(module)
         if type(module).__name__.endswith("RotaryEmbedding"):
@@ -137,7 +138,68 @@ def widen_residual(model: torch.nn.Module) -> bool:
         logger.info("%s: residual stream kept in %s (%s)", type(model).__name__, narrow, problem)
         return False
     model.verbalize_wide_residual = True  # type: ignore[assignment]
+    _widen_final_norm(model, ids, narrowing, narrow)
     return True
+
+
+def _widen_final_norm(
+    model: Any, ids: torch.Tensor, narrowing: dict[torch.nn.Module, Any], narrow: torch.dtype
+) -> bool:
+    """Leave the output of the norm that feeds the output layer in float32; whether it took.
+
+    The body's last hidden state is then float32, and the output layer rounds its input to its weight's
+    format itself (a pre-hook), so the model's logits stay bit for bit what they were. What it gives:
+    the scorer can compute the label words' logits in float32 from that state (``model_io.wide_words``)
+    instead of reading them off logits rounded to 8 bits. The norm is found by its output: the one
+    whose (narrowed) output's storage is what the output layer reads; the change is kept only where the
+    logits are unchanged and the body's output is float32 (marks ``model.verbalize_wide_hidden``).
+    """
+    head = model.get_output_embeddings()
+    body = getattr(model, "base_model", None)
+    if not isinstance(head, torch.nn.Module) or not narrowing or body is None or body is model:
+        return False
+    outputs: dict[torch.nn.Module, Any] = {}  # the outputs themselves: kept alive, no two share an address
+    entering: list[Any] = []
+    spies = [n.register_forward_hook(lambda m, a, out: outputs.__setitem__(m, out)) for n in narrowing]
+    spies.append(head.register_forward_pre_hook(lambda m, args: entering.append(args[0] if args else None)))
+    try:
+        with torch.inference_mode():
+            before = model(input_ids=ids).logits
+    finally:
+        for spy in spies:
+            spy.remove()
+    read = _storage(entering[-1]) if entering else 0
+    final = [n for n, out in outputs.items() if read != 0 and _storage(out) == read]
+    if len(final) != 1:
+        return False
+    (norm,) = final
+    narrowing[norm].remove()
+    rounding = head.register_forward_pre_hook(_input_as_weight)
+    seen: list[Any] = []
+    spy = body.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.inference_mode():
+            after = model(input_ids=ids).logits
+        hidden = seen[-1].last_hidden_state if seen and hasattr(seen[-1], "last_hidden_state") else None
+        ok = torch.equal(after, before) and hidden is not None and hidden.dtype == torch.float32
+    except (RuntimeError, TypeError, ValueError):
+        ok = False
+    finally:
+        spy.remove()
+    if not ok:
+        rounding.remove()
+        narrowing[norm] = norm.register_forward_hook(functools.partial(_outputs_as, dtype=narrow))
+        logger.info("%s: final hidden state kept in %s", type(model).__name__, narrow)
+        return False
+    model.verbalize_wide_hidden = True
+    return True
+
+
+def _storage(x: Any) -> int:
+    """The address of a tensor's storage (a view of it shares it), or 0."""
+    if isinstance(x, tuple) and x:
+        x = x[0]
+    return x.untyped_storage().data_ptr() if torch.is_tensor(x) else 0
 
 
 _RAISED = "raised "

@@ -299,10 +299,9 @@ class Scorer:
         out = self.io.run(batch.input_ids, cache, keep, use_cache=bool(multi), states=deep)
         words = None
         if label_tokens is not None:
-            assert out.logits is not None
+            assert keep is not None
             first = torch.tensor([ids[0] for ids in label_tokens.word_ids], device=dev)  # (n_words,)
-            logp = torch.log_softmax(out.logits[:, 0].float(), dim=-1)  # (b, V)
-            words = logp[:, first]  # (b, n_words)
+            words = self.io.word_log_probs(out, keep, first)[:, 0]  # (b, n_words)
             if multi:
                 later = [label_tokens.word_ids[j] for j in multi]
                 rest = self.io.continuations(batch, out.cache, n_prefix, later, self.pad_id, self.max_tokens)  # (b, m)
@@ -463,8 +462,7 @@ class Scorer:
         out = self.io.run(
             packed.input_ids, cache, keep, attention_mask=mask, position_ids=packed.position_ids + n_prefix
         )
-        assert out.logits is not None
-        return torch.log_softmax(out.logits.float(), dim=-1)[..., first]
+        return self.io.word_log_probs(out, keep, first)
 
     def _shared_prefix(self, prefix_ids: list[int], want_states: bool) -> tuple[Any, list[torch.Tensor] | None]:
         """:meth:`_prefix_kv`, kept between calls (see :mod:`verbalize.engine.prefixes`)."""
