@@ -218,6 +218,37 @@ def test_off_the_plain_case_the_function_concatenates_and_stays_exact(gpt2_token
         assert cache.get_seq_length() == len(prefix) + 3 and cache.layers[0].keys.shape[2] == 3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_joined_keys_are_padded_to_the_kernels_block_with_masked_entries_and_change_nothing(dtype):
+    """Keys joined on CPU under a boolean mask get masked zero keys up to a multiple of KEY_BLOCK: the
+    attention's output is the unpadded one's (within the format's rounding); unmasked, the same zeros would move it."""
+    gen = torch.Generator().manual_seed(0)
+    b, heads, length, d, n_prefix = 3, 4, 11, 8, 2
+    q = torch.randn(b, heads, length, d, generator=gen).to(dtype)
+    kp, vp = (torch.randn(1, heads, n_prefix, d, generator=gen).to(dtype) for _ in range(2))
+    k, v = (torch.randn(b, heads, length, d, generator=gen).to(dtype) for _ in range(2))
+    own = torch.ones(length, length, dtype=torch.bool).tril()
+    mask = torch.cat([torch.ones(length, n_prefix, dtype=torch.bool), own], -1)[None, None].expand(b, 1, -1, -1)
+    keys, values, padded = prefix_attention.joined(kp, vp, k, v, mask)
+    n_keys = n_prefix + length
+    assert keys.shape[2] % prefix_attention.KEY_BLOCK == 0 and keys.shape[2] > n_keys
+    assert padded.shape[-1] == keys.shape[2] and not padded[..., n_keys:].any()
+    assert torch.equal(keys[:, :, :n_keys], torch.cat([kp.expand(b, -1, -1, -1), k], 2))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    want = sdpa(
+        q, torch.cat([kp.expand(b, -1, -1, -1), k], 2), torch.cat([vp.expand(b, -1, -1, -1), v], 2), attn_mask=mask
+    )
+    got = sdpa(q, keys, values, attn_mask=padded)
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=0)
+    seen = sdpa(q, keys, values, attn_mask=torch.ones_like(padded))[:, :, :1]  # the zeros unmasked
+    assert float((seen.float() - want[:, :, :1].float()).abs().max()) > 10 * tol
+    # no boolean mask over all keys (None: is_causal; a float mask): joined as they are
+    for other in (None, mask.float()):
+        keys, _, same = prefix_attention.joined(kp, vp, k, v, other)
+        assert keys.shape[2] == n_keys and same is other
+
+
 def test_an_expanded_prefix_counts_in_the_batch_budget():
     enc = Encoded([[1] * 10 for _ in range(40)], 0)
     shared = [len(b.rows) for b in enc.batches(64, 0, 1024, prefix_per_row=0)]
