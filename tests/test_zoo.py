@@ -131,7 +131,7 @@ def own_log_probs(model: Any, contexts: list[list[int]], word_ids: Any) -> np.nd
     out = np.zeros((len(contexts), len(word_ids)))
     for i, ctx in enumerate(contexts):
         for j, word in enumerate(word_ids):
-            ids = torch.tensor([ctx + list(word[:-1])])  # (1, T)
+            ids = torch.tensor([ctx + list(word[:-1])], device=model.device)  # (1, T)
             logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)  # (T, V)
             out[i, j] = sum(float(logp[len(ctx) + k - 1, t]) for k, t in enumerate(word))
     return out

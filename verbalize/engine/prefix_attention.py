@@ -235,7 +235,7 @@ def joined(
     ):
         pad = 0
     keys, values = [kp.expand(b, -1, -1, -1), key], [vp.expand(b, -1, -1, -1), value]
-    if pad:
+    if pad and mask is not None:
         keys.append(key.new_zeros(b, kv_heads, pad, key.shape[-1]))
         values.append(value.new_zeros(b, kv_heads, pad, value.shape[-1]))
         mask = torch.nn.functional.pad(mask, (0, pad), value=False)
