@@ -200,3 +200,20 @@ def test_the_service_lists_the_choice_and_its_rates(auto_env, llama_dir):
     assert got["gflops"] == {"float32": 100.0, "bfloat16": 380.0, "int8": 300.0}
     named = Verbalizer(template=PROMPT, labels=LABELS, model=llama_dir, dtype="int8").fit()
     assert describe_dtype(named) == {"requested": "int8", "dtype": "int8"}
+
+
+def test_a_cap_on_the_kernels_instruction_sets_is_another_machine(monkeypatch, llama_dir):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (or ATen's, MKL's cap) makes an AMX CPU run like an AVX2 one: a choice measured
+    without the cap must not be read under it, and the CPU's description says so."""
+    for name in machine.ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    config = machine.source_config(llama_dir) or {}
+    plain, described = machine.record_key(config), machine.describe_cpu()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert machine.record_key(config) != plain
+    assert machine.describe_cpu().endswith("; kernels capped by ONEDNN_MAX_CPU_ISA=AVX2)")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2" in machine.describe_cpu()
+    for name in machine.ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    assert (machine.record_key(config), machine.describe_cpu()) == (plain, described)

@@ -5,7 +5,8 @@ here and records the answer in the user's cache directory (``$VERBALIZE_CACHE`` 
 ``~/.cache/verbalize``, file :data:`RECORDS`), so that the next load of the same model on the same
 machine reads it instead of measuring again. A record is keyed by the model's architecture (its
 ``config.json``, names and dtype left out), the machine (CPU model name and instruction-set features,
-or the GPU's name) and the torch version: any of them changing means a new measurement. Nothing here
+with any cap on the kernels' instruction sets set in the environment, or the GPU's name) and the torch
+version: any of them changing means a new measurement. Nothing here
 guesses a format from these names; they only tell one measurement from another.
 ``verbalize check --model ...`` reads the record without importing torch.
 """
@@ -48,6 +49,9 @@ FEATURES = (
     "i8mm",
     "sve",
 )
+# Environment variables that cap the instruction sets torch's kernels use (oneDNN, ATen's own, MKL): a machine
+# under such a cap runs like another CPU, so they are part of its description and of the record key
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
 _IGNORED_CONFIG = ("_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures")
 
 
@@ -79,9 +83,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def isa_limits() -> tuple[str, ...]:
+    """``NAME=value`` of each variable of :data:`ISA_LIMITS` set in this process's environment."""
+    return tuple(f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name))
+
+
 def describe_cpu() -> str:
-    """One line: the CPU's name and its features of :data:`FEATURES`."""
-    return f"{cpu_name()} ({' '.join(cpu_features()) or 'no listed features'})"
+    """One line: the CPU's name, its features of :data:`FEATURES`, and any instruction-set cap (:data:`ISA_LIMITS`)."""
+    limits = isa_limits()
+    capped = f"; kernels capped by {' '.join(limits)}" if limits else ""
+    return f"{cpu_name()} ({' '.join(cpu_features()) or 'no listed features'}{capped})"
 
 
 def machine_id(device: str = "cpu") -> str:
