@@ -2,7 +2,7 @@
 
     python eval/bench_gpu.py --data ../shared/data                       # cuda: embedded, llama-1b, llama-8b
     python eval/bench_gpu.py --data ../shared/data --models embedded --hflm   # with lm-eval's HFLM beside it
-    python eval/bench_gpu.py --data ../shared/data --device cpu --models llama-tiny --n 64   # a check on CPU
+    python eval/bench_gpu.py --data ../shared/data --device cpu --n 64   # a check on CPU: embedded, llama-tiny
 
 For each model: SST-2 texts (first --n) with the shipped template through verbalize's ``Scorer`` at
 --batch prompts per forward in --dtype (bfloat16 by default, residual stream widened as
@@ -140,7 +140,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data folder (or $VERBALIZE_DATA)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--models", nargs="+", default=["embedded", "llama-1b", "llama-8b"], choices=["embedded", *SHAPES])
+    ap.add_argument(
+        "--models", nargs="+", choices=["embedded", *SHAPES], help="default: embedded llama-1b llama-8b on a GPU; "
+        "embedded llama-tiny on a CPU (an 8B model in bfloat16 takes 16 GB)",
+    )  # fmt: skip
     ap.add_argument("--dtype", default="bfloat16", choices=list(DTYPES))
     ap.add_argument("--n", type=int, default=1024, help="SST-2 test texts")
     ap.add_argument("--batch", type=int, default=64, help="prompts per forward (both systems)")
@@ -148,6 +151,8 @@ def main() -> None:
     ap.add_argument("--hflm", action="store_true", help="time lm-eval's HFLM on the same model object")
     args = ap.parse_args()
     device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    models = args.models or (["embedded", "llama-1b", "llama-8b"] if gpu else ["embedded", "llama-tiny"])
     texts, _ = load("sst2", "test", data_dir(args.data), args.n)
     template = load_template(template_path("sst2"))
     tokenizer = load_tokenizer(None)  # the embedded model's; the random models read its ids
@@ -163,7 +168,7 @@ def main() -> None:
     print(f"{where}; torch {torch.__version__}; {args.dtype} matrix products: {rate / 1e12:.1f} TFLOP/s")
     print(f"SST-2: {len(texts)} texts, shipped template, {len(word_ids)} label words, batch {args.batch}\n")
     rows = []
-    for name in args.models:
+    for name in models:
         model = build(name, device, args.dtype, tokenizer)
         scorer = Scorer(model, tokenizer, batch_size=args.batch)
         lm = None

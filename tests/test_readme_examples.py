@@ -83,6 +83,7 @@ BOUNDED = {
     "python eval/bench_hostile.py": 25,
     "python eval/bench_huge.py": 15,
     "python eval/bench_studio.py --data ../shared/data": 20,
+    "python eval/bench_gpu.py --data ../shared/data": 20,
     "python eval/finetune.py --k 16 64 --seeds 0 1 2 --limit 200 --out results/finetune.jsonl": 15,
     "python eval/generation.py": 15,
 }
