@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_peers import lm_eval_scores
+from bench_speed import flops_per_text
 from data import data_dir, load, template_path
 
 from verbalize import Scorer, load_template
@@ -102,16 +104,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def flops(model: Any, token_counts: list[int]) -> float:
-    """Matrix FLOPs of scoring texts of these prompt lengths: body products, causal attention, one output row."""
-    config = model.config
-    body = sum(p.numel() for n, p in model.model.named_parameters() if "embed" not in n and p.dim() == 2)
-    d, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    tokens = np.asarray(token_counts, dtype=np.float64)
-    attention = 2 * 2 * layers * d * float((tokens * (tokens + 1) / 2).sum())
-    return 2 * body * float(tokens.sum()) + attention + 2 * d * vocab * len(tokens)
-
-
 @torch.inference_mode()
 def own_scores(model: Any, contexts: list[list[int]], word_ids: Any) -> np.ndarray:
     """log p(first token of each word | context) from the model's own forward on each whole prompt."""
@@ -122,18 +114,6 @@ def own_scores(model: Any, contexts: list[list[int]], word_ids: Any) -> np.ndarr
         logits = model(input_ids=torch.tensor([ctx], device=device)).logits[0, -1].float()
         out.append(torch.log_softmax(logits, -1)[first].double().cpu().numpy())
     return np.stack(out)
-
-
-def hflm_scores(lm: Any, contexts: list[str], continuations: list[str]) -> np.ndarray:
-    from lm_eval.api.instance import Instance
-
-    requests = [
-        Instance("loglikelihood", {}, (c, w), idx=j, metadata=("bench", i, 1))
-        for i, c in enumerate(contexts)
-        for j, w in enumerate(continuations)
-    ]
-    out = lm.loglikelihood(requests, disable_tqdm=True)
-    return np.array([ll for ll, _ in out]).reshape(len(contexts), len(continuations))
 
 
 def main() -> None:
@@ -184,12 +164,12 @@ def main() -> None:
             ours_rates.append(len(texts) / (time.perf_counter() - t))
             if lm is not None:
                 t = time.perf_counter()
-                hflm_scores(lm, contexts, continuations)
+                lm_eval_scores(lm, contexts, continuations)
                 theirs_rates.append(len(texts) / (time.perf_counter() - t))
         ours_rate = float(np.median(ours_rates))
         theirs = float(np.median(theirs_rates)) if theirs_rates else float("nan")
         error = float(np.abs(ours[:16] - own_scores(model, context_ids[:16], word_ids)).max())
-        achieved = flops(model, [len(c) for c in context_ids]) / len(texts) * ours_rate
+        achieved = flops_per_text(model, [len(c) for c in context_ids]) * ours_rate
         params = sum(p.numel() for p in model.parameters())
         rows.append((name, params, ours_rate, theirs, ours_rate / theirs, achieved, achieved / rate, error))
         del model, scorer, lm

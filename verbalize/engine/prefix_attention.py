@@ -54,8 +54,8 @@ FUSED = True  # use PyTorch's CPU flash-attention kernel for the prefix part whe
 KEY_BLOCK = 16
 """Where the prefix is joined to the rows' keys on CPU (the path narrow formats take), the keys are padded
 with masked zeros to a multiple of this many: PyTorch's CPU flash-attention kernel ran ~1.5-2x slower per
-score at other key lengths (bfloat16, 8 rows of 100-136 keys; ~1.25x in float32; Intel Xeon with AVX-512
-BF16 and AMX, one thread). A masked key adds exactly nothing to a softmax."""
+score at other key lengths (bfloat16, 8 rows of 100-136 keys; ~1.25x in float32; Intel Xeon with AVX2,
+AVX-512 VNNI, AVX-512 BF16, AMX-BF16 and AMX-INT8, one thread). A masked key adds exactly nothing to a softmax."""
 # Attention keywords that do not change the result (anything else non-None takes the SDPA path)
 _BENIGN = {"position_ids", "cache_position", "use_cache", "output_attentions", "is_causal", "position_embeddings"}
 _ACTIVE: contextvars.ContextVar[PrefixCache | None] = contextvars.ContextVar("verbalize_prefix_cache", default=None)
